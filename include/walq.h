@@ -1,0 +1,173 @@
+/*
+ * walq: a PostgreSQL job queue and pub/sub bus that reads its jobs from a
+ * logical replication slot instead of polling.
+ *
+ * Conventions: every function returns 0 or a negative WALQ_E* code.  Handles
+ * are opaque; the caller owns what an *_open() call gives it and releases it
+ * with the matching *_free().  Getters return borrowed pointers that stay
+ * valid as long as the object they come from.  The library never logs on its
+ * own and never exits: it hands messages to the log callback of the options.
+ */
+#ifndef WALQ_H
+#define WALQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WALQ_VERSION_MAJOR  0
+#define WALQ_VERSION_MINOR  1
+#define WALQ_VERSION_PATCH  0
+#define WALQ_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define WALQ_EXTERN __attribute__((visibility("default")))
+#else
+#define WALQ_EXTERN
+#endif
+
+/* One table of error codes: name, value, short description. */
+#define WALQ_ERRNO_MAP(XX)                                                                         \
+    XX(EINVAL, -1, "invalid argument")                                                             \
+    XX(ENOMEM, -2, "out of memory")                                                                \
+    XX(ECONN, -3, "could not connect to the server")                                               \
+    XX(ESERVER, -4, "server is not set up for logical decoding")                                   \
+    XX(ESCHEMA, -5, "walq schema is missing or out of date")                                       \
+    XX(EPERM, -6, "permission denied")                                                             \
+    XX(EBUSY, -7, "consumer group is held by another process")                                     \
+    XX(EPROTO, -8, "replication protocol violation")                                               \
+    XX(EDECODE, -9, "malformed change from the output plugin")                                     \
+    XX(EQUERY, -10, "query failed")                                                                \
+    XX(ESYS, -11, "system call failed")                                                            \
+    XX(ESLOT, -12, "replication slot is missing or invalidated")                                   \
+    XX(EHANDLER, -13, "handler could not be started")                                              \
+    XX(ECANCELED, -14, "operation canceled")
+
+typedef enum walq_error {
+    WALQ_OK = 0,
+#define WALQ__ERRNO_ENUM(name, value, text) WALQ_##name = (value),
+    WALQ_ERRNO_MAP(WALQ__ERRNO_ENUM)
+#undef WALQ__ERRNO_ENUM
+} walq_error;
+
+/* Short, static description of an error code. */
+WALQ_EXTERN const char *walq_strerror(int err);
+
+/*
+ * The detailed message of the last failure of a free function (one that takes
+ * no handle) on the calling thread, or "" if none.  Borrowed; valid until the
+ * next walq call on this thread.
+ */
+WALQ_EXTERN const char *walq_last_error(void);
+
+typedef enum walq_log_level {
+    WALQ_LOG_ERROR = 0,
+    WALQ_LOG_WARNING = 1,
+    WALQ_LOG_INFO = 2,
+    WALQ_LOG_DEBUG = 3
+} walq_log_level;
+
+/*
+ * Log callback.  msg is one line without a trailing newline, in PostgreSQL's
+ * message style; a hint, when there is one, follows on a line that starts
+ * with "HINT:  ".
+ */
+typedef void (*walq_log_fn)(void *arg, walq_log_level level, const char *msg);
+
+/* Which handler runs the jobs. */
+typedef enum walq_handler_kind {
+    WALQ_HANDLER_EXEC = 0, /* run argv per job, payload on stdin */
+    WALQ_HANDLER_NOOP = 1  /* record every job done without running anything */
+} walq_handler_kind;
+
+/*
+ * Options of a consumer.  Initialise with WALQ_OPTIONS_INIT and change what
+ * you need; strings are copied by walq_consumer_open().
+ */
+typedef struct walq_options {
+    unsigned int version;
+    const char *source;  /* conninfo of the server holding the slot; NULL: libpq environment */
+    const char *primary; /* conninfo of the server taking the acks; NULL: libpq environment */
+    const char *group;   /* consumer group: [a-z0-9_]+, at most 58 characters */
+    const char *const *queues; /* queues the group reads */
+    size_t nqueues;
+    walq_handler_kind handler;
+    const char *const *argv; /* exec handler: program and arguments, NULL-terminated */
+    int concurrency;         /* handlers running at once */
+    int drain;               /* stop once the backlog present at start is done */
+    double timeout;          /* seconds a handler may run; 0: no limit */
+    double backoff_min;      /* seconds before the first retry */
+    double backoff_max;      /* ceiling of the retry delay, seconds */
+    int batch_size;          /* outcomes per ack transaction at most */
+    int ack_delay_ms;        /* longest an outcome waits for its ack transaction */
+    int max_in_flight;       /* jobs held in memory before the stream is paused */
+    double status_interval;  /* seconds between standby status updates */
+    walq_log_fn log;
+    void *log_arg;
+    walq_log_level log_level;
+} walq_options;
+
+#define WALQ_OPTIONS_VERSION 1
+#define WALQ_OPTIONS_INIT                                                                          \
+    {                                                                                              \
+        WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
+            600.0, 1000, 10, 10000, 10.0, NULL, NULL, WALQ_LOG_INFO                                \
+    }
+
+typedef struct walq_consumer walq_consumer;
+
+/* Counters of a consumer since it was opened. */
+typedef struct walq_stats {
+    uint64_t received; /* jobs taken from the table or the stream */
+    uint64_t done;     /* jobs recorded done */
+    uint64_t retried;  /* failed attempts scheduled again */
+    uint64_t dead;     /* jobs recorded dead */
+    uint64_t acks;     /* ack transactions committed */
+    uint64_t reconnects;
+    uint64_t confirmed_lsn; /* last position confirmed to the source */
+} walq_stats;
+
+/*
+ * Validates the options and prepares a consumer; no connection is made yet.
+ * On failure *out is NULL and walq_last_error() says why.
+ */
+WALQ_EXTERN int walq_consumer_open(walq_consumer **out, const walq_options *opts);
+
+/*
+ * Runs until walq_consumer_stop() is called, or, with drain set, until the
+ * backlog present at start has final outcomes.  Returns 0 after a clean stop.
+ */
+WALQ_EXTERN int walq_consumer_run(walq_consumer *c);
+
+/*
+ * Asks a running consumer to stop: the first call finishes the running jobs,
+ * acks and confirms them; a call with immediate set stops at once, killing the
+ * handlers.  Safe to call from a signal handler.
+ */
+WALQ_EXTERN void walq_consumer_stop(walq_consumer *c, int immediate);
+
+/* The message of the consumer's last failure, or "". Borrowed. */
+WALQ_EXTERN const char *walq_consumer_errmsg(const walq_consumer *c);
+
+WALQ_EXTERN void walq_consumer_stats(const walq_consumer *c, walq_stats *out);
+
+WALQ_EXTERN void walq_consumer_free(walq_consumer *c);
+
+/*
+ * Creates or upgrades the walq schema on the server named by conninfo (NULL:
+ * libpq environment).  Idempotent.  *applied, when not NULL, receives how many
+ * migrations ran.
+ */
+WALQ_EXTERN int walq_schema_init(const char *conninfo, int *applied);
+
+/* Group names allowed by walq: what a replication slot name allows. */
+WALQ_EXTERN int walq_group_name_valid(const char *group);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WALQ_H */

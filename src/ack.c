@@ -1,0 +1,126 @@
+/* Batched outcome writes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ack.h"
+#include "db.h"
+#include "lsn.h"
+
+/*
+ * One statement, hence one transaction: the outcomes are upserted, but a
+ * final outcome already recorded (by an earlier life of this consumer that
+ * ran the job too) is never overwritten, so each job's final outcome is
+ * recorded once.  The cursor only moves forward.
+ */
+static const char ack_sql[] =
+    "WITH o AS ("
+    "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"
+    "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)"
+    "), up AS ("
+    "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"
+    "                                  lsn)"
+    "  SELECT $1, o.job_id, o.status, o.attempts, o.last_error,"
+    "         timestamptz 'epoch' + o.run_at * interval '1 microsecond', o.lsn FROM o"
+    "  ON CONFLICT (group_name, job_id) DO UPDATE"
+    "     SET status = excluded.status, attempts = excluded.attempts,"
+    "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"
+    "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
+    ") UPDATE walq.groups SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"
+    "   WHERE name = $1";
+
+int walq__ack_add(walq__ack *a, walq__job *job)
+{
+    if (job->pending_idx >= 0)
+        return 0;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 256;
+        walq__job **jobs = realloc(a->jobs, cap * sizeof(*jobs));
+
+        if (jobs == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        a->jobs = jobs;
+        a->cap = cap;
+    }
+    if (a->n == 0)
+        a->oldest = walq__mono_us();
+    job->pending_idx = (int)a->n;
+    a->jobs[a->n++] = job;
+    return 0;
+}
+
+static const char *status_name(walq__status st)
+{
+    switch (st) {
+    case WALQ__ST_SCHEDULED:
+        return "scheduled";
+    case WALQ__ST_DONE:
+        return "done";
+    case WALQ__ST_DEAD:
+        return "dead";
+    case WALQ__ST_NONE:
+        break;
+    }
+    return "queued";
+}
+
+int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t cursor)
+{
+    walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
+    char cursor_text[WALQ__LSN_BUFSZ], lsn[WALQ__LSN_BUFSZ];
+    const char *params[8];
+    PGresult *res;
+    int rc = 0;
+
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++) {
+        walq__buf_reset(arrays[i]);
+        rc |= walq__buf_puts(arrays[i], "{");
+    }
+    for (size_t i = 0; i < a->n && rc == 0; i++) {
+        const walq__job *j = a->jobs[i];
+        const char *sep = i ? "," : "";
+
+        rc |= walq__buf_printf(&a->ids, "%s%lld", sep, (long long)j->id);
+        rc |= walq__buf_printf(&a->statuses, "%s%s", sep, status_name(j->pending));
+        rc |= walq__buf_printf(&a->attempts, "%s%d", sep, (int)j->attempts);
+        rc |= walq__buf_puts(&a->errors, sep);
+        rc |= walq__buf_array_elem(&a->errors, j->last_error);
+        if (j->pending == WALQ__ST_SCHEDULED)
+            rc |= walq__buf_printf(&a->run_ats, "%s%lld", sep, (long long)j->run_at);
+        else
+            rc |= walq__buf_printf(&a->run_ats, "%sNULL", sep);
+        rc |= walq__buf_printf(&a->lsns, "%s%s", sep, walq__lsn_format(j->lsn, lsn));
+    }
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
+        rc |= walq__buf_puts(arrays[i], "}");
+    if (rc != 0)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+
+    params[0] = group;
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
+        params[i + 1] = arrays[i]->data;
+    params[7] = walq__lsn_format(cursor, cursor_text);
+    rc = walq__query(primary, &res, "record outcomes", ack_sql, 8, params);
+    if (rc != 0)
+        return rc;
+    PQclear(res);
+    return 0;
+}
+
+void walq__ack_clear(walq__ack *a)
+{
+    for (size_t i = 0; i < a->n; i++)
+        a->jobs[i]->pending_idx = -1;
+    a->n = 0;
+}
+
+void walq__ack_free(walq__ack *a)
+{
+    walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
+
+    free(a->jobs);
+    a->jobs = NULL;
+    a->n = a->cap = 0;
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
+        walq__buf_free(arrays[i]);
+}

@@ -1,0 +1,830 @@
+/*
+ * walq: the command-line program, a thin layer over libwalq.
+ *
+ *   walq init | publish | consume | status
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "db.h"
+#include "lsn.h"
+#include "walq.h"
+
+#define EXIT_USAGE 2
+
+static const char *progname = "walq";
+
+/* Prints a message in PostgreSQL's style; a "\nHINT:  " part gets its own line. */
+static void print_message(const char *level, const char *msg)
+{
+    const char *hint = strstr(msg, "\nHINT:  ");
+
+    if (hint == NULL) {
+        fprintf(stderr, "%s: %s:  %s\n", progname, level, msg);
+        return;
+    }
+    fprintf(stderr, "%s: %s:  %.*s\n", progname, level, (int)(hint - msg), msg);
+    fprintf(stderr, "%s: HINT:  %s\n", progname, hint + 8);
+}
+
+static void fail_with(int rc)
+{
+    const char *msg = walq_last_error();
+
+    print_message("ERROR", *msg ? msg : walq_strerror(rc));
+}
+
+static void usage_error(const char *fmt, ...) WALQ__PRINTF(1, 2);
+
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry \"%s --help\" for more information.\n", progname);
+}
+
+static void log_to_stderr(void *arg, walq_log_level level, const char *msg)
+{
+    static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+
+    (void)arg;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    fprintf(stderr, "%s ", stamp);
+    print_message(names[level], msg);
+}
+
+/* ------------------------------------------------------------------ */
+
+static int cmd_init(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"dbname", required_argument, NULL, 'd'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *dbname = NULL;
+    int opt, applied = 0, rc;
+
+    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            dbname = optarg;
+            break;
+        case 'h':
+            printf("Usage: %s init [--dbname CONNINFO]\n\n"
+                   "Creates the walq schema, or upgrades it to this version of walq.\n"
+                   "Running it again is harmless.  Without --dbname the libpq environment\n"
+                   "(PGHOST, PGPORT, PGDATABASE, PGUSER, ...) names the server.\n",
+                   progname);
+            return 0;
+        default:
+            usage_error("%s", "invalid option for \"init\"");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        usage_error("unexpected argument \"%s\"", argv[optind]);
+        return EXIT_USAGE;
+    }
+    rc = walq_schema_init(dbname, &applied);
+    if (rc != 0) {
+        fail_with(rc);
+        return 1;
+    }
+    if (applied)
+        fprintf(stderr, "%s: applied %d migration%s; schema \"walq\" is up to date\n", progname,
+                applied, applied == 1 ? "" : "s");
+    else
+        fprintf(stderr, "%s: schema \"walq\" is already up to date\n", progname);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+typedef struct publish_opts {
+    const char *dbname;
+    const char *queue;
+    const char *priority;
+    const char *run_at;
+    const char *max_attempts;
+    const char *dedup_key;
+    int batch;
+} publish_opts;
+
+static int publish_one(PGconn *conn, const publish_opts *po, const char *json)
+{
+    const char *params[6] = {po->queue,        json,         po->run_at, po->priority,
+                             po->max_attempts, po->dedup_key};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(conn, &res, "publish the job",
+                     "SELECT walq.publish($1, $2::jsonb, coalesce($3::timestamptz, now()),"
+                     " coalesce($4::int, 0), coalesce($5::int, 25), $6)",
+                     6, params);
+    if (rc != 0) {
+        fail_with(rc);
+        return 1;
+    }
+    printf("%s\n", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* Is line exactly one JSON document?  json-c in strict mode says. */
+static int valid_json(json_tokener *tok, const char *line, size_t len, char *err, size_t errlen)
+{
+    json_object *obj;
+    enum json_tokener_error jerr;
+    size_t end;
+
+    json_tokener_reset(tok);
+    obj = json_tokener_parse_ex(tok, line, (int)len);
+    jerr = json_tokener_get_error(tok);
+    if (obj == NULL) {
+        snprintf(err, errlen, "%s",
+                 jerr == json_tokener_continue ? "unexpected end of input"
+                                               : json_tokener_error_desc(jerr));
+        return 0;
+    }
+    json_object_put(obj);
+    end = json_tokener_get_parse_end(tok);
+    while (end < len && (line[end] == ' ' || line[end] == '\t' || line[end] == '\r'))
+        end++;
+    if (end < len) {
+        snprintf(err, errlen, "unexpected text after the document at byte %zu", end + 1);
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Sends the rows of one batch with COPY, in one transaction.  On failure says
+ * which input line the server complained about, using the line numbers of
+ * the batch's rows.
+ */
+static int copy_batch(PGconn *conn, const walq__buf *rows, const long *lines, size_t nrows)
+{
+    PGresult *res;
+    char msg[1024];
+
+    res = PQexec(conn, "COPY walq.jobs (queue, payload, priority, run_at, max_attempts, "
+                       "dedup_key) FROM STDIN");
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        int rc = walq__error(WALQ_EQUERY, NULL, "could not start publishing: %s",
+                             walq__pg_message(conn, res, msg, sizeof(msg)));
+
+        PQclear(res);
+        return rc;
+    }
+    PQclear(res);
+    if (PQputCopyData(conn, rows->data, (int)rows->len) != 1 || PQputCopyEnd(conn, NULL) != 1)
+        return walq__error(WALQ_ECONN, NULL, "could not send jobs: %s",
+                           walq__pg_message(conn, NULL, msg, sizeof(msg)));
+    res = PQgetResult(conn);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *ctx = PQresultErrorField(res, PG_DIAG_CONTEXT);
+        const char *at = ctx ? strstr(ctx, ", line ") : NULL;
+        long row = at ? strtol(at + 7, NULL, 10) : 0;
+        int rc;
+
+        walq__pg_message(conn, res, msg, sizeof(msg));
+        if (row >= 1 && (size_t)row <= nrows)
+            rc = walq__error(WALQ_EQUERY, NULL, "line %ld: %s", lines[row - 1], msg);
+        else
+            rc = walq__error(WALQ_EQUERY, NULL, "could not publish lines %ld to %ld: %s", lines[0],
+                             lines[nrows - 1], msg);
+        PQclear(res);
+        while ((res = PQgetResult(conn)) != NULL)
+            PQclear(res);
+        return rc;
+    }
+    PQclear(res);
+    while ((res = PQgetResult(conn)) != NULL)
+        PQclear(res);
+    return 0;
+}
+
+static int copy_field(walq__buf *b, const char *value, int last)
+{
+    int rc = value ? walq__buf_copy_text(b, value, strlen(value)) : walq__buf_puts(b, "\\N");
+
+    return rc ? rc : walq__buf_puts(b, last ? "\n" : "\t");
+}
+
+static int publish_stream(PGconn *conn, const publish_opts *po)
+{
+    json_tokener *tok = json_tokener_new_ex(JSON_TOKENER_DEFAULT_DEPTH);
+    walq__buf rows = {0};
+    long *lines = calloc((size_t)po->batch, sizeof(*lines));
+    char *line = NULL, err[256];
+    size_t cap = 0, nrows = 0;
+    long lineno = 0, published = 0;
+    ssize_t len;
+    int rc = 0, bad = 0;
+
+    if (tok == NULL || lines == NULL) {
+        fprintf(stderr, "%s: ERROR:  out of memory\n", progname);
+        rc = 1;
+        goto done;
+    }
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+    for (;;) {
+        len = getline(&line, &cap, stdin);
+        if (len >= 0) {
+            lineno++;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = '\0';
+            if (strspn(line, " \t") == (size_t)len)
+                continue; /* blank lines separate nothing */
+            if (!valid_json(tok, line, (size_t)len, err, sizeof(err))) {
+                bad = 1;
+            } else {
+                rc = walq__buf_copy_text(&rows, po->queue, strlen(po->queue));
+                rc = rc ? rc : walq__buf_puts(&rows, "\t");
+                rc = rc ? rc : walq__buf_copy_text(&rows, line, (size_t)len);
+                rc = rc ? rc : walq__buf_puts(&rows, "\t");
+                rc = rc ? rc : copy_field(&rows, po->priority ? po->priority : "0", 0);
+                rc = rc ? rc : copy_field(&rows, po->run_at ? po->run_at : "now", 0);
+                rc = rc ? rc : copy_field(&rows, po->max_attempts ? po->max_attempts : "25", 0);
+                rc = rc ? rc : copy_field(&rows, po->dedup_key, 1);
+                if (rc != 0) {
+                    fprintf(stderr, "%s: ERROR:  out of memory\n", progname);
+                    rc = 1;
+                    goto done;
+                }
+                lines[nrows++] = lineno;
+            }
+        }
+        /* A batch goes when full, at the end, or before reporting a bad line. */
+        if (nrows > 0 && (len < 0 || bad || nrows == (size_t)po->batch)) {
+            int crc = copy_batch(conn, &rows, lines, nrows);
+
+            if (crc != 0) {
+                fail_with(crc);
+                fprintf(stderr,
+                        "%s: published %ld jobs from the lines before line %ld; nothing from "
+                        "line %ld on was published\n",
+                        progname, published, lines[0], lines[0]);
+                rc = 1;
+                goto done;
+            }
+            published += (long)nrows;
+            nrows = 0;
+            walq__buf_reset(&rows);
+        }
+        if (bad) {
+            fprintf(stderr, "%s: ERROR:  line %ld: invalid JSON: %s\n", progname, lineno, err);
+            fprintf(stderr,
+                    "%s: published %ld jobs from the lines before line %ld; nothing from line "
+                    "%ld on was published\n",
+                    progname, published, lineno, lineno);
+            rc = 1;
+            goto done;
+        }
+        if (len < 0)
+            break;
+    }
+    if (ferror(stdin)) {
+        fprintf(stderr, "%s: ERROR:  could not read standard input: %s\n", progname,
+                strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    fprintf(stderr, "%s: published %ld jobs to queue \"%s\"\n", progname, published, po->queue);
+
+done:
+    free(line);
+    free(lines);
+    walq__buf_free(&rows);
+    if (tok)
+        json_tokener_free(tok);
+    return rc;
+}
+
+static int cmd_publish(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"dbname", required_argument, NULL, 'd'},
+                                             {"priority", required_argument, NULL, 'p'},
+                                             {"run-at", required_argument, NULL, 'r'},
+                                             {"max-attempts", required_argument, NULL, 'm'},
+                                             {"dedup-key", required_argument, NULL, 'k'},
+                                             {"batch-size", required_argument, NULL, 'b'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    publish_opts po = {0};
+    PGconn *conn;
+    int opt, rc;
+
+    po.batch = 1000;
+    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            po.dbname = optarg;
+            break;
+        case 'p':
+            po.priority = optarg;
+            break;
+        case 'r':
+            po.run_at = optarg;
+            break;
+        case 'm':
+            po.max_attempts = optarg;
+            break;
+        case 'k':
+            po.dedup_key = optarg;
+            break;
+        case 'b':
+            po.batch = atoi(optarg);
+            if (po.batch < 1 || po.batch > 1000000) {
+                usage_error("invalid --batch-size \"%s\": give 1 to 1000000", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'h':
+            printf("Usage: %s publish [OPTIONS] QUEUE [JSON]\n\n"
+                   "Publishes a job to QUEUE and prints its id.  Without JSON, reads one JSON\n"
+                   "document per line from standard input and publishes them in batched\n"
+                   "transactions; a bad line stops it, and the lines before it stay published.\n\n"
+                   "Options:\n"
+                   "  --dbname CONNINFO     server to publish to (default: libpq environment)\n"
+                   "  --priority N          lower runs first (default 0)\n"
+                   "  --run-at TIMESTAMP    do not run before this time\n"
+                   "  --max-attempts N      attempts before the job is dead (default 25)\n"
+                   "  --dedup-key KEY       at most one job per queue with this key\n"
+                   "  --batch-size N        lines per transaction when reading stdin (1000)\n",
+                   progname);
+            return 0;
+        default:
+            usage_error("%s", "invalid option for \"publish\"");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc || argc - optind > 2) {
+        usage_error("%s", "publish takes a QUEUE and an optional JSON document");
+        return EXIT_USAGE;
+    }
+    po.queue = argv[optind];
+    if (*po.queue == '\0') {
+        usage_error("%s", "the queue name must not be empty");
+        return EXIT_USAGE;
+    }
+    rc = walq__connect(&conn, po.dbname, WALQ__CONN_SQL, "walq publish");
+    if (rc == 0)
+        rc = walq__schema_check(conn);
+    if (rc != 0) {
+        fail_with(rc);
+        if (conn)
+            PQfinish(conn);
+        return 1;
+    }
+    if (optind + 1 < argc)
+        rc = publish_one(conn, &po, argv[optind + 1]);
+    else
+        rc = publish_stream(conn, &po);
+    PQfinish(conn);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+static walq_consumer *running_consumer;
+static volatile sig_atomic_t signals_seen;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    signals_seen++;
+    if (running_consumer != NULL)
+        walq_consumer_stop(running_consumer, signals_seen > 1);
+}
+
+static int parse_seconds(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 1e7)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static void consume_help(void)
+{
+    printf("Usage: %s consume --group G --queue Q [--queue Q2 ...] [OPTIONS] -- PROGRAM [ARGS]\n"
+           "       %s consume --group G --queue Q --noop [OPTIONS]\n\n"
+           "Runs PROGRAM for every job of the queues, reading the jobs from the group's\n"
+           "replication slot (walq_G).  The payload is on the program's standard input;\n"
+           "WALQ_JOB_ID, WALQ_QUEUE, WALQ_GROUP and WALQ_ATTEMPT are in its environment.\n"
+           "Exit 0 marks the job done, exit 75 asks for a retry; any other exit or a\n"
+           "signal is a failure, retried until the job's max_attempts, then the job is dead.\n\n"
+           "Options:\n"
+           "  --group NAME            consumer group: lower-case letters, digits, _\n"
+           "  --queue NAME            a queue to read (repeatable)\n"
+           "  --concurrency N         handlers running at once (default 1)\n"
+           "  --drain                 exit once the jobs committed before the start are done\n"
+           "  --noop                  record every job done without running anything\n"
+           "  --timeout SECONDS       kill a handler running longer (default: no limit)\n"
+           "  --backoff-min SECONDS   first retry delay (default 1)\n"
+           "  --backoff-max SECONDS   longest retry delay (default 600)\n"
+           "  --batch-size N          outcomes per ack transaction (default 1000)\n"
+           "  --max-in-flight N       jobs in memory before reading pauses (default 10000)\n"
+           "  --status-interval SEC   seconds between status updates (default 10)\n"
+           "  --source CONNINFO       server with the slot (default: libpq environment)\n"
+           "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
+           "  --dbname CONNINFO       both of the above\n"
+           "  --verbose, --quiet      more or less logging\n\n"
+           "SIGTERM or SIGINT finishes the running jobs, records them and exits 0; a second\n"
+           "signal exits at once.\n",
+           progname, progname);
+}
+
+static int cmd_consume(int argc, char **argv)
+{
+    enum {
+        O_GROUP = 256,
+        O_QUEUE,
+        O_CONC,
+        O_DRAIN,
+        O_NOOP,
+        O_TIMEOUT,
+        O_BMIN,
+        O_BMAX,
+        O_BATCH,
+        O_INFLIGHT,
+        O_STATUS,
+        O_SOURCE,
+        O_PRIMARY,
+        O_DBNAME,
+        O_VERBOSE,
+        O_QUIET,
+        O_ACKDELAY
+    };
+    static const struct option longopts[] = {{"group", required_argument, NULL, O_GROUP},
+                                             {"queue", required_argument, NULL, O_QUEUE},
+                                             {"concurrency", required_argument, NULL, O_CONC},
+                                             {"drain", no_argument, NULL, O_DRAIN},
+                                             {"noop", no_argument, NULL, O_NOOP},
+                                             {"timeout", required_argument, NULL, O_TIMEOUT},
+                                             {"backoff-min", required_argument, NULL, O_BMIN},
+                                             {"backoff-max", required_argument, NULL, O_BMAX},
+                                             {"batch-size", required_argument, NULL, O_BATCH},
+                                             {"ack-delay-ms", required_argument, NULL, O_ACKDELAY},
+                                             {"max-in-flight", required_argument, NULL, O_INFLIGHT},
+                                             {"status-interval", required_argument, NULL, O_STATUS},
+                                             {"source", required_argument, NULL, O_SOURCE},
+                                             {"primary", required_argument, NULL, O_PRIMARY},
+                                             {"dbname", required_argument, NULL, O_DBNAME},
+                                             {"verbose", no_argument, NULL, O_VERBOSE},
+                                             {"quiet", no_argument, NULL, O_QUIET},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    walq_options opts = WALQ_OPTIONS_INIT;
+    const char **queues = calloc((size_t)argc + 1, sizeof(*queues));
+    size_t nqueues = 0;
+    walq_consumer *c = NULL;
+    struct sigaction sa;
+    walq_stats st;
+    int opt, rc, status = 1;
+    int64_t t0;
+    struct timespec ts;
+
+    if (queues == NULL)
+        return 1;
+    opts.log = log_to_stderr;
+    while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        const char *bad = NULL;
+
+        switch (opt) {
+        case O_GROUP:
+            opts.group = optarg;
+            break;
+        case O_QUEUE:
+            queues[nqueues++] = optarg;
+            break;
+        case O_CONC:
+            if (parse_int(optarg, 1, 4096, &opts.concurrency))
+                bad = "--concurrency takes a whole number from 1 to 4096";
+            break;
+        case O_DRAIN:
+            opts.drain = 1;
+            break;
+        case O_NOOP:
+            opts.handler = WALQ_HANDLER_NOOP;
+            break;
+        case O_TIMEOUT:
+            if (parse_seconds(optarg, &opts.timeout))
+                bad = "--timeout takes seconds";
+            break;
+        case O_BMIN:
+            if (parse_seconds(optarg, &opts.backoff_min))
+                bad = "--backoff-min takes seconds";
+            break;
+        case O_BMAX:
+            if (parse_seconds(optarg, &opts.backoff_max))
+                bad = "--backoff-max takes seconds";
+            break;
+        case O_BATCH:
+            if (parse_int(optarg, 1, 100000, &opts.batch_size))
+                bad = "--batch-size takes a whole number from 1 to 100000";
+            break;
+        case O_ACKDELAY:
+            if (parse_int(optarg, 0, 60000, &opts.ack_delay_ms))
+                bad = "--ack-delay-ms takes milliseconds from 0 to 60000";
+            break;
+        case O_INFLIGHT:
+            if (parse_int(optarg, 1, 10000000, &opts.max_in_flight))
+                bad = "--max-in-flight takes a whole number from 1 to 10000000";
+            break;
+        case O_STATUS:
+            if (parse_seconds(optarg, &opts.status_interval) || opts.status_interval <= 0)
+                bad = "--status-interval takes seconds above 0";
+            break;
+        case O_SOURCE:
+            opts.source = optarg;
+            break;
+        case O_PRIMARY:
+            opts.primary = optarg;
+            break;
+        case O_DBNAME:
+            opts.source = opts.primary = optarg;
+            break;
+        case O_VERBOSE:
+            opts.log_level = WALQ_LOG_DEBUG;
+            break;
+        case O_QUIET:
+            opts.log_level = WALQ_LOG_WARNING;
+            break;
+        case 'h':
+            consume_help();
+            free(queues);
+            return 0;
+        default:
+            usage_error("%s", "invalid option for \"consume\"");
+            free(queues);
+            return EXIT_USAGE;
+        }
+        if (bad != NULL) {
+            usage_error("%s, not \"%s\"", bad, optarg);
+            free(queues);
+            return EXIT_USAGE;
+        }
+    }
+    if (opts.group == NULL) {
+        usage_error("%s", "consume needs --group NAME");
+        free(queues);
+        return EXIT_USAGE;
+    }
+    if (!walq_group_name_valid(opts.group)) {
+        print_message("ERROR", "invalid consumer group name; use lower-case letters, digits and "
+                               "underscores (at most 58), as replication slot names allow");
+        free(queues);
+        return EXIT_USAGE;
+    }
+    if (nqueues == 0) {
+        usage_error("%s", "consume needs at least one --queue NAME");
+        free(queues);
+        return EXIT_USAGE;
+    }
+    if (opts.handler == WALQ_HANDLER_EXEC && optind >= argc) {
+        usage_error("%s", "give the handler after \"--\" (consume ... -- PROGRAM [ARGS]), or "
+                          "--noop");
+        free(queues);
+        return EXIT_USAGE;
+    }
+    if (opts.handler == WALQ_HANDLER_NOOP && optind < argc) {
+        usage_error("%s", "--noop takes no handler program");
+        free(queues);
+        return EXIT_USAGE;
+    }
+    opts.queues = queues;
+    opts.nqueues = nqueues;
+    opts.argv = (const char *const *)(argv + optind);
+
+    rc = walq_consumer_open(&c, &opts);
+    if (rc != 0) {
+        fail_with(rc);
+        free(queues);
+        return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
+    }
+    running_consumer = c;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t0 = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    rc = walq_consumer_run(c);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    walq_consumer_stats(c, &st);
+    if (rc == 0) {
+        double secs = (double)((int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - t0) / 1e6;
+
+        if (opts.log_level >= WALQ_LOG_INFO)
+            fprintf(stderr,
+                    "%s: group \"%s\": %llu received, %llu done, %llu retried, %llu dead in "
+                    "%.2f s (%.0f jobs/s)\n",
+                    progname, opts.group, (unsigned long long)st.received,
+                    (unsigned long long)st.done, (unsigned long long)st.retried,
+                    (unsigned long long)st.dead, secs,
+                    secs > 0 ? (double)(st.done + st.dead) / secs : 0.0);
+        status = 0;
+    } else {
+        const char *msg = walq_consumer_errmsg(c);
+
+        print_message("ERROR", *msg ? msg : walq_strerror(rc));
+    }
+    running_consumer = NULL;
+    walq_consumer_free(c);
+    free(queues);
+    return status;
+}
+
+/* ------------------------------------------------------------------ */
+
+static int cmd_status(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"dbname", required_argument, NULL, 'd'},
+                                             {"source", required_argument, NULL, 's'},
+                                             {"group", required_argument, NULL, 'g'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *dbname = NULL, *source = NULL, *group = NULL;
+    PGconn *conn = NULL, *sconn = NULL;
+    PGresult *res = NULL;
+    int opt, rc;
+
+    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            dbname = optarg;
+            break;
+        case 's':
+            source = optarg;
+            break;
+        case 'g':
+            group = optarg;
+            break;
+        case 'h':
+            printf("Usage: %s status [--dbname CONNINFO] [--source CONNINFO] [--group NAME]\n\n"
+                   "Shows every consumer group: its slot and the process holding it, how far\n"
+                   "the slot lags behind the server's WAL (bytes), the group's cursor, and its\n"
+                   "jobs by status.  --source names the server with the slots when it is not\n"
+                   "the primary.\n",
+                   progname);
+            return 0;
+        default:
+            usage_error("%s", "invalid option for \"status\"");
+            return EXIT_USAGE;
+        }
+    }
+    rc = walq__connect(&conn, dbname, WALQ__CONN_SQL, "walq status");
+    if (rc == 0)
+        rc = walq__schema_check(conn);
+    if (rc == 0 && source != NULL)
+        rc = walq__connect(&sconn, source, WALQ__CONN_SQL, "walq status");
+    if (rc == 0) {
+        const char *params[1] = {group};
+
+        rc = walq__query(conn, &res, "read the consumer groups",
+                         "SELECT g.name, g.slot_name, array_to_string(g.queues, ','),"
+                         "       g.cursor_lsn::text,"
+                         "       count(*) FILTER (WHERE s.status = 'queued'),"
+                         "       count(*) FILTER (WHERE s.status = 'running'),"
+                         "       count(*) FILTER (WHERE s.status = 'scheduled'),"
+                         "       count(*) FILTER (WHERE s.status = 'done'),"
+                         "       count(*) FILTER (WHERE s.status = 'dead'),"
+                         "       count(*) FILTER (WHERE s.status = 'cancelled')"
+                         "  FROM walq.groups g"
+                         "  LEFT JOIN walq.job_status s ON s.consumer_group = g.name"
+                         " WHERE $1::text IS NULL OR g.name = $1"
+                         " GROUP BY g.name ORDER BY g.name",
+                         1, params);
+    }
+    if (rc != 0) {
+        fail_with(rc);
+        PQclear(res);
+        if (sconn)
+            PQfinish(sconn);
+        if (conn)
+            PQfinish(conn);
+        return 1;
+    }
+    printf("%-20s %-26s %-8s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", "group", "slot", "active",
+           "lag_bytes", "cursor", "queued", "running", "scheduled", "done", "dead", "cancelled",
+           "queues");
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *params[1] = {PQgetvalue(res, i, 1)};
+        PGresult *sres = NULL;
+        char active[32] = "-", lag[32] = "-";
+
+        if (walq__query(sconn ? sconn : conn, &sres, "read the slot",
+                        "SELECT coalesce(active_pid::text, 'no'),"
+                        "       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()"
+                        "         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
+                        "         confirmed_flush_lsn)::bigint::text, 'lost')"
+                        "  FROM pg_replication_slots WHERE slot_name = $1",
+                        1, params) == 0) {
+            if (PQntuples(sres) == 1) {
+                snprintf(active, sizeof(active), "%s", PQgetvalue(sres, 0, 0));
+                snprintf(lag, sizeof(lag), "%s", PQgetvalue(sres, 0, 1));
+            } else {
+                snprintf(active, sizeof(active), "missing");
+            }
+            PQclear(sres);
+        }
+        printf("%-20s %-26s %-8s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", PQgetvalue(res, i, 0),
+               PQgetvalue(res, i, 1), active, lag, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+               PQgetvalue(res, i, 5), PQgetvalue(res, i, 6), PQgetvalue(res, i, 7),
+               PQgetvalue(res, i, 8), PQgetvalue(res, i, 9), PQgetvalue(res, i, 2));
+    }
+    if (PQntuples(res) == 0)
+        printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
+    PQclear(res);
+    if (sconn)
+        PQfinish(sconn);
+    PQfinish(conn);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static void help(void)
+{
+    printf("walq %s: a PostgreSQL job queue that reads its jobs from the WAL\n\n"
+           "Usage: %s COMMAND [OPTIONS]\n\n"
+           "Commands:\n"
+           "  init       create or upgrade the walq schema\n"
+           "  publish    publish jobs to a queue\n"
+           "  consume    run a handler for every job of some queues\n"
+           "  status     show consumer groups, their lag and job counts\n\n"
+           "\"%s COMMAND --help\" describes each command.  Connections come from the libpq\n"
+           "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n",
+           WALQ_VERSION_STRING, progname, progname);
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd;
+
+    if (argc < 2) {
+        help();
+        return EXIT_USAGE;
+    }
+    cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        help();
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("walq %s\n", WALQ_VERSION_STRING);
+        return 0;
+    }
+    /* Each command parses its own options, starting after its name. */
+    argc--;
+    argv++;
+    if (strcmp(cmd, "init") == 0)
+        return cmd_init(argc, argv);
+    if (strcmp(cmd, "publish") == 0)
+        return cmd_publish(argc, argv);
+    if (strcmp(cmd, "consume") == 0)
+        return cmd_consume(argc, argv);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(argc, argv);
+    usage_error("unknown command \"%s\"", cmd);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,71 @@
+/* Internal helpers shared by every module: errors, buffers, clocks, logging. */
+#ifndef WALQ_COMMON_H
+#define WALQ_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "walq.h"
+
+#if defined(__GNUC__)
+#define WALQ__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define WALQ__PRINTF(f, a)
+#endif
+
+#define WALQ__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Records the detail of a failure for walq_last_error() on this thread and
+ * returns code, so that callers can write `return walq__error(...)`.  hint,
+ * when not NULL, is a full sentence shown on its own line.
+ */
+int walq__error(int code, const char *hint, const char *fmt, ...) WALQ__PRINTF(3, 4);
+
+/* Growable byte buffer, always NUL-terminated once anything was added. */
+typedef struct walq__buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} walq__buf;
+
+int walq__buf_reserve(walq__buf *b, size_t extra);
+int walq__buf_append(walq__buf *b, const char *s, size_t n);
+int walq__buf_puts(walq__buf *b, const char *s);
+int walq__buf_printf(walq__buf *b, const char *fmt, ...) WALQ__PRINTF(2, 3);
+void walq__buf_reset(walq__buf *b);
+void walq__buf_free(walq__buf *b);
+
+/* Monotonic clock and wall clock, both in microseconds. */
+int64_t walq__mono_us(void);
+int64_t walq__wall_us(void);
+
+char *walq__strdup(const char *s);
+char *walq__strndup(const char *s, size_t n);
+
+/* Logger: a callback with a level threshold and a context prefix. */
+typedef struct walq__log {
+    walq_log_fn fn;
+    void *arg;
+    walq_log_level level;
+    char prefix[96];
+} walq__log;
+
+/* The cheap check that comes before formatting a message. */
+#define walq__log_on(lg, lvl) ((lg)->fn != NULL && (lvl) <= (lg)->level)
+
+void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...) WALQ__PRINTF(3, 4);
+
+#define WALQ__LOG(lg, lvl, ...)                                                                    \
+    do {                                                                                           \
+        if (walq__log_on((lg), (lvl)))                                                             \
+            walq__logf((lg), (lvl), __VA_ARGS__);                                                  \
+    } while (0)
+
+#define walq__debug(lg, ...) WALQ__LOG(lg, WALQ_LOG_DEBUG, __VA_ARGS__)
+#define walq__info(lg, ...)  WALQ__LOG(lg, WALQ_LOG_INFO, __VA_ARGS__)
+#define walq__warn(lg, ...)  WALQ__LOG(lg, WALQ_LOG_WARNING, __VA_ARGS__)
+#define walq__err(lg, ...)   WALQ__LOG(lg, WALQ_LOG_ERROR, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,1508 @@
+/*
+ * The consumer: wires the stages together.
+ *
+ *   stream -> decode -> route -> schedule -> run -> ack -> confirm
+ *
+ * One thread, one poll loop.  The slot's confirmed position only moves past
+ * transactions all of whose jobs have an outcome committed on the primary.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ack.h"
+#include "common.h"
+#include "db.h"
+#include "decode.h"
+#include "lsn.h"
+#include "run.h"
+#include "schedule.h"
+#include "stream.h"
+
+/* Rows fetched from the backfill cursor at a time. */
+#define BACKFILL_PAGE 1000
+/* Stream messages handled before the loop looks at everything else again. */
+#define READ_BURST 2000
+/* Advisory lock namespace of consumer groups (arbitrary, fixed). */
+#define GROUP_LOCK_CLASS "2037741434"
+
+typedef struct run_slot {
+    walq__proc proc;
+    walq__job *job;
+} run_slot;
+
+struct walq_consumer {
+    walq_options o;
+    char *source, *primary, *group;
+    char **queues;
+    char **argv;
+    char slot[64];
+    walq__log log;
+    volatile sig_atomic_t stop_req; /* 1: drain and stop; 2: stop at once */
+    int wake[2];
+    char errmsg[2048];
+    walq_stats stats;
+
+    PGconn *pconn; /* primary: outcomes, cursor, group lock */
+    PGconn *sconn; /* source, plain SQL: checks and the backfill cursor */
+    walq__stream st;
+    walq__decoder *dec;
+
+    walq__heap ready, timers;
+    walq__txnq txq;
+    walq__ack ack;
+    run_slot *runs;
+    int nrunning;
+    size_t in_memory;    /* ready, running and final-but-unacked jobs */
+    size_t retry_timers; /* timers that are retries, which --drain waits for */
+    uint64_t seq, rng;
+
+    /* Stream position. */
+    uint64_t last_end;  /* end of the last whole transaction received */
+    uint64_t recv_lsn;  /* furthest position the server told us about */
+    uint64_t durable;   /* what may be confirmed: recorded on the primary */
+    uint64_t confirmed; /* what the last status update said */
+    walq__txn *cur;     /* transaction being received, NULL between them */
+    uint64_t cur_end;
+    size_t cur_inserts;
+    int skip_cur;
+    uint64_t resume_end; /* a transaction cut off by a lost connection */
+    size_t resume_skip;  /* its inserts already taken */
+    int64_t next_status;
+    int reply_now;
+    int64_t next_ping; /* --drain asks the server where it is when idle */
+
+    /* Set-up and recovery. */
+    int backfilling;
+    walq__txn *bf_txn;
+    int64_t *skip; /* sorted ids recorded beyond the cursor */
+    size_t nskip;
+    uint64_t drain_target;
+    int64_t stream_retry_at, primary_retry_at;
+    int stream_failures, primary_failures;
+};
+
+static void set_errmsg(walq_consumer *c)
+{
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s", walq_last_error());
+}
+
+static void wake_up(walq_consumer *c)
+{
+    int saved = errno;
+    char b = 1;
+
+    if (write(c->wake[1], &b, 1) < 0) {
+        /* A full pipe already wakes the loop. */
+    }
+    errno = saved;
+}
+
+void walq_consumer_stop(walq_consumer *c, int immediate)
+{
+    c->stop_req = (immediate || c->stop_req) ? 2 : 1;
+    wake_up(c);
+}
+
+const char *walq_consumer_errmsg(const walq_consumer *c)
+{
+    return c->errmsg;
+}
+
+void walq_consumer_stats(const walq_consumer *c, walq_stats *out)
+{
+    *out = c->stats;
+}
+
+static char **copy_strv(const char *const *v, size_t n)
+{
+    char **out = calloc(n + 1, sizeof(*out));
+
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = walq__strdup(v[i]);
+        if (out[i] == NULL) {
+            for (size_t k = 0; k < i; k++)
+                free(out[k]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void free_strv(char **v)
+{
+    if (v == NULL)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+/* A handler that cannot be found fails every job: say so before starting. */
+static int check_program(const char *prog)
+{
+    const char *path;
+    char buf[4096];
+
+    if (strchr(prog, '/') != NULL) {
+        if (access(prog, X_OK) == 0)
+            return 0;
+        return walq__error(WALQ_EINVAL, "Give the path of an executable program after \"--\".",
+                           "handler program \"%s\" is not executable: %s", prog, strerror(errno));
+    }
+    path = getenv("PATH");
+    if (path == NULL)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        struct stat sb;
+
+        snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, n ? path : ".", prog);
+        if (stat(buf, &sb) == 0 && S_ISREG(sb.st_mode) && access(buf, X_OK) == 0)
+            return 0;
+        path += n;
+        if (*path == ':')
+            path++;
+    }
+    return walq__error(WALQ_EINVAL, "Give the path of the program, or add its directory to PATH.",
+                       "handler program \"%s\" was not found in PATH", prog);
+}
+
+int walq_consumer_open(walq_consumer **out, const walq_options *opts)
+{
+    walq_consumer *c;
+    size_t argc = 0;
+    int rc;
+
+    *out = NULL;
+    if (opts == NULL || opts->version != WALQ_OPTIONS_VERSION)
+        return walq__error(WALQ_EINVAL, "Initialise the options with WALQ_OPTIONS_INIT.",
+                           "options have version %u, expected %d", opts ? opts->version : 0,
+                           WALQ_OPTIONS_VERSION);
+    if (!walq_group_name_valid(opts->group))
+        return walq__error(WALQ_EINVAL,
+                           "Use lower-case letters, digits and underscores, at most 58 of them.",
+                           "invalid consumer group name \"%s\"", opts->group ? opts->group : "");
+    if (opts->nqueues == 0)
+        return walq__error(WALQ_EINVAL, "Name at least one queue with --queue.",
+                           "consumer group \"%s\" has no queues", opts->group);
+    for (size_t i = 0; i < opts->nqueues; i++)
+        if (opts->queues[i] == NULL || opts->queues[i][0] == '\0')
+            return walq__error(WALQ_EINVAL, NULL, "queue names must not be empty");
+    if (opts->handler == WALQ_HANDLER_EXEC) {
+        if (opts->argv == NULL || opts->argv[0] == NULL)
+            return walq__error(WALQ_EINVAL, "Give the handler program after \"--\", or use --noop.",
+                               "no handler program given");
+        rc = check_program(opts->argv[0]);
+        if (rc != 0)
+            return rc;
+        while (opts->argv[argc])
+            argc++;
+    } else if (opts->handler != WALQ_HANDLER_NOOP) {
+        return walq__error(WALQ_EINVAL, NULL, "unknown handler kind %d", (int)opts->handler);
+    }
+    if (opts->concurrency < 1 || opts->concurrency > 4096)
+        return walq__error(WALQ_EINVAL, NULL, "concurrency must be between 1 and 4096, not %d",
+                           opts->concurrency);
+    if (opts->batch_size < 1 || opts->max_in_flight < 1 || opts->status_interval <= 0 ||
+        opts->timeout < 0 || opts->backoff_min < 0 || opts->backoff_max < opts->backoff_min ||
+        opts->ack_delay_ms < 0)
+        return walq__error(WALQ_EINVAL, NULL,
+                           "batch size, in-flight limit and status interval must be positive, "
+                           "and backoff_min at most backoff_max");
+
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    c->o = *opts;
+    c->wake[0] = c->wake[1] = -1;
+    c->source = walq__strdup(opts->source ? opts->source : "");
+    c->primary = walq__strdup(opts->primary ? opts->primary : "");
+    c->group = walq__strdup(opts->group);
+    c->queues = copy_strv(opts->queues, opts->nqueues);
+    if (opts->handler == WALQ_HANDLER_EXEC)
+        c->argv = copy_strv(opts->argv, argc);
+    c->runs = calloc((size_t)opts->concurrency, sizeof(*c->runs));
+    if (!c->source || !c->primary || !c->group || !c->queues ||
+        (opts->handler == WALQ_HANDLER_EXEC && !c->argv) || !c->runs ||
+        walq__decoder_new(&c->dec) != 0) {
+        walq_consumer_free(c);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        rc = walq__error(WALQ_ESYS, NULL, "could not create a pipe: %s", strerror(errno));
+        walq_consumer_free(c);
+        return rc;
+    }
+    snprintf(c->slot, sizeof(c->slot), "walq_%s", c->group);
+    c->log.fn = opts->log;
+    c->log.arg = opts->log_arg;
+    c->log.level = opts->log_level;
+    snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\": ", c->group);
+    walq__heap_init(&c->ready, walq__ready_less);
+    walq__heap_init(&c->timers, walq__timer_less);
+    c->rng = (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32);
+    *out = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Jobs in memory                                                      */
+
+static int job_skipped(const walq_consumer *c, int64_t id)
+{
+    size_t lo = 0, hi = c->nskip;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (c->skip[mid] == id)
+            return 1;
+        if (c->skip[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+static int queue_wanted(const walq_consumer *c, const char *queue)
+{
+    for (size_t i = 0; i < c->o.nqueues; i++)
+        if (strcmp(c->queues[i], queue) == 0)
+            return 1;
+    return 0;
+}
+
+static int make_ready(walq_consumer *c, walq__job *job)
+{
+    job->state = WALQ__JOB_READY;
+    c->in_memory++;
+    return walq__heap_push(&c->ready, job) ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
+}
+
+static int make_timer(walq_consumer *c, walq__job *job, int retry)
+{
+    job->state = WALQ__JOB_TIMER;
+    job->retry_timer = retry;
+    if (retry)
+        c->retry_timers++;
+    return walq__heap_push(&c->timers, job) ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
+}
+
+static int record(walq_consumer *c, walq__job *job, walq__status st, const char *err)
+{
+    free(job->last_error);
+    job->last_error = NULL;
+    if (err != NULL && *err != '\0') {
+        job->last_error = walq__strdup(err);
+        if (job->last_error == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    job->pending = st;
+    return walq__ack_add(&c->ack, job);
+}
+
+/*
+ * A new job from the table or the stream: one whose time has not come is
+ * recorded as scheduled right away, so that the cursor can pass it.
+ */
+static int admit(walq_consumer *c, walq__job *job, int64_t now_wall)
+{
+    c->stats.received++;
+    if (job->run_at > now_wall + 1000) {
+        int rc = make_timer(c, job, 0);
+
+        return rc ? rc : record(c, job, WALQ__ST_SCHEDULED, NULL);
+    }
+    return make_ready(c, job);
+}
+
+static walq__job *new_job(walq_consumer *c, int64_t id, const char *queue, const char *payload,
+                          size_t payload_len)
+{
+    walq__job *job = calloc(1, sizeof(*job));
+
+    if (job == NULL)
+        return NULL;
+    job->id = id;
+    job->queue = walq__strdup(queue);
+    job->payload = walq__strndup(payload, payload_len);
+    job->payload_len = payload_len;
+    job->max_attempts = 25;
+    job->pending_idx = -1;
+    job->seq = ++c->seq;
+    if (job->queue == NULL || job->payload == NULL) {
+        walq__job_free(job);
+        return NULL;
+    }
+    return job;
+}
+
+/* ------------------------------------------------------------------ */
+/* Running jobs                                                        */
+
+static int finish(walq_consumer *c, walq__job *job, walq__verdict v, const char *err)
+{
+    if (v == WALQ__VERDICT_DONE) {
+        c->stats.done++;
+        job->state = WALQ__JOB_ACKING;
+        return record(c, job, WALQ__ST_DONE, NULL);
+    }
+    if (job->attempts >= job->max_attempts) {
+        c->stats.dead++;
+        walq__warn(&c->log, "job %lld is dead after %d attempts: %s", (long long)job->id,
+                   job->attempts, err);
+        job->state = WALQ__JOB_ACKING;
+        return record(c, job, WALQ__ST_DEAD, err);
+    }
+    c->stats.retried++;
+    job->run_at = walq__wall_us() +
+                  walq__backoff_us(job->attempts, c->o.backoff_min, c->o.backoff_max, &c->rng);
+    walq__debug(&c->log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
+                job->attempts, err);
+    c->in_memory--;
+    {
+        int rc = make_timer(c, job, 1);
+
+        return rc ? rc : record(c, job, WALQ__ST_SCHEDULED, err);
+    }
+}
+
+static int start_job(walq_consumer *c, walq__job *job, int64_t now)
+{
+    walq__job_env env = {c->group, job->queue, job->id, job->attempts + 1};
+    run_slot *slot = NULL;
+    int rc;
+
+    job->attempts++;
+    job->state = WALQ__JOB_RUNNING;
+    if (c->o.handler == WALQ_HANDLER_NOOP)
+        return finish(c, job, WALQ__VERDICT_DONE, NULL);
+    for (int i = 0; i < c->o.concurrency; i++) {
+        if (c->runs[i].job == NULL) {
+            slot = &c->runs[i];
+            break;
+        }
+    }
+    if (slot == NULL)
+        return walq__error(WALQ_ESYS, NULL, "no free handler slot (internal error)");
+    rc = walq__proc_start(&slot->proc, c->argv, &env, job->payload, job->payload_len,
+                          c->o.timeout > 0 ? now + (int64_t)(c->o.timeout * 1e6) : 0);
+    if (rc == WALQ_ENOMEM)
+        return rc;
+    if (rc != 0)
+        return finish(c, job, WALQ__VERDICT_FAIL, walq_last_error());
+    slot->job = job;
+    c->nrunning++;
+    return 0;
+}
+
+static int dispatch(walq_consumer *c, int64_t now)
+{
+    while (c->ready.n > 0 &&
+           (c->o.handler == WALQ_HANDLER_NOOP || c->nrunning < c->o.concurrency)) {
+        int rc = start_job(c, walq__heap_pop(&c->ready), now);
+
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int promote_timers(walq_consumer *c, int64_t now_wall)
+{
+    walq__job *job;
+
+    while ((job = walq__heap_top(&c->timers)) != NULL && job->run_at <= now_wall) {
+        int rc;
+
+        walq__heap_pop(&c->timers);
+        if (job->retry_timer)
+            c->retry_timers--;
+        job->retry_timer = 0;
+        rc = make_ready(c, job);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int reap(walq_consumer *c, run_slot *slot)
+{
+    walq__verdict v;
+    char err[1024];
+    walq__job *job = slot->job;
+
+    if (!walq__proc_reap(&slot->proc, &v, err, sizeof(err)))
+        return 0;
+    walq__proc_close(&slot->proc);
+    slot->job = NULL;
+    c->nrunning--;
+    return finish(c, job, v, err);
+}
+
+static void kill_all(walq_consumer *c)
+{
+    for (int i = 0; i < c->o.concurrency; i++) {
+        run_slot *slot = &c->runs[i];
+
+        if (slot->job == NULL)
+            continue;
+        walq__proc_kill(&slot->proc, SIGKILL);
+        while (slot->proc.pid > 0) {
+            walq__verdict v;
+            char err[64];
+
+            if (!walq__proc_reap(&slot->proc, &v, err, sizeof(err)))
+                poll(NULL, 0, 5);
+        }
+        walq__proc_close(&slot->proc);
+        slot->job = NULL;
+        c->nrunning--;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Acks                                                                */
+
+/* Reconnect delays: 0.1 s doubling up to 3.2 s. */
+static int64_t backoff_delay(int failures)
+{
+    return (int64_t)100000 << (failures < 5 ? failures : 5);
+}
+
+/* Logs the last error without its hint, which is for people, not for retries. */
+static void warn_retry(walq_consumer *c, int64_t delay)
+{
+    const char *msg = walq_last_error();
+    const char *hint = strstr(msg, "\nHINT:  ");
+
+    walq__warn(&c->log, "%.*s; reconnecting in %.1f s", hint ? (int)(hint - msg) : (int)strlen(msg),
+               msg, (double)delay / 1e6);
+}
+
+static void stream_lost(walq_consumer *c);
+
+static void primary_lost(walq_consumer *c)
+{
+    int64_t delay = backoff_delay(c->primary_failures);
+
+    warn_retry(c, delay);
+    if (c->pconn)
+        PQfinish(c->pconn);
+    c->pconn = NULL;
+    c->primary_failures++;
+    c->primary_retry_at = walq__mono_us() + delay;
+    /*
+     * Without the primary nothing can be confirmed, and a server shutting
+     * down waits for its walsenders until their client confirms everything
+     * sent; letting go of the stream lets it stop.
+     */
+    if (c->st.conn != NULL)
+        stream_lost(c);
+}
+
+static int lock_group(walq_consumer *c)
+{
+    const char *params[1] = {c->group};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(c->pconn, &res, "lock the consumer group",
+                     "SELECT pg_try_advisory_lock(" GROUP_LOCK_CLASS ", hashtext($1)),"
+                     " (SELECT string_agg(l.pid::text, ', ') FROM pg_locks l"
+                     "   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                     "     AND l.classid = " GROUP_LOCK_CLASS "::bigint::oid"
+                     "     AND l.objid = (hashtext($1)::bigint & 4294967295)::oid)",
+                     1, params);
+    if (rc != 0)
+        return rc;
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+        char pids[128];
+
+        snprintf(pids, sizeof(pids), "%s", PQgetvalue(res, 0, 1));
+        PQclear(res);
+        return walq__error(WALQ_EBUSY,
+                           "Only one walq consume may run per group; stop the other one or wait "
+                           "for it to exit.",
+                           "consumer group \"%s\" is held by another process (backend pid %s)",
+                           c->group, *pids ? pids : "unknown");
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int connect_primary(walq_consumer *c)
+{
+    int rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
+
+    if (rc == 0)
+        rc = walq__exec(c->pconn, "set up the session",
+                        "SET synchronous_commit = on; SET application_name = 'walq consume'");
+    if (rc == 0)
+        rc = lock_group(c);
+    if (rc != 0 && c->pconn) {
+        PQfinish(c->pconn);
+        c->pconn = NULL;
+    }
+    return rc;
+}
+
+/*
+ * Writes the batch.  Each job's first outcome lets its transaction go; the
+ * cursor written is how far that takes the group.
+ */
+static int flush_acks(walq_consumer *c)
+{
+    int rc;
+
+    if (c->ack.n == 0)
+        return 0;
+    if (c->pconn == NULL)
+        return WALQ_ECONN;
+    for (size_t i = 0; i < c->ack.n; i++) {
+        walq__job *job = c->ack.jobs[i];
+
+        if (job->txn != NULL) {
+            walq__txnq_record(&c->txq, job->txn);
+            job->txn = NULL;
+        }
+    }
+    rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->txq.safe_lsn);
+    if (rc != 0)
+        return rc;
+    c->stats.acks++;
+    c->primary_failures = 0;
+    for (size_t i = 0; i < c->ack.n; i++) {
+        walq__job *job = c->ack.jobs[i];
+
+        job->pending_idx = -1;
+        if (job->state == WALQ__JOB_ACKING) {
+            c->in_memory--;
+            walq__job_free(job);
+        }
+    }
+    c->ack.n = 0;
+    c->durable = c->txq.safe_lsn;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The stream                                                          */
+
+static const char *const plugin_options[] = {"format-version",
+                                             "2",
+                                             "include-xids",
+                                             "1",
+                                             "include-timestamp",
+                                             "1",
+                                             "include-lsn",
+                                             "1",
+                                             "add-tables",
+                                             "walq.jobs",
+                                             "actions",
+                                             "insert",
+                                             NULL};
+
+static int start_stream(walq_consumer *c)
+{
+    char lsn[WALQ__LSN_BUFSZ];
+    int rc;
+
+    if (c->st.conn == NULL) {
+        rc = walq__stream_connect(&c->st, c->source, "walq consume");
+        if (rc != 0)
+            return rc;
+    }
+    rc = walq__stream_start(&c->st, c->slot, c->last_end, plugin_options);
+    if (rc != 0) {
+        walq__stream_close(&c->st);
+        return rc;
+    }
+    walq__info(&c->log, "streaming slot \"%s\" from %s", c->slot,
+               walq__lsn_format(c->last_end, lsn));
+    c->stream_failures = 0;
+    c->next_status = 0;
+    return 0;
+}
+
+static void stream_lost(walq_consumer *c)
+{
+    int64_t delay = backoff_delay(c->stream_failures);
+
+    warn_retry(c, delay);
+    walq__stream_close(&c->st);
+    c->stats.reconnects++;
+    c->stream_failures++;
+    c->stream_retry_at = walq__mono_us() + delay;
+    /* The transaction being received comes again from its start. */
+    if (c->cur != NULL) {
+        c->resume_end = c->cur_end;
+        c->resume_skip = c->cur_inserts;
+    }
+    c->skip_cur = 0;
+}
+
+static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job **out)
+{
+    const walq__value *id = walq__change_column(ch, "id");
+    const walq__value *queue = walq__change_column(ch, "queue");
+    const walq__value *payload = walq__change_column(ch, "payload");
+    const walq__value *prio = walq__change_column(ch, "priority");
+    const walq__value *run_at = walq__change_column(ch, "run_at");
+    const walq__value *maxa = walq__change_column(ch, "max_attempts");
+    walq__job *job;
+
+    *out = NULL;
+    if (id == NULL || id->kind != WALQ__V_INT || queue == NULL || queue->kind != WALQ__V_STR)
+        return walq__error(WALQ_EDECODE, "Check that walq.jobs has the columns walq init made.",
+                           "job row from the stream has no usable \"id\" or \"queue\"");
+    if (!queue_wanted(c, queue->str) || job_skipped(c, id->i))
+        return 0;
+    job = new_job(c, id->i, queue->str,
+                  payload && payload->kind == WALQ__V_STR ? payload->str : "null",
+                  payload && payload->kind == WALQ__V_STR ? payload->len : 4);
+    if (job == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    if (prio && prio->kind == WALQ__V_INT)
+        job->priority = (int32_t)prio->i;
+    if (maxa && maxa->kind == WALQ__V_INT)
+        job->max_attempts = (int32_t)maxa->i;
+    if (run_at && run_at->kind == WALQ__V_STR &&
+        walq__parse_timestamp(run_at->str, run_at->len, &job->run_at) != 0) {
+        walq__job_free(job);
+        return walq__error(WALQ_EDECODE, NULL, "job %lld has an unreadable run_at \"%s\"",
+                           (long long)id->i, run_at->str);
+    }
+    *out = job;
+    return 0;
+}
+
+static int on_change(walq_consumer *c, const walq__change *ch, uint64_t wal_start)
+{
+    char lsn[WALQ__LSN_BUFSZ];
+    walq__job *job;
+    int rc;
+
+    switch (ch->action) {
+    case WALQ__ACT_BEGIN:
+        if (c->cur != NULL && ch->next_lsn != c->resume_end)
+            return walq__error(WALQ_EPROTO, NULL, "transaction began at %s inside another one",
+                               walq__lsn_format(wal_start, lsn));
+        c->cur_end = ch->next_lsn;
+        c->cur_inserts = 0;
+        if (ch->next_lsn <= c->last_end) {
+            c->skip_cur = 1; /* had it already, before a reconnect */
+            return 0;
+        }
+        c->skip_cur = 0;
+        if (c->cur != NULL) /* the one cut off by a reconnect, coming again */
+            return 0;
+        c->resume_end = 0;
+        c->resume_skip = 0;
+        c->cur = walq__txnq_open(&c->txq, ch->next_lsn);
+        return c->cur ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    case WALQ__ACT_INSERT:
+        if (c->skip_cur)
+            return 0;
+        if (c->cur == NULL)
+            return walq__error(WALQ_EPROTO, NULL, "change at %s outside a transaction",
+                               walq__lsn_format(wal_start, lsn));
+        if (++c->cur_inserts <= c->resume_skip)
+            return 0;
+        if (ch->table == NULL || strcmp(ch->table, "jobs") != 0 || ch->schema == NULL ||
+            strcmp(ch->schema, "walq") != 0)
+            return 0;
+        rc = job_from_change(c, ch, &job);
+        if (rc != 0 || job == NULL)
+            return rc;
+        job->lsn = c->cur_end;
+        job->txn = c->cur;
+        c->cur->outstanding++;
+        return admit(c, job, walq__wall_us());
+    case WALQ__ACT_COMMIT:
+        if (c->skip_cur) {
+            c->skip_cur = 0;
+            return 0;
+        }
+        if (c->cur == NULL)
+            return walq__error(WALQ_EPROTO, NULL, "commit at %s without a transaction",
+                               walq__lsn_format(wal_start, lsn));
+        walq__txnq_close(&c->txq, c->cur);
+        c->cur = NULL;
+        c->resume_end = 0;
+        c->resume_skip = 0;
+        c->last_end = ch->next_lsn;
+        if (ch->next_lsn > c->recv_lsn)
+            c->recv_lsn = ch->next_lsn;
+        return 0;
+    default:
+        /* Other actions are filtered out by the plugin options. */
+        return 0;
+    }
+}
+
+/* Handles what has arrived; stops early while too much is in memory. */
+static int read_stream(walq_consumer *c)
+{
+    for (int i = 0; i < READ_BURST; i++) {
+        walq__msg msg;
+        walq__change ch;
+        int rc;
+
+        if (c->in_memory >= (size_t)c->o.max_in_flight)
+            return 0;
+        rc = walq__stream_read(&c->st, &msg);
+        if (rc <= 0)
+            return rc;
+        if (msg.kind == WALQ__MSG_KEEPALIVE) {
+            if (msg.wal_end > c->recv_lsn)
+                c->recv_lsn = msg.wal_end;
+            if (c->cur == NULL) {
+                walq__txnq_idle(&c->txq, msg.wal_end);
+                if (msg.wal_end > c->last_end && c->txq.head == NULL)
+                    c->last_end = msg.wal_end;
+            }
+            if (msg.reply_requested)
+                c->reply_now = 1;
+            continue;
+        }
+        rc = walq__decode(c->dec, msg.data, msg.len, &ch);
+        if (rc != 0)
+            return walq__error(rc, NULL, "could not decode the change at %X/%X: %s",
+                               (unsigned)(msg.wal_start >> 32), (unsigned)msg.wal_start,
+                               walq__decoder_error(c->dec));
+        rc = on_change(c, &ch, msg.wal_start);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int send_status(walq_consumer *c, int64_t now, int reply)
+{
+    int rc;
+
+    if (c->ack.n == 0 && c->txq.safe_lsn > c->durable)
+        c->durable = c->txq.safe_lsn;
+    rc = walq__stream_status(&c->st, c->recv_lsn > c->durable ? c->recv_lsn : c->durable,
+                             c->durable, reply);
+    if (rc != 0)
+        return rc;
+    if (c->durable != c->confirmed) {
+        char lsn[WALQ__LSN_BUFSZ];
+
+        walq__debug(&c->log, "confirmed %s", walq__lsn_format(c->durable, lsn));
+    }
+    c->confirmed = c->durable;
+    c->stats.confirmed_lsn = c->durable;
+    c->reply_now = 0;
+    c->next_status = now + (int64_t)(c->o.status_interval * 1e6);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Set-up: group row, slot, resync, timers                             */
+
+static int query1(PGconn *conn, PGresult **res, const char *what, const char *sql, const char *p1)
+{
+    const char *params[1] = {p1};
+
+    return walq__query(conn, res, what, sql, p1 ? 1 : 0, params);
+}
+
+static int queues_literal(walq_consumer *c, walq__buf *b)
+{
+    int rc = walq__buf_puts(b, "{");
+
+    for (size_t i = 0; rc == 0 && i < c->o.nqueues; i++) {
+        if (i)
+            rc = walq__buf_puts(b, ",");
+        if (rc == 0)
+            rc = walq__buf_array_elem(b, c->queues[i]);
+    }
+    return rc ? rc : walq__buf_puts(b, "}");
+}
+
+static int load_skip(walq_consumer *c, uint64_t cursor)
+{
+    char lsn[WALQ__LSN_BUFSZ];
+    const char *params[2] = {c->group, walq__lsn_format(cursor, lsn)};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(c->pconn, &res, "read recorded outcomes",
+                     "SELECT job_id FROM walq.outcomes WHERE group_name = $1 AND lsn > $2::pg_lsn"
+                     " ORDER BY job_id",
+                     2, params);
+    if (rc != 0)
+        return rc;
+    free(c->skip);
+    c->nskip = (size_t)PQntuples(res);
+    c->skip = malloc((c->nskip ? c->nskip : 1) * sizeof(*c->skip));
+    if (c->skip == NULL) {
+        PQclear(res);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t i = 0; i < c->nskip; i++)
+        c->skip[i] = strtoll(PQgetvalue(res, (int)i, 0), NULL, 10);
+    PQclear(res);
+    return 0;
+}
+
+static walq__job *job_from_row(walq_consumer *c, PGresult *res, int row)
+{
+    /* Columns: id, queue, payload, priority, run_at (Unix us), max_attempts, [attempts]. */
+    walq__job *job = new_job(c, strtoll(PQgetvalue(res, row, 0), NULL, 10), PQgetvalue(res, row, 1),
+                             PQgetvalue(res, row, 2), (size_t)PQgetlength(res, row, 2));
+
+    if (job == NULL)
+        return NULL;
+    job->priority = (int32_t)strtol(PQgetvalue(res, row, 3), NULL, 10);
+    job->run_at = strtoll(PQgetvalue(res, row, 4), NULL, 10);
+    job->max_attempts = (int32_t)strtol(PQgetvalue(res, row, 5), NULL, 10);
+    if (PQnfields(res) > 6)
+        job->attempts = (int32_t)strtol(PQgetvalue(res, row, 6), NULL, 10);
+    return job;
+}
+
+/* Jobs waiting for their time, recorded as scheduled, come back as timers. */
+static int load_timers(walq_consumer *c)
+{
+    const char *params[1] = {c->group};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(c->pconn, &res, "read scheduled jobs",
+                     "SELECT j.id, j.queue, j.payload, j.priority,"
+                     "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
+                     "       j.max_attempts, o.attempts"
+                     "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
+                     " WHERE o.group_name = $1 AND o.status = 'scheduled'",
+                     1, params);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < PQntuples(res); i++) {
+        walq__job *job = job_from_row(c, res, i);
+
+        if (job == NULL) {
+            PQclear(res);
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        }
+        rc = make_timer(c, job, job->attempts > 0);
+        if (rc != 0) {
+            walq__job_free(job);
+            PQclear(res);
+            return rc;
+        }
+    }
+    if (PQntuples(res) > 0)
+        walq__info(&c->log, "%d scheduled jobs waiting for their time", PQntuples(res));
+    PQclear(res);
+    return 0;
+}
+
+/*
+ * The next page of the backfill: jobs of the group's queues that were
+ * committed before the slot's consistent point and have no outcome.
+ */
+static int backfill_page(walq_consumer *c)
+{
+    PGresult *res, *known = NULL;
+    walq__buf ids = {0};
+    int rc, n;
+    int64_t now_wall = walq__wall_us();
+
+    rc = walq__query(c->sconn, &res, "read the backlog",
+                     "FETCH " /* constant page size */ "1000 FROM walq_backfill", 0, NULL);
+    if (rc != 0)
+        return rc;
+    n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        rc = walq__exec(c->sconn, "finish reading the backlog", "COMMIT");
+        if (rc != 0)
+            return rc;
+        PQfinish(c->sconn);
+        c->sconn = NULL;
+        walq__txnq_close(&c->txq, c->bf_txn);
+        c->bf_txn = NULL;
+        c->backfilling = 0;
+        walq__info(&c->log, "backlog read: %llu jobs", (unsigned long long)c->stats.received);
+        return 0;
+    }
+    /* The outcomes live on the primary, which may be another server. */
+    rc = walq__buf_puts(&ids, "{");
+    for (int i = 0; rc == 0 && i < n; i++)
+        rc = walq__buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
+    rc = rc ? rc : walq__buf_puts(&ids, "}");
+    if (rc == 0) {
+        const char *params[2] = {c->group, ids.data};
+
+        rc = walq__query(c->pconn, &known, "check the backlog against recorded outcomes",
+                         "SELECT job_id FROM walq.outcomes"
+                         " WHERE group_name = $1 AND job_id = ANY ($2::bigint[])"
+                         " ORDER BY job_id",
+                         2, params);
+    }
+    walq__buf_free(&ids);
+    if (rc != 0) {
+        PQclear(res);
+        return rc;
+    }
+    for (int i = 0, k = 0; i < n; i++) {
+        int64_t id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        walq__job *job;
+
+        /* Both lists are in id order. */
+        while (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) < id)
+            k++;
+        if (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) == id)
+            continue;
+        job = job_from_row(c, res, i);
+        if (job == NULL) {
+            rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+            break;
+        }
+        job->lsn = c->bf_txn->end_lsn;
+        job->txn = c->bf_txn;
+        c->bf_txn->outstanding++;
+        rc = admit(c, job, now_wall);
+        if (rc != 0)
+            break;
+    }
+    PQclear(known);
+    PQclear(res);
+    return rc;
+}
+
+typedef struct slot_info {
+    int exists;
+    int lost;
+    int active;
+    char active_pid[32];
+    uint64_t confirmed;
+    char plugin[64];
+} slot_info;
+
+static int read_slot(walq_consumer *c, slot_info *si)
+{
+    PGresult *res;
+    int rc;
+
+    memset(si, 0, sizeof(*si));
+    rc = query1(c->sconn, &res, "look up the replication slot",
+                "SELECT coalesce(confirmed_flush_lsn::text, ''), coalesce(wal_status, ''),"
+                "       coalesce(active_pid::text, ''), coalesce(plugin, ''), database"
+                "  FROM pg_replication_slots WHERE slot_name = $1",
+                c->slot);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(res) == 1) {
+        si->exists = 1;
+        if (walq__lsn_parse(PQgetvalue(res, 0, 0), &si->confirmed) != 0)
+            si->confirmed = 0;
+        si->lost = strcmp(PQgetvalue(res, 0, 1), "lost") == 0 || *PQgetvalue(res, 0, 0) == '\0';
+        snprintf(si->active_pid, sizeof(si->active_pid), "%s", PQgetvalue(res, 0, 2));
+        si->active = si->active_pid[0] != '\0';
+        snprintf(si->plugin, sizeof(si->plugin), "%s", PQgetvalue(res, 0, 3));
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int check_source(walq_consumer *c)
+{
+    PGresult *res;
+    char name[128];
+    int rc;
+
+    rc = walq__query(c->sconn, &res, "read wal_level", "SELECT current_setting('wal_level')", 0,
+                     NULL);
+    if (rc != 0)
+        return rc;
+    if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0) {
+        char level[32];
+
+        snprintf(level, sizeof(level), "%s", PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return walq__error(WALQ_ESERVER,
+                           "Set wal_level = logical in postgresql.conf and restart the server.",
+                           "logical decoding requires wal_level = logical, but \"%s\" has "
+                           "wal_level = %s",
+                           walq__conn_name(c->sconn, name, sizeof(name)), level);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/*
+ * Creates the slot afresh and reads, from the snapshot of its consistent
+ * point, every job of the group's queues that has no outcome: the table
+ * covers what came before the slot and the stream what comes after, without
+ * a gap or an overlap.
+ */
+static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
+{
+    char snapshot[128], lsn[WALQ__LSN_BUFSZ], sql[256];
+    walq__buf queues = {0};
+    uint64_t consistent;
+    PGresult *res;
+    int rc;
+
+    if (si->exists) {
+        rc = walq__stream_drop_slot(&c->st, c->slot);
+        if (rc != 0)
+            return rc;
+    }
+    rc = walq__stream_create_slot(&c->st, c->slot, &consistent, snapshot, sizeof(snapshot));
+    if (rc != 0)
+        return rc;
+    rc = walq__exec(c->sconn, "begin reading the backlog",
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    if (rc == 0) {
+        snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapshot);
+        rc = walq__exec(c->sconn, "import the slot's snapshot", sql);
+    }
+    if (rc == 0)
+        rc = queues_literal(c, &queues);
+    if (rc == 0) {
+        rc = query1(c->sconn, &res, "open the backlog",
+                    "DECLARE walq_backfill NO SCROLL CURSOR FOR"
+                    " SELECT id, queue, payload, priority,"
+                    "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts"
+                    "   FROM walq.jobs WHERE queue = ANY ($1::text[]) ORDER BY id",
+                    queues.data);
+        PQclear(res);
+    }
+    if (rc == 0) {
+        const char *params[3] = {c->group, walq__lsn_format(consistent, lsn), queues.data};
+
+        rc = walq__query(c->pconn, &res, "record the group's new slot",
+                         "UPDATE walq.groups SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
+                         " updated_at = now() WHERE name = $1",
+                         3, params);
+        PQclear(res);
+    }
+    walq__buf_free(&queues);
+    if (rc != 0)
+        return rc;
+    c->bf_txn = walq__txnq_open(&c->txq, consistent);
+    if (c->bf_txn == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    c->backfilling = 1;
+    c->txq.safe_lsn = cursor < consistent ? cursor : consistent;
+    c->last_end = c->recv_lsn = consistent;
+    walq__info(&c->log, "created slot \"%s\" at %s; reading the backlog from walq.jobs", c->slot,
+               walq__lsn_format(consistent, lsn));
+    return 0;
+}
+
+static int setup(walq_consumer *c)
+{
+    walq__buf queues = {0};
+    PGresult *res = NULL;
+    slot_info si;
+    uint64_t cursor = 0, sync_lsn = 0;
+    int rc, queues_changed, synced;
+    char lsn[WALQ__LSN_BUFSZ];
+
+    rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
+    if (rc != 0)
+        return rc;
+    rc = walq__schema_check(c->pconn);
+    if (rc == 0)
+        rc = walq__exec(c->pconn, "set up the session", "SET synchronous_commit = on");
+    if (rc == 0)
+        rc = lock_group(c);
+    if (rc == 0)
+        rc = queues_literal(c, &queues);
+    if (rc == 0) {
+        const char *params[3] = {c->group, c->slot, queues.data};
+
+        rc = walq__query(c->pconn, &res, "register the consumer group",
+                         "INSERT INTO walq.groups (name, slot_name, queues)"
+                         " VALUES ($1, $2, $3::text[]) ON CONFLICT (name) DO NOTHING;",
+                         3, params);
+        PQclear(res);
+    }
+    if (rc == 0) {
+        const char *params[2] = {c->group, queues.data};
+
+        rc = walq__query(c->pconn, &res, "read the consumer group",
+                         "SELECT cursor_lsn::text, coalesce(sync_lsn::text, ''),"
+                         "       NOT (queues @> $2::text[] AND queues <@ $2::text[])"
+                         "  FROM walq.groups WHERE name = $1",
+                         2, params);
+    }
+    walq__buf_free(&queues);
+    if (rc != 0)
+        return rc;
+    walq__lsn_parse(PQgetvalue(res, 0, 0), &cursor);
+    synced = walq__lsn_parse(PQgetvalue(res, 0, 1), &sync_lsn) == 0 && cursor >= sync_lsn;
+    queues_changed = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
+    PQclear(res);
+
+    rc = walq__connect(&c->sconn, c->source, WALQ__CONN_SQL, "walq consume");
+    if (rc == 0)
+        rc = check_source(c);
+    if (rc == 0)
+        rc = read_slot(c, &si);
+    if (rc != 0)
+        return rc;
+    if (si.active)
+        return walq__error(WALQ_EBUSY,
+                           "Another walq consume of this group is running; stop it, or wait for "
+                           "it to exit.",
+                           "replication slot \"%s\" is in use by process %s", c->slot,
+                           si.active_pid);
+    if (si.exists && strcmp(si.plugin, "wal2json") != 0)
+        return walq__error(WALQ_ESLOT, "Drop the slot, or choose another group name.",
+                           "replication slot \"%s\" exists but uses plugin \"%s\", not wal2json",
+                           c->slot, si.plugin);
+    rc = walq__stream_connect(&c->st, c->source, "walq consume");
+    if (rc != 0)
+        return rc;
+
+    if (!si.exists || si.lost || !synced || queues_changed) {
+        if (synced && !si.exists)
+            walq__warn(&c->log,
+                       "replication slot \"%s\" is missing; recreating it and resynchronizing "
+                       "the group from walq.jobs",
+                       c->slot);
+        else if (synced && si.lost)
+            walq__warn(&c->log,
+                       "replication slot \"%s\" was invalidated; recreating it and "
+                       "resynchronizing the group from walq.jobs",
+                       c->slot);
+        else if (synced && queues_changed)
+            walq__info(&c->log, "queues changed; resynchronizing the group from walq.jobs");
+        rc = resync(c, &si, cursor);
+    } else {
+        c->last_end = c->recv_lsn = cursor > si.confirmed ? cursor : si.confirmed;
+        c->txq.safe_lsn = c->last_end;
+        c->durable = c->confirmed = c->last_end;
+        rc = load_skip(c, cursor);
+        walq__debug(&c->log, "cursor %s, %zu jobs already recorded beyond it",
+                    walq__lsn_format(cursor, lsn), c->nskip);
+    }
+    if (rc == 0)
+        rc = load_timers(c);
+    if (rc == 0 && c->o.drain) {
+        rc = walq__query(c->sconn, &res, "read the server's WAL position",
+                         "SELECT pg_current_wal_insert_lsn()::text", 0, NULL);
+        if (rc == 0) {
+            walq__lsn_parse(PQgetvalue(res, 0, 0), &c->drain_target);
+            PQclear(res);
+            walq__debug(&c->log, "draining up to %s", walq__lsn_format(c->drain_target, lsn));
+        }
+    }
+    if (rc == 0 && !c->backfilling) {
+        PQfinish(c->sconn);
+        c->sconn = NULL;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop                                                            */
+
+static int drained(const walq_consumer *c)
+{
+    return !c->backfilling && c->st.streaming && c->cur == NULL && c->in_memory == 0 &&
+           c->retry_timers == 0 && c->ack.n == 0 && c->last_end >= c->drain_target &&
+           c->txq.head == NULL;
+}
+
+/* The last word to the server: everything recorded is confirmed. */
+static void final_status(walq_consumer *c)
+{
+    if (c->st.streaming && c->st.conn != NULL) {
+        if (send_status(c, walq__mono_us(), 0) == 0) {
+            PQsetnonblocking(c->st.conn, 0);
+            PQflush(c->st.conn);
+        }
+    }
+}
+
+static int64_t min_deadline(int64_t a, int64_t b)
+{
+    return (a == 0 || (b != 0 && b < a)) ? b : a;
+}
+
+static int loop(walq_consumer *c)
+{
+    struct pollfd *pfd;
+    size_t npfd = 2 + 3 * (size_t)c->o.concurrency;
+    int rc = 0;
+
+    pfd = calloc(npfd, sizeof(*pfd));
+    if (pfd == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+
+    for (;;) {
+        int64_t now = walq__mono_us(), wall = walq__wall_us(), wake_at = 0;
+        int stopping = c->stop_req != 0, n = 0, timeout_ms;
+
+        if (c->stop_req == 2) {
+            kill_all(c);
+            rc = WALQ_ECANCELED;
+            walq__error(rc, NULL, "stopped at once; unfinished jobs will run again");
+            break;
+        }
+        if (c->pconn == NULL && now >= c->primary_retry_at) {
+            rc = connect_primary(c);
+            if (rc == WALQ_EBUSY)
+                break;
+            if (rc != 0)
+                primary_lost(c);
+            else
+                walq__info(&c->log, "reconnected to the primary");
+        }
+        if (!stopping) {
+            rc = promote_timers(c, wall);
+            if (rc == 0 && c->backfilling && c->pconn && c->in_memory < (size_t)c->o.max_in_flight)
+                rc = backfill_page(c);
+            if (rc != 0)
+                break;
+            if (!c->backfilling && !c->st.streaming && c->pconn != NULL &&
+                now >= c->stream_retry_at) {
+                rc = start_stream(c);
+                if (rc == WALQ_ECONN || (rc == WALQ_EBUSY && c->stats.reconnects > 0)) {
+                    stream_lost(c);
+                    rc = 0;
+                } else if (rc != 0) {
+                    break;
+                }
+            }
+            rc = dispatch(c, now);
+            if (rc != 0)
+                break;
+        }
+        if (c->ack.n > 0 && c->pconn != NULL &&
+            (c->ack.n >= (size_t)c->o.batch_size ||
+             now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
+             (stopping && c->nrunning == 0))) {
+            rc = flush_acks(c);
+            if (rc == WALQ_ECONN) {
+                primary_lost(c);
+                rc = 0;
+            } else if (rc != 0) {
+                break;
+            }
+        }
+        if (c->st.streaming && (now >= c->next_status || c->reply_now ||
+                                (c->ack.n == 0 && c->txq.safe_lsn > c->confirmed &&
+                                 now >= c->next_status - (int64_t)(c->o.status_interval * 9e5)))) {
+            rc = send_status(c, now, 0);
+            if (rc == WALQ_ECONN) {
+                stream_lost(c);
+                rc = 0;
+            } else if (rc != 0) {
+                break;
+            }
+        }
+        if (stopping && c->nrunning == 0 && c->ack.n == 0) {
+            final_status(c);
+            break;
+        }
+        if (c->o.drain && drained(c)) {
+            final_status(c);
+            walq__info(&c->log, "drained: every job committed before the start has an outcome");
+            break;
+        }
+        /* Idle and draining: ask the server how far it has read. */
+        if (c->o.drain && c->st.streaming && c->in_memory == 0 && c->cur == NULL &&
+            now >= c->next_ping) {
+            rc = send_status(c, now, 1);
+            if (rc == WALQ_ECONN) {
+                stream_lost(c);
+                rc = 0;
+            }
+            c->next_ping = now + 200000;
+        }
+
+        /* What to wait for. */
+        pfd[n].fd = c->wake[0];
+        pfd[n++].events = POLLIN;
+        if (c->st.streaming && !stopping) {
+            pfd[n].fd = walq__stream_socket(&c->st);
+            pfd[n].events = (c->in_memory < (size_t)c->o.max_in_flight) ? POLLIN : 0;
+            if (PQflush(c->st.conn) == 1)
+                pfd[n].events |= POLLOUT;
+            n++;
+        }
+        for (int i = 0; i < c->o.concurrency; i++) {
+            run_slot *s = &c->runs[i];
+
+            if (s->job == NULL)
+                continue;
+            if (s->proc.pidfd >= 0) {
+                pfd[n].fd = s->proc.pidfd;
+                pfd[n++].events = POLLIN;
+            } else {
+                wake_at = min_deadline(wake_at, now + 10000);
+            }
+            if (s->proc.in_fd >= 0) {
+                pfd[n].fd = s->proc.in_fd;
+                pfd[n++].events = POLLOUT;
+            }
+            if (s->proc.err_fd >= 0) {
+                pfd[n].fd = s->proc.err_fd;
+                pfd[n++].events = POLLIN;
+            }
+            wake_at = min_deadline(wake_at, s->proc.deadline);
+        }
+        if (c->st.streaming)
+            wake_at = min_deadline(wake_at, c->next_status);
+        if (c->ack.n > 0)
+            wake_at = min_deadline(wake_at, c->ack.oldest + (int64_t)c->o.ack_delay_ms * 1000);
+        if (c->pconn == NULL)
+            wake_at = min_deadline(wake_at, c->primary_retry_at);
+        if (!c->st.streaming && !c->backfilling)
+            wake_at = min_deadline(wake_at, c->stream_retry_at);
+        if (c->o.drain && c->st.streaming)
+            wake_at = min_deadline(wake_at, c->next_ping);
+        if (c->timers.n > 0) {
+            int64_t due = walq__heap_top(&c->timers)->run_at - wall;
+
+            wake_at = min_deadline(wake_at, now + (due > 0 ? due : 0));
+        }
+        if ((c->backfilling && c->in_memory < (size_t)c->o.max_in_flight) ||
+            (c->ready.n > 0 && !stopping &&
+             (c->o.handler == WALQ_HANDLER_NOOP || c->nrunning < c->o.concurrency)))
+            timeout_ms = 0;
+        else if (wake_at == 0)
+            timeout_ms = 1000;
+        else
+            timeout_ms = wake_at <= now ? 0 : (int)((wake_at - now + 999) / 1000);
+        if (timeout_ms > 1000)
+            timeout_ms = 1000;
+
+        if (poll(pfd, (nfds_t)n, timeout_ms) < 0 && errno != EINTR) {
+            rc = walq__error(WALQ_ESYS, NULL, "poll failed: %s", strerror(errno));
+            break;
+        }
+        if (pfd[0].revents & POLLIN) {
+            char buf[64];
+
+            while (read(c->wake[0], buf, sizeof(buf)) > 0) {
+            }
+        }
+        now = walq__mono_us();
+
+        /* The stream: what arrived, as much as there is room for. */
+        if (c->st.streaming && !stopping) {
+            rc = read_stream(c);
+            if (rc == WALQ_ECONN) {
+                stream_lost(c);
+                rc = 0;
+            } else if (rc != 0) {
+                break;
+            }
+        }
+        /* Handlers: feed stdin, collect stderr, reap, enforce timeouts. */
+        for (int i = 0; i < c->o.concurrency && rc == 0; i++) {
+            run_slot *s = &c->runs[i];
+
+            if (s->job == NULL)
+                continue;
+            if (s->proc.in_fd >= 0)
+                walq__proc_feed(&s->proc);
+            if (s->proc.err_fd >= 0)
+                walq__proc_drain_stderr(&s->proc);
+            if (s->proc.deadline && now >= s->proc.deadline && !s->proc.timed_out) {
+                s->proc.timed_out = 1;
+                walq__proc_kill(&s->proc, SIGKILL);
+            }
+            rc = reap(c, s);
+        }
+        if (rc != 0)
+            break;
+    }
+    free(pfd);
+    return rc;
+}
+
+static void reset_memory(walq_consumer *c)
+{
+    walq__job *job;
+
+    kill_all(c);
+    /* A job sits in the ack batch and possibly also in a heap. */
+    for (size_t i = 0; i < c->ack.n; i++) {
+        job = c->ack.jobs[i];
+        if (job->state == WALQ__JOB_ACKING)
+            walq__job_free(job);
+        else
+            job->pending_idx = -1;
+    }
+    c->ack.n = 0;
+    while ((job = walq__heap_pop(&c->ready)) != NULL)
+        walq__job_free(job);
+    while ((job = walq__heap_pop(&c->timers)) != NULL)
+        walq__job_free(job);
+    walq__txnq_free(&c->txq);
+    c->cur = c->bf_txn = NULL;
+    c->in_memory = c->retry_timers = 0;
+    c->backfilling = 0;
+}
+
+static void close_all(walq_consumer *c)
+{
+    walq__stream_close(&c->st);
+    if (c->sconn)
+        PQfinish(c->sconn);
+    if (c->pconn)
+        PQfinish(c->pconn);
+    c->sconn = c->pconn = NULL;
+}
+
+int walq_consumer_run(walq_consumer *c)
+{
+    int rc;
+
+    c->errmsg[0] = '\0';
+    rc = setup(c);
+    if (rc == 0)
+        rc = loop(c);
+    if (rc != 0)
+        set_errmsg(c);
+    reset_memory(c);
+    close_all(c);
+    return rc;
+}
+
+void walq_consumer_free(walq_consumer *c)
+{
+    if (c == NULL)
+        return;
+    reset_memory(c);
+    close_all(c);
+    walq__heap_free(&c->ready);
+    walq__heap_free(&c->timers);
+    walq__ack_free(&c->ack);
+    walq__decoder_free(c->dec);
+    if (c->wake[0] >= 0)
+        close(c->wake[0]);
+    if (c->wake[1] >= 0)
+        close(c->wake[1]);
+    free(c->runs);
+    free(c->skip);
+    free(c->source);
+    free(c->primary);
+    free(c->group);
+    free_strv(c->queues);
+    free_strv(c->argv);
+    free(c);
+}

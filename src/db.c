@@ -1,0 +1,353 @@
+/* Connections, migrations and schema checks. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+
+const char *walq__pg_message(PGconn *conn, const PGresult *res, char *buf, size_t len)
+{
+    const char *m = res ? PQresultErrorMessage(res) : NULL;
+    size_t n;
+
+    if (m == NULL || *m == '\0')
+        m = conn ? PQerrorMessage(conn) : "";
+    /* libpq prefixes "ERROR:  " and ends with a newline; keep only the text. */
+    if (strncmp(m, "ERROR:  ", 8) == 0)
+        m += 8;
+    else if (strncmp(m, "FATAL:  ", 8) == 0)
+        m += 8;
+    snprintf(buf, len, "%s", m);
+    n = strcspn(buf, "\n");
+    buf[n] = '\0';
+    return buf;
+}
+
+const char *walq__conn_name(PGconn *conn, char *buf, size_t len)
+{
+    const char *host = PQhost(conn);
+    const char *port = PQport(conn);
+
+    snprintf(buf, len, "%s:%s", host && *host ? host : "localhost", port && *port ? port : "5432");
+    return buf;
+}
+
+static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__conn_kind kind)
+{
+    char msg[1024];
+    char to[600] = "";
+
+    /* With no connection string the server's own message names the socket. */
+    if (conninfo && *conninfo)
+        snprintf(to, sizeof(to), " to \"%s\"", conninfo);
+    walq__pg_message(conn, NULL, msg, sizeof(msg));
+    if (strstr(msg, "replication role") != NULL || strstr(msg, "REPLICATION attribute") ||
+        (kind == WALQ__CONN_REPLICATION && strstr(msg, "permission denied") != NULL))
+        return walq__error(WALQ_EPERM,
+                           "Grant the role the REPLICATION attribute (ALTER ROLE name REPLICATION) "
+                           "or connect as a role that has it.",
+                           "could not start a replication connection%s: %s", to, msg);
+    if (strstr(msg, "pg_hba.conf") != NULL && kind == WALQ__CONN_REPLICATION)
+        return walq__error(WALQ_EPERM,
+                           "Allow replication connections for this role and database in "
+                           "pg_hba.conf.",
+                           "could not start a replication connection%s: %s", to, msg);
+    if (strstr(msg, "number of requested standby connections exceeds max_wal_senders") ||
+        strstr(msg, "max_wal_senders"))
+        return walq__error(WALQ_ESERVER, "Raise max_wal_senders on the server and restart it.",
+                           "could not start a replication connection%s: %s", to, msg);
+    return walq__error(WALQ_ECONN,
+                       "Check the connection string and that the server is running; walq "
+                       "reads PGHOST, PGPORT, PGUSER and PGDATABASE when none is given.",
+                       "could not connect%s: %s", to, msg);
+}
+
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+int walq__connect(PGconn **out, const char *conninfo, walq__conn_kind kind, const char *appname)
+{
+    const char *keys[6];
+    const char *vals[6];
+    int n = 0;
+    PGconn *conn;
+    char *errmsg = NULL;
+    PQconninfoOption *opts;
+
+    *out = NULL;
+    if (conninfo != NULL && *conninfo != '\0') {
+        /* Parse first so that a malformed string gets its own message. */
+        opts = PQconninfoParse(conninfo, &errmsg);
+        if (opts == NULL) {
+            char buf[512];
+
+            snprintf(buf, sizeof(buf), "%s", errmsg ? errmsg : "out of memory");
+            buf[strcspn(buf, "\n")] = '\0';
+            PQfreemem(errmsg);
+            return walq__error(WALQ_EINVAL,
+                               "Use key=value pairs (host=... dbname=...) or a postgresql:// URI.",
+                               "invalid connection string \"%s\": %s", conninfo, buf);
+        }
+        PQconninfoFree(opts);
+        keys[n] = "dbname";
+        vals[n++] = conninfo;
+    }
+    keys[n] = "fallback_application_name";
+    vals[n++] = appname ? appname : "walq";
+    if (kind == WALQ__CONN_REPLICATION) {
+        keys[n] = "replication";
+        vals[n++] = "database";
+        keys[n] = "options";
+        vals[n++] = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
+    }
+    keys[n] = NULL;
+    vals[n] = NULL;
+
+    conn = PQconnectdbParams(keys, vals, 1);
+    if (conn == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory while connecting");
+    if (PQstatus(conn) != CONNECTION_OK) {
+        int rc = explain_connect_failure(conn, conninfo, kind);
+
+        PQfinish(conn);
+        return rc;
+    }
+    /* The library never prints: server notices are not for standard error. */
+    PQsetNoticeProcessor(conn, ignore_notice, NULL);
+    *out = conn;
+    return 0;
+}
+
+int walq__conn_failed(PGconn *conn, const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (PQstatus(conn) == CONNECTION_BAD || res == NULL)
+        return 1;
+    /* Class 08 is connection exceptions; 57P0x are shutdowns and crashes. */
+    if (state != NULL)
+        return strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0;
+    /* Errors made by libpq itself carry no SQLSTATE. */
+    return PQresultStatus(res) == PGRES_FATAL_ERROR;
+}
+
+int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
+                const char *const *params)
+{
+    PGresult *r;
+    ExecStatusType st;
+    char msg[1024];
+
+    *res = NULL;
+    r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        *res = r;
+        return 0;
+    }
+    walq__pg_message(conn, r, msg, sizeof(msg));
+    {
+        const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+        int code = walq__conn_failed(conn, r) ? WALQ_ECONN : WALQ_EQUERY;
+
+        /* 3F000: schema does not exist; 42P01: relation; 42883: function. */
+        if (state != NULL &&
+            (strcmp(state, "3F000") == 0 || strcmp(state, "42P01") == 0 ||
+             strcmp(state, "42883") == 0) &&
+            strstr(msg, "walq") != NULL) {
+            PQclear(r);
+            return walq__error(WALQ_ESCHEMA, "Run \"walq init\" against this database first.",
+                               "could not %s: %s", what, msg);
+        }
+        PQclear(r);
+        return walq__error(code, NULL, "could not %s: %s", what, msg);
+    }
+}
+
+int walq__exec(PGconn *conn, const char *what, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    char msg[1024];
+    int code;
+
+    /* The simple protocol, unlike walq__query, takes several statements. */
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        PQclear(res);
+        return 0;
+    }
+    walq__pg_message(conn, res, msg, sizeof(msg));
+    code = walq__conn_failed(conn, res) ? WALQ_ECONN : WALQ_EQUERY;
+    PQclear(res);
+    return walq__error(code, NULL, "could not %s: %s", what, msg);
+}
+
+int walq__schema_init(PGconn *conn, int *applied)
+{
+    PGresult *res = NULL;
+    int rc, count = 0;
+
+    if (applied)
+        *applied = 0;
+    rc = walq__exec(conn, "begin the schema transaction", "BEGIN");
+    if (rc != 0)
+        return rc;
+    /* Two concurrent inits would race on CREATE; the lock makes them queue. */
+    rc = walq__exec(conn, "lock the walq schema", "SELECT pg_advisory_xact_lock(2037741433)");
+    if (rc != 0)
+        goto fail;
+    rc = walq__exec(conn, "create schema \"walq\"",
+                    "SET LOCAL client_min_messages = warning;"
+                    "CREATE SCHEMA IF NOT EXISTS walq;"
+                    "CREATE TABLE IF NOT EXISTS walq.migrations ("
+                    " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
+    if (rc != 0)
+        goto fail;
+    for (const walq__migration *m = walq__migrations; m->name != NULL; m++) {
+        const char *params[1] = {m->name};
+        char what[160];
+
+        rc = walq__query(conn, &res, "read applied migrations",
+                         "SELECT 1 FROM walq.migrations WHERE name = $1", 1, params);
+        if (rc != 0)
+            goto fail;
+        if (PQntuples(res) > 0) {
+            PQclear(res);
+            res = NULL;
+            continue;
+        }
+        PQclear(res);
+        res = NULL;
+        snprintf(what, sizeof(what), "apply migration \"%s\"", m->name);
+        rc = walq__exec(conn, what, m->sql);
+        if (rc != 0)
+            goto fail;
+        rc = walq__query(conn, &res, "record a migration",
+                         "INSERT INTO walq.migrations (name) VALUES ($1)", 1, params);
+        if (rc != 0)
+            goto fail;
+        PQclear(res);
+        res = NULL;
+        count++;
+    }
+    rc = walq__exec(conn, "commit the schema", "COMMIT");
+    if (rc != 0)
+        return rc;
+    if (applied)
+        *applied = count;
+    return 0;
+
+fail:
+    PQclear(res);
+    /* Keep the first error's message: the rollback is only cleanup. */
+    PQclear(PQexec(conn, "ROLLBACK"));
+    return rc;
+}
+
+int walq__schema_check(PGconn *conn)
+{
+    PGresult *res;
+    const walq__migration *last = walq__migrations;
+    const char *params[1];
+    int rc;
+
+    while (last[1].name != NULL)
+        last++;
+    params[0] = last->name;
+    /* Checked in two steps: the second query fails if the table is missing. */
+    res = PQexec(conn, "SELECT to_regclass('walq.migrations') IS NOT NULL");
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        PQclear(res);
+        res = PQexecParams(conn, "SELECT EXISTS (SELECT 1 FROM walq.migrations WHERE name = $1)", 1,
+                           NULL, params, NULL, NULL, 0);
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char msg[512];
+
+        walq__pg_message(conn, res, msg, sizeof(msg));
+        PQclear(res);
+        /* A missing schema can make this fail with a permission error. */
+        return walq__error(WALQ_ESCHEMA, "Run \"walq init\" against this database first.",
+                           "could not check the walq schema: %s", msg);
+    }
+    rc = strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 0 : WALQ_ESCHEMA;
+    PQclear(res);
+    if (rc != 0) {
+        char name[128];
+
+        return walq__error(WALQ_ESCHEMA, "Run \"walq init\" against this database first.",
+                           "the walq schema is missing or older than this program on \"%s\"",
+                           walq__conn_name(conn, name, sizeof(name)));
+    }
+    return 0;
+}
+
+int walq_schema_init(const char *conninfo, int *applied)
+{
+    PGconn *conn;
+    int rc = walq__connect(&conn, conninfo, WALQ__CONN_SQL, "walq init");
+
+    if (rc != 0)
+        return rc;
+    rc = walq__schema_init(conn, applied);
+    PQfinish(conn);
+    return rc;
+}
+
+int walq__buf_array_elem(walq__buf *b, const char *s)
+{
+    int rc;
+
+    if (s == NULL)
+        return walq__buf_puts(b, "NULL");
+    rc = walq__buf_reserve(b, strlen(s) * 2 + 2);
+    if (rc != 0)
+        return rc;
+    b->data[b->len++] = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            b->data[b->len++] = '\\';
+        b->data[b->len++] = *s;
+    }
+    b->data[b->len++] = '"';
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int walq__buf_copy_text(walq__buf *b, const char *s, size_t n)
+{
+    int rc = walq__buf_reserve(b, n * 2);
+
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        char esc = 0;
+
+        switch (c) {
+        case '\\':
+            esc = '\\';
+            break;
+        case '\n':
+            esc = 'n';
+            break;
+        case '\r':
+            esc = 'r';
+            break;
+        case '\t':
+            esc = 't';
+            break;
+        }
+        if (esc) {
+            b->data[b->len++] = '\\';
+            b->data[b->len++] = esc;
+        } else {
+            b->data[b->len++] = c;
+        }
+    }
+    b->data[b->len] = '\0';
+    return 0;
+}

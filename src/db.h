@@ -1,0 +1,59 @@
+/* Connections, queries and the schema: everything that talks plain SQL. */
+#ifndef WALQ_DB_H
+#define WALQ_DB_H
+
+#include <stdint.h>
+#include <libpq-fe.h>
+
+#include "common.h"
+
+typedef struct walq__migration {
+    const char *name;
+    const char *sql;
+} walq__migration;
+
+/* Every migration in sql/, in order, ending with {NULL, NULL}. */
+extern const walq__migration walq__migrations[];
+
+/* What a connection is for; decides the parameters added to the conninfo. */
+typedef enum walq__conn_kind { WALQ__CONN_SQL = 0, WALQ__CONN_REPLICATION = 1 } walq__conn_kind;
+
+/*
+ * Connects with conninfo (NULL or "": the libpq environment).  Replication
+ * connections get replication=database and a UTC, ISO session so that the
+ * plugin prints timestamps we can parse.  Errors name the server and the fix.
+ */
+int walq__connect(PGconn **out, const char *conninfo, walq__conn_kind kind, const char *appname);
+
+/* "host:port" or "socket dir:port" of a connection, for messages. */
+const char *walq__conn_name(PGconn *conn, char *buf, size_t len);
+
+/* Did this failure come from a lost connection (retry) rather than the SQL? */
+int walq__conn_failed(PGconn *conn, const PGresult *res);
+
+/* Runs sql, expecting no rows; on failure returns WALQ_EQUERY with what. */
+int walq__exec(PGconn *conn, const char *what, const char *sql);
+
+/*
+ * Runs a parameterised query and checks its status; *res is NULL on failure
+ * and must be PQclear'ed on success.
+ */
+int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
+                const char *const *params);
+
+/* The message of a failed result or connection, without the trailing newline. */
+const char *walq__pg_message(PGconn *conn, const PGresult *res, char *buf, size_t len);
+
+/* Applies the migrations not yet applied; *applied receives their count. */
+int walq__schema_init(PGconn *conn, int *applied);
+
+/* Fails with a hint to run `walq init` when the schema is missing or old. */
+int walq__schema_check(PGconn *conn);
+
+/* Appends s to b quoted as an element of a PostgreSQL array literal. */
+int walq__buf_array_elem(walq__buf *b, const char *s);
+
+/* Appends s escaped for COPY's text format. */
+int walq__buf_copy_text(walq__buf *b, const char *s, size_t n);
+
+#endif

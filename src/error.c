@@ -1,0 +1,171 @@
+/* Error codes, the per-thread failure message, and the small shared helpers. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+
+static _Thread_local char last_error[2048];
+
+const char *walq_strerror(int err)
+{
+    switch (err) {
+    case WALQ_OK:
+        return "success";
+#define WALQ__ERRNO_CASE(name, value, text)                                                        \
+    case WALQ_##name:                                                                              \
+        return text;
+        WALQ_ERRNO_MAP(WALQ__ERRNO_CASE)
+#undef WALQ__ERRNO_CASE
+    }
+    return "unknown error";
+}
+
+const char *walq_last_error(void)
+{
+    return last_error;
+}
+
+int walq__error(int code, const char *hint, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if (hint != NULL && (size_t)n < sizeof(last_error))
+        snprintf(last_error + n, sizeof(last_error) - (size_t)n, "\nHINT:  %s", hint);
+    return code;
+}
+
+int walq__buf_reserve(walq__buf *b, size_t extra)
+{
+    size_t need = b->len + extra + 1;
+    size_t cap;
+    char *p;
+
+    if (need <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    p = realloc(b->data, cap);
+    if (p == NULL)
+        return WALQ_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int walq__buf_append(walq__buf *b, const char *s, size_t n)
+{
+    if (walq__buf_reserve(b, n) != 0)
+        return WALQ_ENOMEM;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int walq__buf_puts(walq__buf *b, const char *s)
+{
+    return walq__buf_append(b, s, strlen(s));
+}
+
+int walq__buf_printf(walq__buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return WALQ_EINVAL;
+    if (walq__buf_reserve(b, (size_t)n) != 0)
+        return WALQ_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+void walq__buf_reset(walq__buf *b)
+{
+    b->len = 0;
+    if (b->data != NULL)
+        b->data[0] = '\0';
+}
+
+void walq__buf_free(walq__buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+int64_t walq__mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t walq__wall_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+char *walq__strndup(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+
+    if (p == NULL)
+        return NULL;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *walq__strdup(const char *s)
+{
+    return s ? walq__strndup(s, strlen(s)) : NULL;
+}
+
+void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...)
+{
+    char msg[4096];
+    size_t n;
+    va_list ap;
+
+    n = (size_t)snprintf(msg, sizeof(msg), "%s", lg->prefix);
+    if (n >= sizeof(msg))
+        n = sizeof(msg) - 1;
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof(msg) - n, fmt, ap);
+    va_end(ap);
+    lg->fn(lg->arg, level, msg);
+}
+
+int walq_group_name_valid(const char *group)
+{
+    size_t n = 0;
+
+    if (group == NULL || *group == '\0')
+        return 0;
+    for (const char *p = group; *p; p++, n++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    /* Slot names hold 63 bytes, and the slot is "walq_" followed by the group. */
+    return n <= 58;
+}

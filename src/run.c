@@ -1,0 +1,325 @@
+/* The exec handler: spawning, feeding, reaping and killing job processes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "run.h"
+
+extern char **environ;
+
+static int open_pidfd(pid_t pid)
+{
+    static int missing;
+    int fd;
+
+    if (missing) {
+        errno = ENOSYS;
+        return -1;
+    }
+    fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0 && errno == ENOSYS)
+        missing = 1;
+    return fd;
+}
+
+/*
+ * The child's environment: ours without any WALQ_ variables it might have
+ * inherited from an outer walq, plus the job's.
+ */
+static char **job_environ(const walq__job_env *env, char vars[4][160])
+{
+    size_t n = 0, k = 0;
+    char **envp;
+
+    while (environ[n])
+        n++;
+    envp = malloc((n + 5) * sizeof(*envp));
+    if (envp == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], "WALQ_JOB_ID=", 12) == 0 ||
+            strncmp(environ[i], "WALQ_QUEUE=", 11) == 0 ||
+            strncmp(environ[i], "WALQ_GROUP=", 11) == 0 ||
+            strncmp(environ[i], "WALQ_ATTEMPT=", 13) == 0)
+            continue;
+        envp[k++] = environ[i];
+    }
+    snprintf(vars[0], 160, "WALQ_JOB_ID=%lld", (long long)env->job_id);
+    snprintf(vars[1], 160, "WALQ_QUEUE=%s", env->queue);
+    snprintf(vars[2], 160, "WALQ_GROUP=%s", env->group);
+    snprintf(vars[3], 160, "WALQ_ATTEMPT=%d", env->attempt);
+    for (int i = 0; i < 4; i++)
+        envp[k++] = vars[i];
+    envp[k] = NULL;
+    return envp;
+}
+
+int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
+                     const char *payload, size_t len, int64_t deadline)
+{
+    int in[2] = {-1, -1}, errp[2] = {-1, -1};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    char vars[4][160];
+    char **envp = NULL;
+    int rc, fa_ok = 0, attr_ok = 0;
+
+    memset(p, 0, sizeof(*p));
+    p->pid = -1;
+    p->pidfd = p->in_fd = p->err_fd = -1;
+    p->payload = payload;
+    p->payload_len = len;
+    p->deadline = deadline;
+
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0) {
+        rc = walq__error(WALQ_EHANDLER, NULL, "could not create a pipe for the handler: %s",
+                         strerror(errno));
+        goto fail;
+    }
+    envp = job_environ(env, vars);
+    if (envp == NULL) {
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    if (posix_spawn_file_actions_init(&fa) != 0 || (fa_ok = 1, 0) ||
+        posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO) != 0 ||
+        posix_spawn_file_actions_adddup2(&fa, errp[1], STDERR_FILENO) != 0 ||
+        posix_spawnattr_init(&attr) != 0 || (attr_ok = 1, 0)) {
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    /*
+     * The child leads a process group of its own (a timeout kills it all) and
+     * starts with default signal handling and nothing blocked, whatever the
+     * consumer does with its signals.
+     */
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnp(&p->pid, argv[0], &fa, &attr, argv, envp);
+    if (rc != 0) {
+        p->pid = -1;
+        rc = walq__error(WALQ_EHANDLER, "Check that the program exists and is executable.",
+                         "could not run handler \"%s\": %s", argv[0], strerror(rc));
+        goto fail;
+    }
+    p->pidfd = open_pidfd(p->pid);
+    /*
+     * Without pidfds (old kernels, valgrind) the consumer polls for the exit
+     * with a short timeout instead.
+     */
+    if (p->pidfd < 0 && errno != ENOSYS) {
+        rc = walq__error(WALQ_EHANDLER, NULL, "could not watch handler process %d: %s", (int)p->pid,
+                         strerror(errno));
+        kill(-p->pid, SIGKILL);
+        waitpid(p->pid, NULL, 0);
+        p->pid = -1;
+        goto fail;
+    }
+    close(in[0]);
+    close(errp[1]);
+    p->in_fd = in[1];
+    p->err_fd = errp[0];
+    fcntl(p->in_fd, F_SETFL, O_NONBLOCK);
+    fcntl(p->err_fd, F_SETFL, O_NONBLOCK);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    free(envp);
+    walq__proc_feed(p);
+    return 0;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (in[i] >= 0)
+            close(in[i]);
+        if (errp[i] >= 0)
+            close(errp[i]);
+    }
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (attr_ok)
+        posix_spawnattr_destroy(&attr);
+    free(envp);
+    return rc;
+}
+
+void walq__proc_feed(walq__proc *p)
+{
+    sigset_t pipe_set, old;
+    int pending_before;
+
+    if (p->in_fd < 0)
+        return;
+    /*
+     * A handler that exits without reading its stdin must not kill the
+     * consumer with SIGPIPE; the library may not change the process's signal
+     * handling, so it blocks the signal around the write and swallows it.
+     */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    {
+        sigset_t pend;
+
+        sigpending(&pend);
+        pending_before = sigismember(&pend, SIGPIPE);
+    }
+    while (p->written < p->payload_len) {
+        ssize_t n = write(p->in_fd, p->payload + p->written, p->payload_len - p->written);
+
+        if (n > 0) {
+            p->written += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        /* EPIPE or worse: the handler does not want the rest. */
+        p->written = p->payload_len;
+        if (n < 0 && errno == EPIPE && !pending_before) {
+            struct timespec zero = {0, 0};
+
+            sigtimedwait(&pipe_set, NULL, &zero);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (p->written >= p->payload_len) {
+        close(p->in_fd);
+        p->in_fd = -1;
+    }
+}
+
+void walq__proc_drain_stderr(walq__proc *p)
+{
+    char buf[4096];
+
+    while (p->err_fd >= 0) {
+        ssize_t n = read(p->err_fd, buf, sizeof(buf));
+
+        if (n > 0) {
+            size_t k = (size_t)n;
+
+            /* Keep only the last WALQ__ERRTAIL bytes: the end says what failed. */
+            if (k >= WALQ__ERRTAIL) {
+                memcpy(p->errtail, buf + k - WALQ__ERRTAIL, WALQ__ERRTAIL);
+                p->errlen = WALQ__ERRTAIL;
+            } else {
+                size_t keep = p->errlen + k > WALQ__ERRTAIL ? WALQ__ERRTAIL - k : p->errlen;
+
+                memmove(p->errtail, p->errtail + p->errlen - keep, keep);
+                memcpy(p->errtail + keep, buf, k);
+                p->errlen = keep + k;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        close(p->err_fd);
+        p->err_fd = -1;
+    }
+}
+
+void walq__proc_kill(walq__proc *p, int sig)
+{
+    if (p->pid > 0)
+        kill(-p->pid, sig);
+}
+
+static void describe_tail(const walq__proc *p, char *out, size_t len)
+{
+    size_t start = 0, end = p->errlen;
+    char line[WALQ__ERRTAIL + 1];
+    size_t k = 0;
+
+    while (end > 0 && (p->errtail[end - 1] == '\n' || p->errtail[end - 1] == '\r'))
+        end--;
+    /* The last two lines are usually the message that matters. */
+    for (size_t i = end, nl = 0; i > 0; i--) {
+        if (p->errtail[i - 1] == '\n' && ++nl == 2) {
+            start = i;
+            break;
+        }
+    }
+    for (size_t i = start; i < end; i++) {
+        unsigned char c = (unsigned char)p->errtail[i];
+
+        line[k++] = (c == '\n' || c == '\r' || c == '\t') ? ' ' : (char)c;
+    }
+    line[k] = '\0';
+    if (k > 0)
+        snprintf(out, len, ": %s", line);
+    else if (len > 0)
+        out[0] = '\0';
+}
+
+int walq__proc_reap(walq__proc *p, walq__verdict *verdict, char *err, size_t errlen)
+{
+    int status;
+    pid_t r;
+    char tail[WALQ__ERRTAIL + 8];
+
+    do {
+        r = waitpid(p->pid, &status, WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return 0;
+    if (r < 0) {
+        *verdict = WALQ__VERDICT_FAIL;
+        snprintf(err, errlen, "could not wait for handler process %d: %s", (int)p->pid,
+                 strerror(errno));
+        p->pid = -1;
+        return 1;
+    }
+    p->pid = -1;
+    walq__proc_drain_stderr(p);
+    describe_tail(p, tail, sizeof(tail));
+    err[0] = '\0';
+    if (p->timed_out) {
+        *verdict = WALQ__VERDICT_FAIL;
+        snprintf(err, errlen, "handler timed out and was killed%s", tail);
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        *verdict = WALQ__VERDICT_DONE;
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) == WALQ__EXIT_RETRY) {
+        *verdict = WALQ__VERDICT_RETRY;
+        snprintf(err, errlen, "handler asked for a retry (exit status %d)%s", WALQ__EXIT_RETRY,
+                 tail);
+    } else if (WIFEXITED(status)) {
+        *verdict = WALQ__VERDICT_FAIL;
+        snprintf(err, errlen, "handler exited with exit status %d%s", WEXITSTATUS(status), tail);
+    } else if (WIFSIGNALED(status)) {
+        *verdict = WALQ__VERDICT_FAIL;
+        snprintf(err, errlen, "handler was terminated by signal %d (%s)%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), tail);
+    } else {
+        *verdict = WALQ__VERDICT_FAIL;
+        snprintf(err, errlen, "handler ended with unrecognized status %d", status);
+    }
+    return 1;
+}
+
+void walq__proc_close(walq__proc *p)
+{
+    if (p->in_fd >= 0)
+        close(p->in_fd);
+    if (p->err_fd >= 0)
+        close(p->err_fd);
+    if (p->pidfd >= 0)
+        close(p->pidfd);
+    p->in_fd = p->err_fd = p->pidfd = -1;
+}

@@ -1,0 +1,70 @@
+/*
+ * The run stage's exec handler: one child process per job, argv run without
+ * a shell, the payload on its stdin, the job in its environment, in its own
+ * process group so that a timeout kills everything it started.
+ */
+#ifndef WALQ_RUN_H
+#define WALQ_RUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Exit status with which a handler asks for a retry (EX_TEMPFAIL). */
+#define WALQ__EXIT_RETRY 75
+
+#define WALQ__ERRTAIL 512
+
+typedef enum walq__verdict {
+    WALQ__VERDICT_DONE = 0,
+    WALQ__VERDICT_RETRY, /* the handler asked for it */
+    WALQ__VERDICT_FAIL   /* any other exit, a signal or a timeout */
+} walq__verdict;
+
+typedef struct walq__proc {
+    pid_t pid;
+    int pidfd;  /* readable once the child exits; -1 where pidfds are missing */
+    int in_fd;  /* payload still to write, or -1 */
+    int err_fd; /* the child's stderr, or -1 */
+    const char *payload;
+    size_t payload_len;
+    size_t written;
+    char errtail[WALQ__ERRTAIL]; /* the last bytes the child wrote to stderr */
+    size_t errlen;
+    int64_t deadline; /* monotonic microseconds, 0: none */
+    int timed_out;
+} walq__proc;
+
+typedef struct walq__job_env {
+    const char *group;
+    const char *queue;
+    int64_t job_id;
+    int attempt;
+} walq__job_env;
+
+/*
+ * Starts argv with the payload (borrowed until the process is finished) on
+ * stdin.  Returns 0, or WALQ_EHANDLER with walq_last_error() set.
+ */
+int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
+                     const char *payload, size_t len, int64_t deadline);
+
+/* Writes what the pipe takes of the payload; closes stdin when done. */
+void walq__proc_feed(walq__proc *p);
+
+/* Reads what the child wrote to stderr, keeping the tail. */
+void walq__proc_drain_stderr(walq__proc *p);
+
+/* Kills the child's process group. */
+void walq__proc_kill(walq__proc *p, int sig);
+
+/*
+ * Reaps the child if it has exited.  Returns 1 with the verdict and a
+ * description of a failure in err, or 0 if it is still running.
+ */
+int walq__proc_reap(walq__proc *p, walq__verdict *verdict, char *err, size_t errlen);
+
+/* Releases the descriptors (after reaping). */
+void walq__proc_close(walq__proc *p);
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * The stream stage: a replication connection to the source, the group's
+ * slot, and the CopyBoth exchange of XLogData, keepalives and status updates.
+ */
+#ifndef WALQ_STREAM_H
+#define WALQ_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <libpq-fe.h>
+
+#include "proto.h"
+
+typedef struct walq__stream {
+    PGconn *conn;
+    int streaming;    /* START_REPLICATION succeeded */
+    char *buf;        /* last CopyData from libpq, freed on the next read */
+    char server[128]; /* "host:port", for messages */
+} walq__stream;
+
+int walq__stream_connect(walq__stream *s, const char *conninfo, const char *appname);
+
+/*
+ * Creates a logical slot for wal2json and exports a snapshot of the moment
+ * the slot became consistent.  The snapshot lives until the next command on
+ * this connection.
+ */
+int walq__stream_create_slot(walq__stream *s, const char *slot, uint64_t *consistent,
+                             char *snapshot, size_t snaplen);
+
+int walq__stream_drop_slot(walq__stream *s, const char *slot);
+
+/*
+ * Starts streaming the slot from lsn with the plugin options (pairs of
+ * name, value, NULL-terminated).  A slot held by another process is
+ * WALQ_EBUSY; a missing or invalidated slot WALQ_ESLOT.
+ */
+int walq__stream_start(walq__stream *s, const char *slot, uint64_t lsn, const char *const *options);
+
+/*
+ * Reads one message without blocking.  Returns 1 with *msg filled (data
+ * borrowed until the next call), 0 when nothing complete has arrived, or a
+ * negative code when the stream ended or broke.
+ */
+int walq__stream_read(walq__stream *s, walq__msg *msg);
+
+/* Sends a standby status update and flushes what the socket takes. */
+int walq__stream_status(walq__stream *s, uint64_t write_lsn, uint64_t flush_lsn,
+                        int reply_requested);
+
+/* Flushes pending output; 1 if some remains. */
+int walq__stream_flush(walq__stream *s);
+
+int walq__stream_socket(const walq__stream *s);
+
+void walq__stream_close(walq__stream *s);
+
+#endif
