@@ -81,7 +81,8 @@ struct walq_consumer {
     /* Set-up and recovery. */
     int backfilling;
     walq__txn *bf_txn;
-    int64_t *skip; /* sorted ids recorded beyond the cursor */
+    uint64_t sync_end; /* consistent point the cursor must be written past, or 0 */
+    int64_t *skip;     /* sorted ids recorded beyond the cursor */
     size_t nskip;
     uint64_t drain_target;
     int64_t stream_retry_at, primary_retry_at;
@@ -566,7 +567,11 @@ static int flush_acks(walq_consumer *c)
 {
     int rc;
 
-    if (c->ack.n == 0)
+    /*
+     * An empty batch is still written once after a resync, so that the
+     * cursor records that the backlog is done even if it had no job.
+     */
+    if (c->ack.n == 0 && !(c->sync_end && c->txq.safe_lsn >= c->sync_end))
         return 0;
     if (c->pconn == NULL)
         return WALQ_ECONN;
@@ -594,6 +599,8 @@ static int flush_acks(walq_consumer *c)
     }
     c->ack.n = 0;
     c->durable = c->txq.safe_lsn;
+    if (c->sync_end && c->durable >= c->sync_end)
+        c->sync_end = 0;
     return 0;
 }
 
@@ -1101,6 +1108,7 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
     if (c->bf_txn == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     c->backfilling = 1;
+    c->sync_end = consistent;
     c->txq.safe_lsn = cursor < consistent ? cursor : consistent;
     c->last_end = c->recv_lsn = consistent;
     walq__info(&c->log, "created slot \"%s\" at %s; reading the backlog from walq.jobs", c->slot,
@@ -1219,9 +1227,9 @@ static int setup(walq_consumer *c)
 
 static int drained(const walq_consumer *c)
 {
-    return !c->backfilling && c->st.streaming && c->cur == NULL && c->in_memory == 0 &&
-           c->retry_timers == 0 && c->ack.n == 0 && c->last_end >= c->drain_target &&
-           c->txq.head == NULL;
+    return !c->backfilling && c->sync_end == 0 && c->st.streaming && c->cur == NULL &&
+           c->in_memory == 0 && c->retry_timers == 0 && c->ack.n == 0 &&
+           c->last_end >= c->drain_target && c->txq.head == NULL;
 }
 
 /* The last word to the server: everything recorded is confirmed. */
@@ -1289,10 +1297,11 @@ static int loop(walq_consumer *c)
             if (rc != 0)
                 break;
         }
-        if (c->ack.n > 0 && c->pconn != NULL &&
-            (c->ack.n >= (size_t)c->o.batch_size ||
-             now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
-             (stopping && c->nrunning == 0))) {
+        if (c->pconn != NULL &&
+            ((c->ack.n > 0 && (c->ack.n >= (size_t)c->o.batch_size ||
+                               now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
+                               (stopping && c->nrunning == 0))) ||
+             (c->sync_end && c->txq.safe_lsn >= c->sync_end))) {
             rc = flush_acks(c);
             if (rc == WALQ_ECONN) {
                 primary_lost(c);
@@ -1456,6 +1465,7 @@ static void reset_memory(walq_consumer *c)
     c->cur = c->bf_txn = NULL;
     c->in_memory = c->retry_timers = 0;
     c->backfilling = 0;
+    c->sync_end = 0;
 }
 
 static void close_all(walq_consumer *c)

@@ -42,11 +42,17 @@ static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__con
         snprintf(to, sizeof(to), " to \"%s\"", conninfo);
     walq__pg_message(conn, NULL, msg, sizeof(msg));
     if (strstr(msg, "replication role") != NULL || strstr(msg, "REPLICATION attribute") ||
-        (kind == WALQ__CONN_REPLICATION && strstr(msg, "permission denied") != NULL))
-        return walq__error(WALQ_EPERM,
-                           "Grant the role the REPLICATION attribute (ALTER ROLE name REPLICATION) "
-                           "or connect as a role that has it.",
-                           "could not start a replication connection%s: %s", to, msg);
+        (kind == WALQ__CONN_REPLICATION && strstr(msg, "permission denied") != NULL)) {
+        char hint[256];
+        const char *user = PQuser(conn);
+
+        snprintf(hint, sizeof(hint),
+                 "Grant the role the REPLICATION attribute (ALTER ROLE %s REPLICATION) or "
+                 "connect as a role that has it.",
+                 user && *user ? user : "name");
+        return walq__error(WALQ_EPERM, hint, "could not start a replication connection%s: %s", to,
+                           msg);
+    }
     if (strstr(msg, "pg_hba.conf") != NULL && kind == WALQ__CONN_REPLICATION)
         return walq__error(WALQ_EPERM,
                            "Allow replication connections for this role and database in "

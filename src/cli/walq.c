@@ -607,8 +607,13 @@ static int cmd_consume(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (!walq_group_name_valid(opts.group)) {
-        print_message("ERROR", "invalid consumer group name; use lower-case letters, digits and "
-                               "underscores (at most 58), as replication slot names allow");
+        char msg[256];
+
+        snprintf(msg, sizeof(msg),
+                 "invalid consumer group name \"%.64s\"\nHINT:  Use lower-case letters, digits "
+                 "and underscores, at most 58 of them, as replication slot names allow.",
+                 opts.group);
+        print_message("ERROR", msg);
         free(queues);
         return EXIT_USAGE;
     }

@@ -1,0 +1,378 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # globals (CAP_*, BG_*) are read by the sourcing script
+#
+# pgtest.sh: a throwaway PostgreSQL for integration tests, the demo and the
+# benchmarks.  Source it, call pg_start, and the server, every background
+# process started with `bg` and every temporary directory are gone when the
+# script exits, however it exits.
+#
+#   pg_start [postgresql.conf lines...]   initdb + start; exports PGHOST etc.
+#   pg_conf LINE...                        append settings (apply with pg_restart)
+#   pg_stop / pg_restart / pg_crash        fast stop / fast restart / immediate stop + start
+#   pg_psql ARGS...                        psql -X -At -v ON_ERROR_STOP=1
+#   q SQL                                  one statement, unaligned tuples only
+#   walq ARGS...                           the walq program under test ($WALQ_BIN)
+#   bg CMD...                              start CMD in the background; pid in BG_PID
+#   bg_wait PID [SECS]                     wait for a bg process; its status in BG_RC
+#   capture CMD...                         run CMD; CAP_RC, CAP_OUT, CAP_ERR
+#   fail MSG / pass MSG / assert_eq ACTUAL EXPECTED MSG / assert_match TEXT REGEX MSG
+#   wait_for 'SHELL CONDITION' SECS [MSG]
+#
+# When the script runs as root the server runs as the `postgres` user, since
+# PostgreSQL refuses to run as root.
+
+set -Eeuo pipefail
+
+PGTEST_BINDIR=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
+WALQ_SOURCE_DIR=${WALQ_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+WALQ_BIN=${WALQ_BIN:-$WALQ_SOURCE_DIR/build/walq}
+TEST_NAME=${TEST_NAME:-$(basename "$0" .sh)}
+
+PGTEST_DIR=""        # the server's directory: data/, socket, server.log
+PGTEST_DATA=""
+PGTEST_PIDS=()       # background processes still to be waited for
+PGTEST_SESSIONS=()   # their sessions: whatever is left in them dies at exit
+PGTEST_FAILED=0
+BG_PID=""
+BG_RC=0
+CAP_RC=0
+CAP_OUT=""
+CAP_ERR=""
+
+# Scratch space for the test itself (handlers, their output files).  Mode
+# 0755 so that a server running as postgres could read files put here.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/walq-${TEST_NAME}.XXXXXX")
+chmod 0755 "$WORK"
+
+_pgtest_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a server binary as the user that owns the cluster.
+_pg_as() {
+    if _pgtest_is_root; then
+        (cd "$PGTEST_DIR" && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+fail() {
+    PGTEST_FAILED=1
+    echo "FAIL: ${TEST_NAME}: $*" >&2
+    exit 1
+}
+
+pass() { echo "PASS: ${TEST_NAME}: $*"; }
+
+assert_eq() {
+    local actual=$1 expected=$2 msg=${3:-value}
+    if [ "$actual" = "$expected" ]; then
+        pass "$msg"
+    else
+        fail "$msg: expected '$expected', got '$actual'"
+    fi
+}
+
+# assert_match TEXT EXTENDED-REGEX MSG
+assert_match() {
+    local text=$1 re=$2 msg=${3:-match}
+    # A here-string, not a pipe: grep -q may exit first and fail the pipe.
+    if grep -Eq -- "$re" <<<"$text"; then
+        pass "$msg"
+    else
+        fail "$msg: /$re/ not found in: $text"
+    fi
+}
+
+# wait_for 'CONDITION' SECONDS [MSG]: polls the shell condition every 0.1 s.
+wait_for() {
+    local cond=$1 secs=${2:-30} msg=${3:-$1}
+    local deadline=$((SECONDS + secs))
+    until eval "$cond"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            fail "timed out after ${secs}s waiting for: $msg"
+        fi
+        sleep 0.1
+    done
+}
+
+# capture CMD...: runs CMD with set -e off for it; sets CAP_RC, CAP_OUT, CAP_ERR.
+capture() {
+    local out err
+    out=$(mktemp "$WORK/out.XXXXXX")
+    err=$(mktemp "$WORK/err.XXXXXX")
+    CAP_RC=0
+    "$@" >"$out" 2>"$err" || CAP_RC=$?
+    CAP_OUT=$(cat "$out")
+    CAP_ERR=$(cat "$err")
+    rm -f "$out" "$err"
+}
+
+walq() { "$WALQ_BIN" "$@"; }
+
+require_walq() {
+    [ -x "$WALQ_BIN" ] || fail "walq program not found at $WALQ_BIN (build first, or set WALQ_BIN)"
+}
+
+# bg CMD...: starts CMD in the background in a session of its own, so that
+# cleanup can kill it together with the handlers it started.  Signals sent
+# to BG_PID reach CMD alone.  Redirections on the call apply to CMD.
+bg() {
+    setsid "$@" &
+    BG_PID=$!
+    PGTEST_PIDS+=("$BG_PID")
+    PGTEST_SESSIONS+=("$BG_PID")
+    echo "$BG_PID" >>"$WORK/.sessions"
+}
+
+# bg_wait PID [SECONDS]: waits for a process started by bg; its exit status
+# goes to BG_RC.  Fails the test when it is still running after SECONDS.
+bg_wait() {
+    local pid=$1 secs=${2:-60}
+    local deadline=$((SECONDS + secs))
+    # (stderr goes to /dev/null while bash may reap the process, to keep its
+    # "Killed" notice out of the output.)
+    {
+        while kill -0 "$pid" && ! _pgtest_exited "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
+            sleep 0.1
+        done
+    } 2>/dev/null
+    if kill -0 "$pid" 2>/dev/null && ! _pgtest_exited "$pid"; then
+        fail "process $pid still running after ${secs}s"
+    fi
+    BG_RC=0
+    { wait "$pid" || BG_RC=$?; } 2>/dev/null
+    local p keep=()
+    for p in "${PGTEST_PIDS[@]}"; do
+        [ "$p" = "$pid" ] || keep+=("$p")
+    done
+    PGTEST_PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# A child that exited but was not waited for is a zombie: kill -0 still
+# succeeds on it.
+_pgtest_exited() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 0
+    case $state in Z*) return 0 ;; esac
+    return 1
+}
+
+_pgtest_free_port() {
+    local port i
+    for i in $(seq 1 100); do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        # The socket lives in our own directory, so only a TCP listener on
+        # the same number could confuse a reader of the logs; avoid those.
+        if ! (ss -Htln 2>/dev/null || true) | awk '{print $4}' | grep -q ":$port\$"; then
+            echo "$port"
+            return 0
+        fi
+        : "$i"
+    done
+    echo $((20000 + RANDOM % 40000))
+}
+
+# shellcheck disable=SC2120  # the settings are optional
+pg_start() {
+    [ -z "$PGTEST_DIR" ] || fail "pg_start: a server is already running in $PGTEST_DIR"
+    PGTEST_DIR=$(mktemp -d /tmp/walq-pg.XXXXXX)
+    chmod 0755 "$PGTEST_DIR"
+    PGTEST_DATA=$PGTEST_DIR/data
+    if _pgtest_is_root; then
+        chown postgres:postgres "$PGTEST_DIR"
+    fi
+    if ! _pg_as "$PGTEST_BINDIR/initdb" -D "$PGTEST_DATA" -A trust -U postgres --no-sync \
+        --locale=C -E UTF8 >"$PGTEST_DIR/initdb.log" 2>&1; then
+        cat "$PGTEST_DIR/initdb.log" >&2
+        fail "initdb failed"
+    fi
+    local port
+    port=$(_pgtest_free_port)
+    cat >>"$PGTEST_DATA/postgresql.conf" <<EOF
+
+# pgtest.sh
+listen_addresses = ''
+unix_socket_directories = '$PGTEST_DIR'
+port = $port
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 64MB
+max_connections = 60
+log_min_duration_statement = -1
+log_line_prefix = '%m [%p] %q%a '
+EOF
+    if [ $# -gt 0 ]; then
+        printf '%s\n' "$@" >>"$PGTEST_DATA/postgresql.conf"
+    fi
+    export PGHOST=$PGTEST_DIR PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+    unset PGSERVICE PGPASSWORD PGOPTIONS PGHOSTADDR 2>/dev/null || true
+    _pgtest_watchdog
+    _pg_ctl_start
+}
+
+# If this script is killed outright (kill -9, a test runner's timeout), its
+# EXIT trap never runs.  A watchdog outside its process tree then stops the
+# server, kills what `bg` started and removes the directories.
+_pgtest_watchdog() {
+    local as=""
+    _pgtest_is_root && as="runuser -u postgres --"
+    (
+        # shellcheck disable=SC2016  # expanded by the watchdog's own shell
+        setsid bash -c '
+            parent=$1 dir=$2 work=$3 bindir=$4 keep=$5 as=$6
+            while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+            if [ -f "$work/.sessions" ]; then
+                while read -r s; do
+                    kill -KILL "$s"; pkill -KILL -s "$s"
+                done <"$work/.sessions"
+            fi
+            if [ -f "$dir/data/postmaster.pid" ]; then
+                cd "$dir" && $as "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop
+            fi
+            [ "$keep" = 1 ] || rm -rf "$dir" "$work"
+        ' pgtest-watchdog "$$" "$PGTEST_DIR" "$WORK" "$PGTEST_BINDIR" "${PGTEST_KEEP:-0}" "$as" \
+            </dev/null >/dev/null 2>&1 &
+    )
+}
+
+# pg_conf LINE...: appends settings; they apply at the next (re)start.
+pg_conf() {
+    printf '%s\n' "$@" >>"$PGTEST_DATA/postgresql.conf"
+}
+
+_pg_ctl_start() {
+    if ! _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -l "$PGTEST_DIR/server.log" \
+        -w -t 60 start >/dev/null; then
+        tail -n 30 "$PGTEST_DIR/server.log" >&2 || true
+        fail "the server did not start"
+    fi
+}
+
+pg_stop() {
+    [ -n "$PGTEST_DATA" ] || return 0
+    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
+}
+
+pg_restart() {
+    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
+    _pg_ctl_start
+}
+
+# An immediate stop is PostgreSQL's crash: no shutdown checkpoint, crash
+# recovery at the next start.
+pg_crash() {
+    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 60 stop >/dev/null
+    _pg_ctl_start
+}
+
+pg_psql() {
+    "$PGTEST_BINDIR/psql" -X -At -q -v ON_ERROR_STOP=1 "$@"
+}
+
+# q SQL: the result of one statement, rows on lines, columns separated by |.
+q() {
+    pg_psql -c "$1"
+}
+
+_pgtest_cleanup() {
+    local rc=$?
+    set +e
+    trap - ERR
+    if [ "$rc" -ne 0 ]; then
+        [ "$PGTEST_FAILED" -eq 1 ] || echo "FAIL: ${TEST_NAME}: exited with status $rc" >&2
+        if [ -n "$PGTEST_DIR" ] && [ -f "$PGTEST_DIR/server.log" ]; then
+            echo "--- last lines of the server log ---" >&2
+            tail -n 40 "$PGTEST_DIR/server.log" >&2
+        fi
+    fi
+    # Handlers may sit in process groups of their own; the session holds
+    # them all.  (stderr is closed here so that bash's "Killed" notices stay
+    # out of the output.)
+    {
+        local p
+        for p in "${PGTEST_SESSIONS[@]+"${PGTEST_SESSIONS[@]}"}"; do
+            kill -KILL "$p"
+            pkill -KILL -s "$p"
+        done
+        if [ -n "$PGTEST_DATA" ] && [ -f "$PGTEST_DATA/postmaster.pid" ]; then
+            _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 30 stop >/dev/null
+        fi
+    } 2>/dev/null
+    if [ "${PGTEST_KEEP:-0}" = 1 ]; then
+        echo "kept: $WORK ${PGTEST_DIR}" >&2
+    else
+        [ -z "$PGTEST_DIR" ] || rm -rf "$PGTEST_DIR"
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+
+_pgtest_err() {
+    echo "${TEST_NAME}: line $1: command failed (status $2): $3" >&2
+}
+
+trap _pgtest_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap '_pgtest_err "$LINENO" "$?" "$BASH_COMMAND"' ERR
+
+# ---- walq helpers ------------------------------------------------------
+
+# walq_timeout SECS ARGS...: walq with a deadline, so that a hang fails the
+# test instead of stalling the suite (status 124 when it expires).
+walq_timeout() {
+    local secs=$1
+    shift
+    timeout -k 5 "$secs" "$WALQ_BIN" "$@"
+}
+
+# handler NAME <<'EOF' ... EOF: writes an executable /bin/sh handler into
+# $WORK and prints its path.
+handler() {
+    local path=$WORK/$1
+    {
+        echo '#!/bin/sh'
+        cat
+    } >"$path"
+    chmod 0755 "$path"
+    echo "$path"
+}
+
+# publish_sql QUEUE N [MAX_ATTEMPTS]: N jobs {"n": i} in one transaction.
+publish_sql() {
+    local queue=$1 n=$2 max=${3:-25}
+    q "INSERT INTO walq.jobs (queue, payload, max_attempts)
+       SELECT '$queue', jsonb_build_object('n', g), $max FROM generate_series(1, $n) g" >/dev/null
+}
+
+# assert_all_done GROUP QUEUE_REGEX N: the group recorded exactly one
+# outcome for each of the N jobs of the matching queues, all done, and
+# nothing for other jobs.
+assert_all_done() {
+    local group=$1 queues=$2 n=$3 res
+    res=$(q "SELECT count(*), count(DISTINCT o.job_id),
+                    count(*) FILTER (WHERE o.status = 'done'),
+                    count(*) FILTER (WHERE j.queue !~ '$queues' OR j.id IS NULL)
+               FROM walq.outcomes o LEFT JOIN walq.jobs j ON j.id = o.job_id
+              WHERE o.group_name = '$group'")
+    assert_eq "$res" "$n|$n|$n|0" "group $group: $n outcomes, one per job, all done, none foreign"
+    res=$(q "SELECT count(*) FROM walq.jobs j WHERE j.queue ~ '$queues'
+                AND NOT EXISTS (SELECT 1 FROM walq.outcomes o
+                                 WHERE o.group_name = '$group' AND o.job_id = j.id)")
+    assert_eq "$res" 0 "group $group: no job of its queues without an outcome"
+}
+
+# done_count GROUP: jobs the group recorded done.
+done_count() {
+    q "SELECT count(*) FROM walq.outcomes WHERE group_name = '$1' AND status = 'done'"
+}
+
+# slot_active SLOT: succeeds when a walsender is streaming from the slot.
+slot_active() {
+    [ "$(q "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots
+             WHERE slot_name = '$1'")" = t ]
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages walq needs to build, test and run its demo.
+# Quick and silent when everything is there; otherwise apt-get (as root, or
+# through sudo), with `apt-get update` only when something is missing.
+set -euo pipefail
+
+packages=(
+    build-essential cmake pkg-config
+    libpq-dev libjson-c-dev check
+    postgresql-15 postgresql-15-wal2json postgresql-client-15
+    procps util-linux coreutils iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+echo "setup-debian: installing ${missing[*]}" >&2
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || {
+        echo "setup-debian: missing packages (${missing[*]}) and not root; install them or run as root" >&2
+        exit 1
+    }
+    sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
