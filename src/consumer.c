@@ -468,6 +468,11 @@ static void kill_all(walq_consumer *c)
                 poll(NULL, 0, 5);
         }
         walq__proc_close(&slot->proc);
+        /* A job in the ack batch is freed with the batch; see reset_memory(). */
+        if (slot->job->pending_idx >= 0)
+            slot->job->state = WALQ__JOB_ACKING;
+        else
+            walq__job_free(slot->job);
         slot->job = NULL;
         c->nrunning--;
     }
