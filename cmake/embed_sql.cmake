@@ -1,4 +1,7 @@
-# Writes OUT, a C file holding every migration in FILES (sorted) as a string.
+# Writes OUT, a C file holding every migration in SQL_DIR, in name order, as
+# a string.
+file(GLOB FILES ${SQL_DIR}/[0-9]*.sql)
+list(SORT FILES)
 set(body "/* Generated from sql/ by cmake/embed_sql.cmake; do not edit. */\n#include \"db.h\"\n\n")
 set(table "const walq__migration walq__migrations[] = {\n")
 set(i 0)

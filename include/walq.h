@@ -79,9 +79,37 @@ typedef void (*walq_log_fn)(void *arg, walq_log_level level, const char *msg);
 
 /* Which handler runs the jobs. */
 typedef enum walq_handler_kind {
-    WALQ_HANDLER_EXEC = 0, /* run argv per job, payload on stdin */
-    WALQ_HANDLER_NOOP = 1  /* record every job done without running anything */
+    WALQ_HANDLER_EXEC = 0,     /* run argv per job, payload on stdin */
+    WALQ_HANDLER_NOOP = 1,     /* record every job done without running anything */
+    WALQ_HANDLER_CALLBACK = 2, /* call a C function per job */
+    WALQ_HANDLER_SQL = 3,      /* run a statement in the ack transaction */
+    WALQ_HANDLER_COPROCESS = 4 /* long-lived workers speaking JSON lines */
 } walq_handler_kind;
+
+/* What a handler says of one attempt. */
+typedef enum walq_verdict {
+    WALQ_JOB_DONE = 0,  /* finished: recorded done */
+    WALQ_JOB_RETRY = 1, /* try again later (counts as an attempt) */
+    WALQ_JOB_FAIL = 2   /* failed: retried until max_attempts, then dead */
+} walq_verdict;
+
+/* A job as a handler sees it; borrowed for the duration of the call. */
+typedef struct walq_job walq_job;
+
+WALQ_EXTERN int64_t walq_job_id(const walq_job *job);
+WALQ_EXTERN const char *walq_job_queue(const walq_job *job);
+/* The payload as JSON text (jsonb's output form); *len may be NULL. */
+WALQ_EXTERN const char *walq_job_payload(const walq_job *job, size_t *len);
+/* 1 for the first attempt. */
+WALQ_EXTERN int walq_job_attempt(const walq_job *job);
+WALQ_EXTERN int walq_job_priority(const walq_job *job);
+
+/*
+ * A C handler.  Called in the consumer's thread, one job at a time: keep it
+ * short, or hand the work to threads of your own and use the exec or
+ * coprocess handler instead.  On failure write a one-line reason into err.
+ */
+typedef walq_verdict (*walq_handler_fn)(void *arg, const walq_job *job, char *err, size_t errlen);
 
 /*
  * Options of a consumer.  Initialise with WALQ_OPTIONS_INIT and change what
@@ -95,16 +123,20 @@ typedef struct walq_options {
     const char *const *queues; /* queues the group reads */
     size_t nqueues;
     walq_handler_kind handler;
-    const char *const *argv; /* exec handler: program and arguments, NULL-terminated */
-    int concurrency;         /* handlers running at once */
-    int drain;               /* stop once the backlog present at start is done */
-    double timeout;          /* seconds a handler may run; 0: no limit */
-    double backoff_min;      /* seconds before the first retry */
-    double backoff_max;      /* ceiling of the retry delay, seconds */
-    int batch_size;          /* outcomes per ack transaction at most */
-    int ack_delay_ms;        /* longest an outcome waits for its ack transaction */
-    int max_in_flight;       /* jobs held in memory before the stream is paused */
-    double status_interval;  /* seconds between standby status updates */
+    const char *const *argv;  /* exec handler: program and arguments, NULL-terminated */
+    int concurrency;          /* handlers running at once */
+    int drain;                /* stop once the backlog present at start is done */
+    double timeout;           /* seconds a handler may run; 0: no limit */
+    double backoff_min;       /* seconds before the first retry */
+    double backoff_max;       /* ceiling of the retry delay, seconds */
+    const char *sql;          /* sql handler: statement with $1 = payload, $2 = job id */
+    walq_handler_fn callback; /* callback handler */
+    void *callback_arg;
+    int coprocess_inflight; /* coprocess handler: jobs in flight per worker */
+    int batch_size;         /* outcomes per ack transaction at most */
+    int ack_delay_ms;       /* longest an outcome waits for its ack transaction */
+    int max_in_flight;      /* jobs held in memory before the stream is paused */
+    double status_interval; /* seconds between standby status updates */
     walq_log_fn log;
     void *log_arg;
     walq_log_level log_level;
@@ -114,7 +146,7 @@ typedef struct walq_options {
 #define WALQ_OPTIONS_INIT                                                                          \
     {                                                                                              \
         WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
-            600.0, 1000, 10, 10000, 10.0, NULL, NULL, WALQ_LOG_INFO                                \
+            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, NULL, NULL, WALQ_LOG_INFO          \
     }
 
 typedef struct walq_consumer walq_consumer;

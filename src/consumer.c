@@ -21,6 +21,7 @@
 #include "db.h"
 #include "decode.h"
 #include "lsn.h"
+#include "handler.h"
 #include "run.h"
 #include "schedule.h"
 #include "stream.h"
@@ -32,16 +33,12 @@
 /* Advisory lock namespace of consumer groups (arbitrary, fixed). */
 #define GROUP_LOCK_CLASS "2037741434"
 
-typedef struct run_slot {
-    walq__proc proc;
-    walq__job *job;
-} run_slot;
-
 struct walq_consumer {
     walq_options o;
     char *source, *primary, *group;
     char **queues;
     char **argv;
+    char *sql;
     char slot[64];
     walq__log log;
     volatile sig_atomic_t stop_req; /* 1: drain and stop; 2: stop at once */
@@ -57,8 +54,11 @@ struct walq_consumer {
     walq__heap ready, timers;
     walq__txnq txq;
     walq__ack ack;
-    run_slot *runs;
-    int nrunning;
+    walq__handler *h; /* the run stage; NULL for the sql handler */
+    walq__job **sqlq; /* sql handler: jobs for the next ack transaction */
+    size_t nsql, sqlcap;
+    int64_t sql_oldest;
+    int flush_failed;    /* an ack transaction failed: hold confirmations back */
     size_t in_memory;    /* ready, running and final-but-unacked jobs */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     uint64_t seq, rng;
@@ -178,6 +178,9 @@ static int check_program(const char *prog)
                        "handler program \"%s\" was not found in PATH", prog);
 }
 
+static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err);
+static void on_abandon(void *arg, walq__job *job);
+
 int walq_consumer_open(walq_consumer **out, const walq_options *opts)
 {
     walq_consumer *c;
@@ -208,6 +211,14 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
             return rc;
         while (opts->argv[argc])
             argc++;
+    } else if (opts->handler == WALQ_HANDLER_SQL) {
+        if (opts->sql == NULL || opts->sql[0] == '\0')
+            return walq__error(WALQ_EINVAL, "Give the statement with --sql.",
+                               "the sql handler needs a statement");
+    } else if (opts->handler == WALQ_HANDLER_CALLBACK) {
+        if (opts->callback == NULL)
+            return walq__error(WALQ_EINVAL, "Set the callback field of the options.",
+                               "the callback handler needs a function");
     } else if (opts->handler != WALQ_HANDLER_NOOP) {
         return walq__error(WALQ_EINVAL, NULL, "unknown handler kind %d", (int)opts->handler);
     }
@@ -232,9 +243,9 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     c->queues = copy_strv(opts->queues, opts->nqueues);
     if (opts->handler == WALQ_HANDLER_EXEC)
         c->argv = copy_strv(opts->argv, argc);
-    c->runs = calloc((size_t)opts->concurrency, sizeof(*c->runs));
+    c->sql = walq__strdup(opts->sql);
     if (!c->source || !c->primary || !c->group || !c->queues ||
-        (opts->handler == WALQ_HANDLER_EXEC && !c->argv) || !c->runs ||
+        (opts->handler == WALQ_HANDLER_EXEC && !c->argv) || (opts->sql && !c->sql) ||
         walq__decoder_new(&c->dec) != 0) {
         walq_consumer_free(c);
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -252,6 +263,31 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     walq__heap_init(&c->ready, walq__ready_less);
     walq__heap_init(&c->timers, walq__timer_less);
     c->rng = (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32);
+    switch (opts->handler) {
+    case WALQ_HANDLER_EXEC:
+        rc = walq__handler_exec_new(&c->h, c->argv, opts->concurrency, opts->timeout);
+        break;
+    case WALQ_HANDLER_CALLBACK:
+        rc = walq__handler_callback_new(&c->h, opts->callback, opts->callback_arg);
+        break;
+    case WALQ_HANDLER_NOOP:
+        rc = walq__handler_noop_new(&c->h);
+        break;
+    default:
+        rc = 0;
+        break;
+    }
+    if (rc != 0) {
+        walq_consumer_free(c);
+        return rc;
+    }
+    if (c->h != NULL) {
+        c->h->done = on_done;
+        c->h->abandon = on_abandon;
+        c->h->arg = c;
+        c->h->log = &c->log;
+        c->h->group = c->group;
+    }
     *out = c;
     return 0;
 }
@@ -352,66 +388,110 @@ static walq__job *new_job(walq_consumer *c, int64_t id, const char *queue, const
 /* ------------------------------------------------------------------ */
 /* Running jobs                                                        */
 
-static int finish(walq_consumer *c, walq__job *job, walq__verdict v, const char *err)
+/*
+ * What an attempt's verdict means for the job: done, dead, or scheduled again
+ * after a backoff.  Pure, so that the sql handler can decide before its
+ * transaction commits and apply after.
+ */
+static walq__status decide(walq_consumer *c, const walq__job *job, walq__verdict v, int64_t *run_at)
 {
-    if (v == WALQ__VERDICT_DONE) {
+    if (v == WALQ__VERDICT_DONE)
+        return WALQ__ST_DONE;
+    if (job->attempts >= job->max_attempts)
+        return WALQ__ST_DEAD;
+    *run_at = walq__wall_us() +
+              walq__backoff_us(job->attempts, c->o.backoff_min, c->o.backoff_max, &c->rng);
+    return WALQ__ST_SCHEDULED;
+}
+
+/* Moves a job whose attempt ended to where its outcome puts it. */
+static int settle(walq_consumer *c, walq__job *job, walq__status st, int64_t run_at,
+                  const char *err)
+{
+    switch (st) {
+    case WALQ__ST_DONE:
         c->stats.done++;
         job->state = WALQ__JOB_ACKING;
-        return record(c, job, WALQ__ST_DONE, NULL);
-    }
-    if (job->attempts >= job->max_attempts) {
+        return 0;
+    case WALQ__ST_DEAD:
         c->stats.dead++;
         walq__warn(&c->log, "job %lld is dead after %d attempts: %s", (long long)job->id,
-                   job->attempts, err);
+                   job->attempts, err ? err : "");
         job->state = WALQ__JOB_ACKING;
-        return record(c, job, WALQ__ST_DEAD, err);
+        return 0;
+    default:
+        c->stats.retried++;
+        job->run_at = run_at;
+        walq__debug(&c->log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
+                    job->attempts, err ? err : "");
+        c->in_memory--;
+        return make_timer(c, job, 1);
     }
-    c->stats.retried++;
-    job->run_at = walq__wall_us() +
-                  walq__backoff_us(job->attempts, c->o.backoff_min, c->o.backoff_max, &c->rng);
-    walq__debug(&c->log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
-                job->attempts, err);
-    c->in_memory--;
-    {
-        int rc = make_timer(c, job, 1);
+}
 
-        return rc ? rc : record(c, job, WALQ__ST_SCHEDULED, err);
-    }
+/* The handler's report of an attempt: settle the job, queue its outcome. */
+static int finish(walq_consumer *c, walq__job *job, walq__verdict v, const char *err)
+{
+    int64_t run_at = 0;
+    walq__status st = decide(c, job, v, &run_at);
+    int rc = settle(c, job, st, run_at, err);
+
+    return rc ? rc : record(c, job, st, st == WALQ__ST_DONE ? NULL : err);
+}
+
+static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
+{
+    return finish(arg, job, v, err);
+}
+
+/* A job whose handler was killed: no outcome, it runs again after a restart. */
+static void on_abandon(void *arg, walq__job *job)
+{
+    (void)arg;
+    /* A job in the ack batch is freed with the batch; see reset_memory(). */
+    if (job->pending_idx >= 0)
+        job->state = WALQ__JOB_ACKING;
+    else
+        walq__job_free(job);
+}
+
+static int handler_has_room(walq_consumer *c)
+{
+    if (c->o.handler == WALQ_HANDLER_SQL)
+        return c->nsql < (size_t)c->o.batch_size;
+    return c->h->ops->has_room(c->h);
+}
+
+static size_t handler_running(walq_consumer *c)
+{
+    return c->o.handler == WALQ_HANDLER_SQL ? c->nsql : c->h->ops->running(c->h);
 }
 
 static int start_job(walq_consumer *c, walq__job *job, int64_t now)
 {
-    walq__job_env env = {c->group, job->queue, job->id, job->attempts + 1};
-    run_slot *slot = NULL;
-    int rc;
-
     job->attempts++;
     job->state = WALQ__JOB_RUNNING;
-    if (c->o.handler == WALQ_HANDLER_NOOP)
-        return finish(c, job, WALQ__VERDICT_DONE, NULL);
-    for (int i = 0; i < c->o.concurrency; i++) {
-        if (c->runs[i].job == NULL) {
-            slot = &c->runs[i];
-            break;
-        }
+    if (c->o.handler != WALQ_HANDLER_SQL)
+        return c->h->ops->start(c->h, job, now);
+    /* The sql handler runs its jobs in the next ack transaction. */
+    if (c->nsql == c->sqlcap) {
+        size_t cap = c->sqlcap ? c->sqlcap * 2 : 64;
+        walq__job **q = realloc(c->sqlq, cap * sizeof(*q));
+
+        if (q == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        c->sqlq = q;
+        c->sqlcap = cap;
     }
-    if (slot == NULL)
-        return walq__error(WALQ_ESYS, NULL, "no free handler slot (internal error)");
-    rc = walq__proc_start(&slot->proc, c->argv, &env, job->payload, job->payload_len,
-                          c->o.timeout > 0 ? now + (int64_t)(c->o.timeout * 1e6) : 0);
-    if (rc == WALQ_ENOMEM)
-        return rc;
-    if (rc != 0)
-        return finish(c, job, WALQ__VERDICT_FAIL, walq_last_error());
-    slot->job = job;
-    c->nrunning++;
+    if (c->nsql == 0)
+        c->sql_oldest = now;
+    c->sqlq[c->nsql++] = job;
     return 0;
 }
 
 static int dispatch(walq_consumer *c, int64_t now)
 {
-    while (c->ready.n > 0 &&
-           (c->o.handler == WALQ_HANDLER_NOOP || c->nrunning < c->o.concurrency)) {
+    while (c->ready.n > 0 && handler_has_room(c)) {
         int rc = start_job(c, walq__heap_pop(&c->ready), now);
 
         if (rc != 0)
@@ -438,44 +518,13 @@ static int promote_timers(walq_consumer *c, int64_t now_wall)
     return 0;
 }
 
-static int reap(walq_consumer *c, run_slot *slot)
-{
-    walq__verdict v;
-    char err[1024];
-    walq__job *job = slot->job;
-
-    if (!walq__proc_reap(&slot->proc, &v, err, sizeof(err)))
-        return 0;
-    walq__proc_close(&slot->proc);
-    slot->job = NULL;
-    c->nrunning--;
-    return finish(c, job, v, err);
-}
-
 static void kill_all(walq_consumer *c)
 {
-    for (int i = 0; i < c->o.concurrency; i++) {
-        run_slot *slot = &c->runs[i];
-
-        if (slot->job == NULL)
-            continue;
-        walq__proc_kill(&slot->proc, SIGKILL);
-        while (slot->proc.pid > 0) {
-            walq__verdict v;
-            char err[64];
-
-            if (!walq__proc_reap(&slot->proc, &v, err, sizeof(err)))
-                poll(NULL, 0, 5);
-        }
-        walq__proc_close(&slot->proc);
-        /* A job in the ack batch is freed with the batch; see reset_memory(). */
-        if (slot->job->pending_idx >= 0)
-            slot->job->state = WALQ__JOB_ACKING;
-        else
-            walq__job_free(slot->job);
-        slot->job = NULL;
-        c->nrunning--;
-    }
+    if (c->h != NULL)
+        c->h->ops->kill_all(c->h);
+    for (size_t i = 0; i < c->nsql; i++)
+        on_abandon(c, c->sqlq[i]);
+    c->nsql = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -564,22 +613,113 @@ static int connect_primary(walq_consumer *c)
     return rc;
 }
 
+/* What a sql job's attempt came to, decided before its transaction commits. */
+typedef struct sql_result {
+    walq__status st;
+    int64_t run_at;
+    char *err;
+    /* The job's fields before, restored if the transaction fails. */
+    walq__status old_pending;
+    char *old_error;
+    int64_t old_run_at;
+    int applied; /* the fields above hold what to restore */
+} sql_result;
+
+/*
+ * Runs the sql handler's jobs inside the open ack transaction: each in a
+ * subtransaction of walq.run_sql(), so that one job's error fails that job
+ * alone.  Their outcomes join the batch.
+ */
+static int run_sql_jobs(walq_consumer *c, sql_result *res)
+{
+    walq__buf ids = {0}, payloads = {0};
+    PGresult *r = NULL;
+    int rc = 0;
+
+    rc |= walq__buf_puts(&ids, "{");
+    rc |= walq__buf_puts(&payloads, "{");
+    for (size_t i = 0; i < c->nsql && rc == 0; i++) {
+        rc |= walq__buf_printf(&ids, "%s%lld", i ? "," : "", (long long)c->sqlq[i]->id);
+        rc |= walq__buf_puts(&payloads, i ? "," : "");
+        rc |= walq__buf_array_elem(&payloads, c->sqlq[i]->payload);
+    }
+    rc |= walq__buf_puts(&ids, "}");
+    rc |= walq__buf_puts(&payloads, "}");
+    if (rc != 0) {
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        goto done;
+    }
+    {
+        const char *params[4] = {c->group, c->sql, ids.data, payloads.data};
+
+        rc = walq__query(c->pconn, &r, "run the sql handler",
+                         "SELECT job_id, error FROM walq.run_sql($1, $2, $3::bigint[],"
+                         " $4::jsonb[])",
+                         4, params);
+    }
+    if (rc != 0)
+        goto done;
+    if ((size_t)PQntuples(r) != c->nsql) {
+        rc = walq__error(WALQ_EQUERY, NULL, "walq.run_sql returned %d rows for %zu jobs",
+                         PQntuples(r), c->nsql);
+        goto done;
+    }
+    for (size_t i = 0; i < c->nsql; i++) {
+        walq__job *job = c->sqlq[i];
+        int failed = !PQgetisnull(r, (int)i, 1);
+        sql_result *sr = &res[i];
+
+        sr->err = failed ? walq__strdup(PQgetvalue(r, (int)i, 1)) : NULL;
+        sr->st = decide(c, job, failed ? WALQ__VERDICT_FAIL : WALQ__VERDICT_DONE, &sr->run_at);
+        sr->old_pending = job->pending;
+        sr->old_error = job->last_error;
+        sr->old_run_at = job->run_at;
+        job->last_error = sr->st == WALQ__ST_DONE ? NULL : sr->err;
+        job->pending = sr->st;
+        if (sr->st == WALQ__ST_SCHEDULED)
+            job->run_at = sr->run_at;
+        sr->applied = 1;
+        rc = walq__ack_add(&c->ack, job);
+        if (rc != 0)
+            goto done;
+    }
+done:
+    PQclear(r);
+    walq__buf_free(&ids);
+    walq__buf_free(&payloads);
+    return rc;
+}
+
 /*
  * Writes the batch.  Each job's first outcome lets its transaction go; the
- * cursor written is how far that takes the group.
+ * cursor written is how far that takes the group.  With the sql handler the
+ * jobs' statements run in the same transaction, so their effects commit
+ * exactly once, with the outcome.
  */
 static int flush_acks(walq_consumer *c)
 {
+    sql_result *res = NULL;
+    size_t batch_before = c->ack.n, nsql = c->nsql;
     int rc;
 
     /*
      * An empty batch is still written once after a resync, so that the
      * cursor records that the backlog is done even if it had no job.
      */
-    if (c->ack.n == 0 && !(c->sync_end && c->txq.safe_lsn >= c->sync_end))
+    if (c->ack.n == 0 && nsql == 0 && !(c->sync_end && c->txq.safe_lsn >= c->sync_end))
         return 0;
     if (c->pconn == NULL)
         return WALQ_ECONN;
+    if (nsql > 0) {
+        res = calloc(nsql, sizeof(*res));
+        if (res == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        rc = walq__exec(c->pconn, "begin the ack transaction", "BEGIN");
+        if (rc == 0)
+            rc = run_sql_jobs(c, res);
+        if (rc != 0)
+            goto fail;
+    }
     for (size_t i = 0; i < c->ack.n; i++) {
         walq__job *job = c->ack.jobs[i];
 
@@ -589,10 +729,25 @@ static int flush_acks(walq_consumer *c)
         }
     }
     rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->txq.safe_lsn);
+    if (rc == 0 && nsql > 0)
+        rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
     if (rc != 0)
-        return rc;
+        goto fail;
+
     c->stats.acks++;
     c->primary_failures = 0;
+    for (size_t i = 0; i < nsql; i++) {
+        walq__job *job = c->sqlq[i];
+
+        free(res[i].old_error);
+        rc = settle(c, job, res[i].st, res[i].run_at, res[i].err);
+        if (res[i].st == WALQ__ST_DONE)
+            free(res[i].err);
+        if (rc != 0)
+            break;
+    }
+    c->nsql = 0;
+    free(res);
     for (size_t i = 0; i < c->ack.n; i++) {
         walq__job *job = c->ack.jobs[i];
 
@@ -603,10 +758,37 @@ static int flush_acks(walq_consumer *c)
         }
     }
     c->ack.n = 0;
+    c->flush_failed = 0;
     c->durable = c->txq.safe_lsn;
     if (c->sync_end && c->durable >= c->sync_end)
         c->sync_end = 0;
-    return 0;
+    return rc;
+
+fail:
+    /*
+     * Nothing was recorded.  The batch stays for the next try; the sql jobs
+     * go back to how they were, to run again in that try.
+     */
+    c->flush_failed = 1;
+    if (nsql > 0) {
+        if (PQstatus(c->pconn) == CONNECTION_OK)
+            PQclear(PQexec(c->pconn, "ROLLBACK"));
+        for (size_t i = 0; i < nsql; i++) {
+            walq__job *job = c->sqlq[i];
+
+            if (!res[i].applied)
+                continue;
+            free(res[i].err);
+            job->last_error = res[i].old_error;
+            job->pending = res[i].old_pending;
+            job->run_at = res[i].old_run_at;
+        }
+        for (size_t i = batch_before; i < c->ack.n; i++)
+            c->ack.jobs[i]->pending_idx = -1;
+        c->ack.n = batch_before;
+        free(res);
+    }
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -805,7 +987,8 @@ static int send_status(walq_consumer *c, int64_t now, int reply)
 {
     int rc;
 
-    if (c->ack.n == 0 && c->txq.safe_lsn > c->durable)
+    /* With nothing waiting to be recorded, everything safe is durable. */
+    if (c->ack.n == 0 && c->nsql == 0 && !c->flush_failed && c->txq.safe_lsn > c->durable)
         c->durable = c->txq.safe_lsn;
     rc = walq__stream_status(&c->st, c->recv_lsn > c->durable ? c->recv_lsn : c->durable,
                              c->durable, reply);
@@ -1121,6 +1304,29 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
     return 0;
 }
 
+/* A statement that cannot even be prepared would fail every job: say so now. */
+static int check_sql(walq_consumer *c)
+{
+    walq__buf sql = {0};
+    PGresult *res;
+    char msg[1024];
+
+    if (walq__buf_printf(&sql, "PREPARE walq_sql_check (jsonb, bigint) AS %s", c->sql) != 0)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    res = PQexec(c->pconn, sql.data);
+    walq__buf_free(&sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        walq__pg_message(c->pconn, res, msg, sizeof(msg));
+        PQclear(res);
+        return walq__error(WALQ_EINVAL,
+                           "The statement gets the payload as $1 (jsonb) and the job id as $2 "
+                           "(bigint).",
+                           "invalid sql handler statement: %s", msg);
+    }
+    PQclear(res);
+    return walq__exec(c->pconn, "release the checked statement", "DEALLOCATE walq_sql_check");
+}
+
 static int setup(walq_consumer *c)
 {
     walq__buf queues = {0};
@@ -1134,6 +1340,8 @@ static int setup(walq_consumer *c)
     if (rc != 0)
         return rc;
     rc = walq__schema_check(c->pconn);
+    if (rc == 0 && c->sql != NULL)
+        rc = check_sql(c);
     if (rc == 0)
         rc = walq__exec(c->pconn, "set up the session", "SET synchronous_commit = on");
     if (rc == 0)
@@ -1256,7 +1464,7 @@ static int64_t min_deadline(int64_t a, int64_t b)
 static int loop(walq_consumer *c)
 {
     struct pollfd *pfd;
-    size_t npfd = 2 + 3 * (size_t)c->o.concurrency;
+    size_t npfd = 2 + (c->h ? c->h->ops->max_fds(c->h) : 0);
     int rc = 0;
 
     pfd = calloc(npfd, sizeof(*pfd));
@@ -1305,7 +1513,9 @@ static int loop(walq_consumer *c)
         if (c->pconn != NULL &&
             ((c->ack.n > 0 && (c->ack.n >= (size_t)c->o.batch_size ||
                                now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
-                               (stopping && c->nrunning == 0))) ||
+                               (stopping && handler_running(c) == 0))) ||
+             (c->nsql > 0 && (c->nsql >= (size_t)c->o.batch_size ||
+                              now - c->sql_oldest >= (int64_t)c->o.ack_delay_ms * 1000)) ||
              (c->sync_end && c->txq.safe_lsn >= c->sync_end))) {
             rc = flush_acks(c);
             if (rc == WALQ_ECONN) {
@@ -1326,7 +1536,7 @@ static int loop(walq_consumer *c)
                 break;
             }
         }
-        if (stopping && c->nrunning == 0 && c->ack.n == 0) {
+        if (stopping && handler_running(c) == 0 && c->ack.n == 0) {
             final_status(c);
             break;
         }
@@ -1356,31 +1566,14 @@ static int loop(walq_consumer *c)
                 pfd[n].events |= POLLOUT;
             n++;
         }
-        for (int i = 0; i < c->o.concurrency; i++) {
-            run_slot *s = &c->runs[i];
-
-            if (s->job == NULL)
-                continue;
-            if (s->proc.pidfd >= 0) {
-                pfd[n].fd = s->proc.pidfd;
-                pfd[n++].events = POLLIN;
-            } else {
-                wake_at = min_deadline(wake_at, now + 10000);
-            }
-            if (s->proc.in_fd >= 0) {
-                pfd[n].fd = s->proc.in_fd;
-                pfd[n++].events = POLLOUT;
-            }
-            if (s->proc.err_fd >= 0) {
-                pfd[n].fd = s->proc.err_fd;
-                pfd[n++].events = POLLIN;
-            }
-            wake_at = min_deadline(wake_at, s->proc.deadline);
-        }
+        if (c->h != NULL)
+            n += c->h->ops->fds(c->h, pfd + n, npfd - (size_t)n, now, &wake_at);
         if (c->st.streaming)
             wake_at = min_deadline(wake_at, c->next_status);
         if (c->ack.n > 0)
             wake_at = min_deadline(wake_at, c->ack.oldest + (int64_t)c->o.ack_delay_ms * 1000);
+        if (c->nsql > 0)
+            wake_at = min_deadline(wake_at, c->sql_oldest + (int64_t)c->o.ack_delay_ms * 1000);
         if (c->pconn == NULL)
             wake_at = min_deadline(wake_at, c->primary_retry_at);
         if (!c->st.streaming && !c->backfilling)
@@ -1393,8 +1586,7 @@ static int loop(walq_consumer *c)
             wake_at = min_deadline(wake_at, now + (due > 0 ? due : 0));
         }
         if ((c->backfilling && c->in_memory < (size_t)c->o.max_in_flight) ||
-            (c->ready.n > 0 && !stopping &&
-             (c->o.handler == WALQ_HANDLER_NOOP || c->nrunning < c->o.concurrency)))
+            (c->ready.n > 0 && !stopping && handler_has_room(c)))
             timeout_ms = 0;
         else if (wake_at == 0)
             timeout_ms = 1000;
@@ -1425,22 +1617,9 @@ static int loop(walq_consumer *c)
                 break;
             }
         }
-        /* Handlers: feed stdin, collect stderr, reap, enforce timeouts. */
-        for (int i = 0; i < c->o.concurrency && rc == 0; i++) {
-            run_slot *s = &c->runs[i];
-
-            if (s->job == NULL)
-                continue;
-            if (s->proc.in_fd >= 0)
-                walq__proc_feed(&s->proc);
-            if (s->proc.err_fd >= 0)
-                walq__proc_drain_stderr(&s->proc);
-            if (s->proc.deadline && now >= s->proc.deadline && !s->proc.timed_out) {
-                s->proc.timed_out = 1;
-                walq__proc_kill(&s->proc, SIGKILL);
-            }
-            rc = reap(c, s);
-        }
+        /* Handlers: their progress, their finished jobs. */
+        if (rc == 0 && c->h != NULL)
+            rc = c->h->ops->process(c->h, now);
         if (rc != 0)
             break;
     }
@@ -1512,7 +1691,10 @@ void walq_consumer_free(walq_consumer *c)
         close(c->wake[0]);
     if (c->wake[1] >= 0)
         close(c->wake[1]);
-    free(c->runs);
+    if (c->h != NULL)
+        c->h->ops->free(c->h);
+    free(c->sqlq);
+    free(c->sql);
     free(c->skip);
     free(c->source);
     free(c->primary);

@@ -25,7 +25,7 @@ typedef enum walq__status {
     WALQ__ST_DEAD
 } walq__status;
 
-typedef struct walq__job {
+typedef struct walq_job {
     int64_t id;
     char *queue;
     char *payload;

@@ -443,6 +443,7 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 static void consume_help(void)
 {
     printf("Usage: %s consume --group G --queue Q [--queue Q2 ...] [OPTIONS] -- PROGRAM [ARGS]\n"
+           "       %s consume --group G --queue Q --sql STATEMENT [OPTIONS]\n"
            "       %s consume --group G --queue Q --noop [OPTIONS]\n\n"
            "Runs PROGRAM for every job of the queues, reading the jobs from the group's\n"
            "replication slot (walq_G).  The payload is on the program's standard input;\n"
@@ -455,6 +456,8 @@ static void consume_help(void)
            "  --concurrency N         handlers running at once (default 1)\n"
            "  --drain                 exit once the jobs committed before the start are done\n"
            "  --noop                  record every job done without running anything\n"
+           "  --sql STATEMENT         run STATEMENT per job in the ack transaction, with\n"
+           "                          $1 = payload (jsonb) and $2 = job id (bigint)\n"
            "  --timeout SECONDS       kill a handler running longer (default: no limit)\n"
            "  --backoff-min SECONDS   first retry delay (default 1)\n"
            "  --backoff-max SECONDS   longest retry delay (default 600)\n"
@@ -467,13 +470,14 @@ static void consume_help(void)
            "  --verbose, --quiet      more or less logging\n\n"
            "SIGTERM or SIGINT finishes the running jobs, records them and exits 0; a second\n"
            "signal exits at once.\n",
-           progname, progname);
+           progname, progname, progname);
 }
 
 static int cmd_consume(int argc, char **argv)
 {
     enum {
         O_GROUP = 256,
+        O_SQL,
         O_QUEUE,
         O_CONC,
         O_DRAIN,
@@ -496,6 +500,7 @@ static int cmd_consume(int argc, char **argv)
                                              {"concurrency", required_argument, NULL, O_CONC},
                                              {"drain", no_argument, NULL, O_DRAIN},
                                              {"noop", no_argument, NULL, O_NOOP},
+                                             {"sql", required_argument, NULL, O_SQL},
                                              {"timeout", required_argument, NULL, O_TIMEOUT},
                                              {"backoff-min", required_argument, NULL, O_BMIN},
                                              {"backoff-max", required_argument, NULL, O_BMAX},
@@ -542,6 +547,10 @@ static int cmd_consume(int argc, char **argv)
             break;
         case O_NOOP:
             opts.handler = WALQ_HANDLER_NOOP;
+            break;
+        case O_SQL:
+            opts.handler = WALQ_HANDLER_SQL;
+            opts.sql = optarg;
             break;
         case O_TIMEOUT:
             if (parse_seconds(optarg, &opts.timeout))
@@ -623,13 +632,13 @@ static int cmd_consume(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (opts.handler == WALQ_HANDLER_EXEC && optind >= argc) {
-        usage_error("%s", "give the handler after \"--\" (consume ... -- PROGRAM [ARGS]), or "
-                          "--noop");
+        usage_error("%s", "give the handler after \"--\" (consume ... -- PROGRAM [ARGS]), "
+                          "--sql STATEMENT or --noop");
         free(queues);
         return EXIT_USAGE;
     }
-    if (opts.handler == WALQ_HANDLER_NOOP && optind < argc) {
-        usage_error("%s", "--noop takes no handler program");
+    if (opts.handler != WALQ_HANDLER_EXEC && optind < argc) {
+        usage_error("%s", "--noop and --sql take no handler program");
         free(queues);
         return EXIT_USAGE;
     }

@@ -1,0 +1,66 @@
+/*
+ * The run stage's interface.  Each kind of handler (exec, coprocess, C
+ * callback, noop) implements these operations; the consumer only sees them.
+ * The sql handler is different: it runs inside the ack transaction and lives
+ * in the consumer's ack path.
+ */
+#ifndef WALQ_HANDLER_H
+#define WALQ_HANDLER_H
+
+#include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "run.h"
+#include "schedule.h"
+
+typedef struct walq__handler walq__handler;
+
+typedef struct walq__handler_ops {
+    /* Can another job start now? */
+    int (*has_room)(walq__handler *h);
+    /*
+     * Starts job.  The handler reports the end through h->done, possibly
+     * before start returns.  A non-zero return is a failure of the consumer
+     * (out of memory), not of the job.
+     */
+    int (*start)(walq__handler *h, walq__job *job, int64_t now);
+    /*
+     * Fills at most room poll entries with what the handler waits for and
+     * lowers *wake_at (monotonic microseconds, 0: none) to its next deadline.
+     * Returns how many entries it used.
+     */
+    size_t (*fds)(walq__handler *h, struct pollfd *pfd, size_t room, int64_t now, int64_t *wake_at);
+    /* The most poll entries fds() ever uses. */
+    size_t (*max_fds)(walq__handler *h);
+    /* Makes progress after poll and reports finished jobs. */
+    int (*process)(walq__handler *h, int64_t now);
+    /* Kills everything running; each job comes back through h->abandon. */
+    void (*kill_all)(walq__handler *h);
+    /* Jobs running now. */
+    size_t (*running)(walq__handler *h);
+    void (*free)(walq__handler *h);
+} walq__handler_ops;
+
+struct walq__handler {
+    const walq__handler_ops *ops;
+    /* Where finished jobs go; the consumer records the outcome. */
+    int (*done)(void *arg, walq__job *job, walq__verdict v, const char *err);
+    /* Where jobs of a kill_all go; their outcome is not recorded. */
+    void (*abandon)(void *arg, walq__job *job);
+    void *arg;
+    const walq__log *log;
+    const char *group;
+};
+
+/* exec: argv per job, at most concurrency at once, timeout in seconds (0: none). */
+int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout);
+
+/* noop: every job done at once. */
+int walq__handler_noop_new(walq__handler **out);
+
+/* callback: the C API's handler function, called in the consumer's thread. */
+int walq__handler_callback_new(walq__handler **out, walq_handler_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,186 @@
+/* The exec handler: one process per job, at most `concurrency` at once. */
+#include <signal.h>
+#include <stdlib.h>
+
+#include "handler.h"
+
+typedef struct exec_slot {
+    walq__proc proc;
+    walq__job *job;
+} exec_slot;
+
+typedef struct exec_handler {
+    walq__handler base;
+    char *const *argv; /* borrowed from the consumer */
+    int concurrency;
+    int64_t timeout_us;
+    size_t nrunning;
+    exec_slot *slots;
+} exec_handler;
+
+static int exec_has_room(walq__handler *h)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    return e->nrunning < (size_t)e->concurrency;
+}
+
+static int exec_start(walq__handler *h, walq__job *job, int64_t now)
+{
+    exec_handler *e = (exec_handler *)h;
+    walq__job_env env = {h->group, job->queue, job->id, job->attempts};
+    exec_slot *slot = NULL;
+    int rc;
+
+    for (int i = 0; i < e->concurrency; i++) {
+        if (e->slots[i].job == NULL) {
+            slot = &e->slots[i];
+            break;
+        }
+    }
+    if (slot == NULL)
+        return walq__error(WALQ_ESYS, NULL, "no free handler slot (internal error)");
+    rc = walq__proc_start(&slot->proc, e->argv, &env, job->payload, job->payload_len,
+                          e->timeout_us ? now + e->timeout_us : 0);
+    if (rc == WALQ_ENOMEM)
+        return rc;
+    if (rc != 0)
+        return h->done(h->arg, job, WALQ__VERDICT_FAIL, walq_last_error());
+    slot->job = job;
+    e->nrunning++;
+    return 0;
+}
+
+static size_t exec_fds(walq__handler *h, struct pollfd *pfd, size_t room, int64_t now,
+                       int64_t *wake_at)
+{
+    exec_handler *e = (exec_handler *)h;
+    size_t n = 0;
+
+    for (int i = 0; i < e->concurrency; i++) {
+        exec_slot *s = &e->slots[i];
+        int64_t due = 0;
+
+        if (s->job == NULL)
+            continue;
+        if (s->proc.pidfd >= 0 && n < room) {
+            pfd[n].fd = s->proc.pidfd;
+            pfd[n++].events = POLLIN;
+        } else {
+            /* Without a pidfd the exit is noticed by looking every 10 ms. */
+            due = now + 10000;
+        }
+        if (s->proc.in_fd >= 0 && n < room) {
+            pfd[n].fd = s->proc.in_fd;
+            pfd[n++].events = POLLOUT;
+        }
+        if (s->proc.err_fd >= 0 && n < room) {
+            pfd[n].fd = s->proc.err_fd;
+            pfd[n++].events = POLLIN;
+        }
+        if (s->proc.deadline && !s->proc.timed_out && (due == 0 || s->proc.deadline < due))
+            due = s->proc.deadline;
+        if (due && (*wake_at == 0 || due < *wake_at))
+            *wake_at = due;
+    }
+    return n;
+}
+
+static size_t exec_max_fds(walq__handler *h)
+{
+    return 3 * (size_t)((exec_handler *)h)->concurrency;
+}
+
+static int exec_process(walq__handler *h, int64_t now)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    for (int i = 0; i < e->concurrency; i++) {
+        exec_slot *s = &e->slots[i];
+        walq__verdict v;
+        char err[1024];
+        walq__job *job;
+        int rc;
+
+        if (s->job == NULL)
+            continue;
+        if (s->proc.in_fd >= 0)
+            walq__proc_feed(&s->proc);
+        if (s->proc.err_fd >= 0)
+            walq__proc_drain_stderr(&s->proc);
+        if (s->proc.deadline && now >= s->proc.deadline && !s->proc.timed_out) {
+            s->proc.timed_out = 1;
+            walq__proc_kill(&s->proc, SIGKILL);
+        }
+        if (!walq__proc_reap(&s->proc, &v, err, sizeof(err)))
+            continue;
+        walq__proc_close(&s->proc);
+        job = s->job;
+        s->job = NULL;
+        e->nrunning--;
+        rc = h->done(h->arg, job, v, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void exec_kill_all(walq__handler *h)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    for (int i = 0; i < e->concurrency; i++) {
+        exec_slot *s = &e->slots[i];
+        walq__job *job = s->job;
+
+        if (job == NULL)
+            continue;
+        walq__proc_kill(&s->proc, SIGKILL);
+        while (s->proc.pid > 0) {
+            walq__verdict v;
+            char err[64];
+
+            if (!walq__proc_reap(&s->proc, &v, err, sizeof(err)))
+                poll(NULL, 0, 5);
+        }
+        walq__proc_close(&s->proc);
+        s->job = NULL;
+        e->nrunning--;
+        h->abandon(h->arg, job);
+    }
+}
+
+static size_t exec_running(walq__handler *h)
+{
+    return ((exec_handler *)h)->nrunning;
+}
+
+static void exec_free(walq__handler *h)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    if (e == NULL)
+        return;
+    free(e->slots);
+    free(e);
+}
+
+static const walq__handler_ops exec_ops = {exec_has_room, exec_start,    exec_fds,     exec_max_fds,
+                                           exec_process,  exec_kill_all, exec_running, exec_free};
+
+int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout)
+{
+    exec_handler *e = calloc(1, sizeof(*e));
+
+    *out = NULL;
+    if (e == NULL || (e->slots = calloc((size_t)concurrency, sizeof(*e->slots))) == NULL) {
+        free(e);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    e->base.ops = &exec_ops;
+    e->argv = argv;
+    e->concurrency = concurrency;
+    e->timeout_us = (int64_t)(timeout * 1e6);
+    *out = &e->base;
+    return 0;
+}
