@@ -58,6 +58,8 @@ static const char *status_name(walq__status st)
         return "done";
     case WALQ__ST_DEAD:
         return "dead";
+    case WALQ__ST_CANCELLED:
+        return "cancelled";
     case WALQ__ST_NONE:
         break;
     }

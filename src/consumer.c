@@ -803,7 +803,7 @@ static const char *const plugin_options[] = {"format-version",
                                              "include-lsn",
                                              "1",
                                              "add-tables",
-                                             "walq.jobs",
+                                             "walq.jobs,walq.commands",
                                              "actions",
                                              "insert",
                                              NULL};
@@ -882,6 +882,108 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
     return 0;
 }
 
+/* The job with this id among those waiting in memory, or NULL. */
+static walq__job *find_waiting(walq_consumer *c, int64_t id, walq__heap **where)
+{
+    walq__heap *heaps[2] = {&c->ready, &c->timers};
+
+    /* A linear look: commands are rare, and this keeps jobs free of an index. */
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < heaps[k]->n; i++) {
+            if (heaps[k]->items[i]->id == id) {
+                *where = heaps[k];
+                return heaps[k]->items[i];
+            }
+        }
+    }
+    return NULL;
+}
+
+static walq__job *job_from_row(walq_consumer *c, PGresult *res, int row);
+
+/*
+ * `walq job cancel`: the job, if it is still waiting here, never runs.  The
+ * outcome is recorded already; the job only goes through the ack batch to let
+ * its transaction go.
+ */
+static int cancel_job(walq_consumer *c, int64_t id)
+{
+    walq__heap *where = NULL;
+    walq__job *job = find_waiting(c, id, &where);
+
+    if (job == NULL) {
+        walq__info(&c->log, "job %lld cancelled (not waiting here)", (long long)id);
+        return 0;
+    }
+    walq__heap_remove(where, job);
+    if (where == &c->timers) {
+        if (job->retry_timer)
+            c->retry_timers--;
+        c->in_memory++; /* counted again until its release is acked */
+    }
+    job->state = WALQ__JOB_ACKING;
+    walq__info(&c->log, "job %lld cancelled", (long long)id);
+    return record(c, job, WALQ__ST_CANCELLED, NULL);
+}
+
+/*
+ * `walq job retry`: a dead or cancelled job runs again.  It belongs to the
+ * command's transaction, so the cursor does not pass the command before the
+ * job's new outcome is recorded.
+ */
+static int retry_job(walq_consumer *c, int64_t id)
+{
+    char idtext[32];
+    const char *params[2] = {c->group, idtext};
+    PGresult *res;
+    walq__job *job;
+    int rc;
+
+    snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
+    rc = walq__query(c->pconn, &res, "read a retried job",
+                     "SELECT j.id, j.queue, j.payload, j.priority,"
+                     "       (extract(epoch FROM j.run_at) * 1000000)::int8, j.max_attempts"
+                     "  FROM walq.jobs j JOIN walq.outcomes o ON o.job_id = j.id"
+                     " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
+                     2, params);
+    if (rc != 0)
+        return rc;
+    /* Nothing to do if its new outcome is recorded already (a replay). */
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return 0;
+    }
+    job = job_from_row(c, res, 0);
+    PQclear(res);
+    if (job == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    job->run_at = 0;
+    job->lsn = c->cur_end;
+    job->txn = c->cur;
+    c->cur->outstanding++;
+    walq__info(&c->log, "job %lld queued again by walq job retry", (long long)id);
+    return admit(c, job, walq__wall_us());
+}
+
+static int on_command(walq_consumer *c, const walq__change *ch)
+{
+    const walq__value *group = walq__change_column(ch, "group_name");
+    const walq__value *id = walq__change_column(ch, "job_id");
+    const walq__value *action = walq__change_column(ch, "action");
+
+    if (group == NULL || group->kind != WALQ__V_STR || strcmp(group->str, c->group) != 0)
+        return 0;
+    if (id == NULL || id->kind != WALQ__V_INT || action == NULL || action->kind != WALQ__V_STR)
+        return walq__error(WALQ_EDECODE, NULL, "unreadable row in walq.commands");
+    if (strcmp(action->str, "cancel") == 0)
+        return cancel_job(c, id->i);
+    if (strcmp(action->str, "retry") == 0)
+        return c->pconn ? retry_job(c, id->i) : WALQ_ECONN;
+    walq__warn(&c->log, "unknown command \"%s\" for job %lld ignored", action->str,
+               (long long)id->i);
+    return 0;
+}
+
 static int on_change(walq_consumer *c, const walq__change *ch, uint64_t wal_start)
 {
     char lsn[WALQ__LSN_BUFSZ];
@@ -914,8 +1016,11 @@ static int on_change(walq_consumer *c, const walq__change *ch, uint64_t wal_star
                                walq__lsn_format(wal_start, lsn));
         if (++c->cur_inserts <= c->resume_skip)
             return 0;
-        if (ch->table == NULL || strcmp(ch->table, "jobs") != 0 || ch->schema == NULL ||
-            strcmp(ch->schema, "walq") != 0)
+        if (ch->schema == NULL || ch->table == NULL || strcmp(ch->schema, "walq") != 0)
+            return 0;
+        if (strcmp(ch->table, "commands") == 0)
+            return on_command(c, ch);
+        if (strcmp(ch->table, "jobs") != 0)
             return 0;
         rc = job_from_change(c, ch, &job);
         if (rc != 0 || job == NULL)
@@ -1037,7 +1142,8 @@ static int load_skip(walq_consumer *c, uint64_t cursor)
     int rc;
 
     rc = walq__query(c->pconn, &res, "read recorded outcomes",
-                     "SELECT job_id FROM walq.outcomes WHERE group_name = $1 AND lsn > $2::pg_lsn"
+                     "SELECT job_id FROM walq.outcomes WHERE group_name = $1"
+                     "   AND (lsn > $2::pg_lsn OR (status = 'cancelled' AND lsn IS NULL))"
                      " ORDER BY job_id",
                      2, params);
     if (rc != 0)
@@ -1147,7 +1253,7 @@ static int backfill_page(walq_consumer *c)
         rc = walq__query(c->pconn, &known, "check the backlog against recorded outcomes",
                          "SELECT job_id FROM walq.outcomes"
                          " WHERE group_name = $1 AND job_id = ANY ($2::bigint[])"
-                         " ORDER BY job_id",
+                         "   AND status <> 'queued' ORDER BY job_id",
                          2, params);
     }
     walq__buf_free(&ids);

@@ -22,7 +22,8 @@ typedef enum walq__status {
     WALQ__ST_NONE = 0,
     WALQ__ST_SCHEDULED,
     WALQ__ST_DONE,
-    WALQ__ST_DEAD
+    WALQ__ST_DEAD,
+    WALQ__ST_CANCELLED /* by an administrator; recorded already, only released */
 } walq__status;
 
 typedef struct walq_job {
