@@ -59,6 +59,7 @@ struct walq_consumer {
     size_t nsql, sqlcap;
     int64_t sql_oldest;
     int flush_failed;    /* an ack transaction failed: hold confirmations back */
+    int slot_gone;       /* the slot was lost while streaming: start over */
     size_t in_memory;    /* ready, running and final-but-unacked jobs */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     uint64_t seq, rng;
@@ -72,8 +73,7 @@ struct walq_consumer {
     uint64_t cur_end;
     size_t cur_inserts;
     int skip_cur;
-    uint64_t resume_end; /* a transaction cut off by a lost connection */
-    size_t resume_skip;  /* its inserts already taken */
+    size_t resume_skip; /* inserts of cur taken before a lost connection */
     int64_t next_status;
     int reply_now;
     int64_t next_ping; /* --drain asks the server where it is when idle */
@@ -830,6 +830,18 @@ static int start_stream(walq_consumer *c)
     return 0;
 }
 
+/*
+ * The slot went away under us (dropped, or invalidated for falling behind).
+ * Finish and record what is running, then start over: set-up recreates the
+ * slot and reads the group's unfinished jobs from the table.
+ */
+static void slot_lost(walq_consumer *c)
+{
+    walq__warn(&c->log, "%s; finishing the running jobs, then resynchronizing", walq_last_error());
+    walq__stream_close(&c->st);
+    c->slot_gone = 1;
+}
+
 static void stream_lost(walq_consumer *c)
 {
     int64_t delay = backoff_delay(c->stream_failures);
@@ -839,11 +851,12 @@ static void stream_lost(walq_consumer *c)
     c->stats.reconnects++;
     c->stream_failures++;
     c->stream_retry_at = walq__mono_us() + delay;
-    /* The transaction being received comes again from its start. */
-    if (c->cur != NULL) {
-        c->resume_end = c->cur_end;
+    /*
+     * The transaction being received comes again from its start; the inserts
+     * already taken from it are passed over then.
+     */
+    if (c->cur != NULL && !c->skip_cur && c->cur_inserts > c->resume_skip)
         c->resume_skip = c->cur_inserts;
-    }
     c->skip_cur = 0;
 }
 
@@ -992,19 +1005,20 @@ static int on_change(walq_consumer *c, const walq__change *ch, uint64_t wal_star
 
     switch (ch->action) {
     case WALQ__ACT_BEGIN:
-        if (c->cur != NULL && ch->next_lsn != c->resume_end)
-            return walq__error(WALQ_EPROTO, NULL, "transaction began at %s inside another one",
-                               walq__lsn_format(wal_start, lsn));
-        c->cur_end = ch->next_lsn;
-        c->cur_inserts = 0;
         if (ch->next_lsn <= c->last_end) {
             c->skip_cur = 1; /* had it already, before a reconnect */
             return 0;
         }
         c->skip_cur = 0;
-        if (c->cur != NULL) /* the one cut off by a reconnect, coming again */
-            return 0;
-        c->resume_end = 0;
+        c->cur_inserts = 0;
+        if (c->cur != NULL) {
+            /* The one cut off by a reconnect, coming again from its start. */
+            if (ch->next_lsn == c->cur_end)
+                return 0;
+            return walq__error(WALQ_EPROTO, NULL, "transaction began at %s inside another one",
+                               walq__lsn_format(wal_start, lsn));
+        }
+        c->cur_end = ch->next_lsn;
         c->resume_skip = 0;
         c->cur = walq__txnq_open(&c->txq, ch->next_lsn);
         return c->cur ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -1039,7 +1053,6 @@ static int on_change(walq_consumer *c, const walq__change *ch, uint64_t wal_star
                                walq__lsn_format(wal_start, lsn));
         walq__txnq_close(&c->txq, c->cur);
         c->cur = NULL;
-        c->resume_end = 0;
         c->resume_skip = 0;
         c->last_end = ch->next_lsn;
         if (ch->next_lsn > c->recv_lsn)
@@ -1579,7 +1592,7 @@ static int loop(walq_consumer *c)
 
     for (;;) {
         int64_t now = walq__mono_us(), wall = walq__wall_us(), wake_at = 0;
-        int stopping = c->stop_req != 0, n = 0, timeout_ms;
+        int stopping = c->stop_req != 0 || c->slot_gone, n = 0, timeout_ms;
 
         if (c->stop_req == 2) {
             kill_all(c);
@@ -1588,13 +1601,16 @@ static int loop(walq_consumer *c)
             break;
         }
         if (c->pconn == NULL && now >= c->primary_retry_at) {
+            /*
+             * A group lock still held can be our own previous backend that
+             * has not noticed the lost connection yet: that retries too.
+             */
             rc = connect_primary(c);
-            if (rc == WALQ_EBUSY)
-                break;
             if (rc != 0)
                 primary_lost(c);
             else
                 walq__info(&c->log, "reconnected to the primary");
+            rc = 0;
         }
         if (!stopping) {
             rc = promote_timers(c, wall);
@@ -1607,6 +1623,9 @@ static int loop(walq_consumer *c)
                 rc = start_stream(c);
                 if (rc == WALQ_ECONN || (rc == WALQ_EBUSY && c->stats.reconnects > 0)) {
                     stream_lost(c);
+                    rc = 0;
+                } else if (rc == WALQ_ESLOT) {
+                    slot_lost(c);
                     rc = 0;
                 } else if (rc != 0) {
                     break;
@@ -1643,6 +1662,10 @@ static int loop(walq_consumer *c)
             }
         }
         if (stopping && handler_running(c) == 0 && c->ack.n == 0) {
+            if (c->slot_gone) {
+                rc = WALQ_ESLOT;
+                break;
+            }
             final_status(c);
             break;
         }
@@ -1719,6 +1742,9 @@ static int loop(walq_consumer *c)
             if (rc == WALQ_ECONN) {
                 stream_lost(c);
                 rc = 0;
+            } else if (rc == WALQ_ESLOT) {
+                slot_lost(c);
+                rc = 0;
             } else if (rc != 0) {
                 break;
             }
@@ -1756,6 +1782,10 @@ static void reset_memory(walq_consumer *c)
     c->in_memory = c->retry_timers = 0;
     c->backfilling = 0;
     c->sync_end = 0;
+    c->slot_gone = 0;
+    c->nskip = 0;
+    c->cur_inserts = c->resume_skip = 0;
+    c->skip_cur = 0;
 }
 
 static void close_all(walq_consumer *c)
@@ -1773,9 +1803,16 @@ int walq_consumer_run(walq_consumer *c)
     int rc;
 
     c->errmsg[0] = '\0';
-    rc = setup(c);
-    if (rc == 0)
-        rc = loop(c);
+    for (;;) {
+        rc = setup(c);
+        if (rc == 0)
+            rc = loop(c);
+        if (rc != WALQ_ESLOT || !c->slot_gone || c->stop_req)
+            break;
+        /* Everything recorded is safe in the table; the rest comes back. */
+        reset_memory(c);
+        close_all(c);
+    }
     if (rc != 0)
         set_errmsg(c);
     reset_memory(c);
