@@ -11,12 +11,18 @@
  * One statement, hence one transaction: the outcomes are upserted, but a
  * final outcome already recorded (by an earlier life of this consumer that
  * ran the job too) is never overwritten, so each job's final outcome is
- * recorded once.  The cursor only moves forward.
+ * recorded once.  Jobs cancelled by an administrator are in the batch only
+ * to let their transactions go: their outcome is in the table already.  The
+ * dedup keys of jobs now finished in every group reading their queue are
+ * released; the CTEs share one snapshot, so this group's new outcomes come
+ * from RETURNING and only the other groups are looked up.  The cursor only
+ * moves forward.
  */
 static const char ack_sql[] =
     "WITH o AS ("
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"
     "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)"
+    "   WHERE status <> 'cancelled'"
     "), up AS ("
     "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"
     "                                  lsn)"
@@ -26,6 +32,15 @@ static const char ack_sql[] =
     "     SET status = excluded.status, attempts = excluded.attempts,"
     "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
+    "  RETURNING t.job_id, t.status"
+    "), released AS ("
+    "  DELETE FROM walq.dedup_keys d USING up"
+    "   WHERE d.job_id = up.job_id AND up.status IN ('done', 'dead')"
+    "     AND NOT EXISTS (SELECT 1 FROM walq.jobs j"
+    "                       JOIN walq.groups g ON j.queue = ANY (g.queues) AND g.name <> $1"
+    "                       LEFT JOIN walq.outcomes x ON x.group_name = g.name AND x.job_id = j.id"
+    "                      WHERE j.id = up.job_id"
+    "                        AND coalesce(x.status, 'queued') NOT IN ('done', 'dead', 'cancelled'))"
     ") UPDATE walq.groups SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"
     "   WHERE name = $1";
 

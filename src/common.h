@@ -41,6 +41,12 @@ void walq__buf_free(walq__buf *b);
 int64_t walq__mono_us(void);
 int64_t walq__wall_us(void);
 
+/*
+ * Parses a duration as SHOW prints it ("60s", "500ms", "1min", "0", "2h",
+ * "1d"; a bare number is milliseconds) into microseconds; -1 if unreadable.
+ */
+int64_t walq__parse_duration_us(const char *text);
+
 char *walq__strdup(const char *s);
 char *walq__strndup(const char *s, size_t n);
 

@@ -52,6 +52,7 @@ struct walq_consumer {
     walq__decoder *dec;
 
     walq__heap ready, timers;
+    walq__idset live; /* ids of the jobs in memory: never two copies of one */
     walq__txnq txq;
     walq__ack ack;
     walq__handler *h; /* the run stage; NULL for the sql handler */
@@ -60,6 +61,7 @@ struct walq_consumer {
     int64_t sql_oldest;
     int flush_failed;    /* an ack transaction failed: hold confirmations back */
     int slot_gone;       /* the slot was lost while streaming: start over */
+    int64_t status_us;   /* status update interval, within the server's timeout */
     size_t in_memory;    /* ready, running and final-but-unacked jobs */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     uint64_t seq, rng;
@@ -378,11 +380,18 @@ static walq__job *new_job(walq_consumer *c, int64_t id, const char *queue, const
     job->max_attempts = 25;
     job->pending_idx = -1;
     job->seq = ++c->seq;
-    if (job->queue == NULL || job->payload == NULL) {
+    if (job->queue == NULL || job->payload == NULL || walq__idset_add(&c->live, id) != 0) {
         walq__job_free(job);
         return NULL;
     }
     return job;
+}
+
+/* A job leaves memory. */
+static void forget(walq_consumer *c, walq__job *job)
+{
+    walq__idset_del(&c->live, job->id);
+    walq__job_free(job);
 }
 
 /* ------------------------------------------------------------------ */
@@ -447,12 +456,11 @@ static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
 /* A job whose handler was killed: no outcome, it runs again after a restart. */
 static void on_abandon(void *arg, walq__job *job)
 {
-    (void)arg;
     /* A job in the ack batch is freed with the batch; see reset_memory(). */
     if (job->pending_idx >= 0)
         job->state = WALQ__JOB_ACKING;
     else
-        walq__job_free(job);
+        forget(arg, job);
 }
 
 static int handler_has_room(walq_consumer *c)
@@ -754,7 +762,7 @@ static int flush_acks(walq_consumer *c)
         job->pending_idx = -1;
         if (job->state == WALQ__JOB_ACKING) {
             c->in_memory--;
-            walq__job_free(job);
+            forget(c, job);
         }
     }
     c->ack.n = 0;
@@ -818,6 +826,22 @@ static int start_stream(walq_consumer *c)
         if (rc != 0)
             return rc;
     }
+    /*
+     * Status updates are what keeps the walsender from timing us out, also
+     * while a full consumer reads nothing: send them at least twice per
+     * wal_sender_timeout.
+     */
+    c->status_us = (int64_t)(c->o.status_interval * 1e6);
+    {
+        PGresult *res = PQexec(c->st.conn, "SHOW wal_sender_timeout");
+        int64_t timeout_us = 0;
+
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+            timeout_us = walq__parse_duration_us(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (timeout_us > 0 && timeout_us / 2 < c->status_us)
+            c->status_us = timeout_us / 2;
+    }
     rc = walq__stream_start(&c->st, c->slot, c->last_end, plugin_options);
     if (rc != 0) {
         walq__stream_close(&c->st);
@@ -874,7 +898,8 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
     if (id == NULL || id->kind != WALQ__V_INT || queue == NULL || queue->kind != WALQ__V_STR)
         return walq__error(WALQ_EDECODE, "Check that walq.jobs has the columns walq init made.",
                            "job row from the stream has no usable \"id\" or \"queue\"");
-    if (!queue_wanted(c, queue->str) || job_skipped(c, id->i))
+    /* A job already in memory (a replay after a retry command, say) stays one. */
+    if (!queue_wanted(c, queue->str) || job_skipped(c, id->i) || walq__idset_has(&c->live, id->i))
         return 0;
     job = new_job(c, id->i, queue->str,
                   payload && payload->kind == WALQ__V_STR ? payload->str : "null",
@@ -887,7 +912,7 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
         job->max_attempts = (int32_t)maxa->i;
     if (run_at && run_at->kind == WALQ__V_STR &&
         walq__parse_timestamp(run_at->str, run_at->len, &job->run_at) != 0) {
-        walq__job_free(job);
+        forget(c, job);
         return walq__error(WALQ_EDECODE, NULL, "job %lld has an unreadable run_at \"%s\"",
                            (long long)id->i, run_at->str);
     }
@@ -923,7 +948,25 @@ static int cancel_job(walq_consumer *c, int64_t id)
 {
     walq__heap *where = NULL;
     walq__job *job = find_waiting(c, id, &where);
+    char idtext[32];
+    const char *params[2] = {c->group, idtext};
+    PGresult *res;
+    int rc, cancelled;
 
+    if (job != NULL && c->pconn != NULL) {
+        /* A replayed command may be stale: a retry can have come after it. */
+        snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
+        rc = walq__query(c->pconn, &res, "read a cancelled job's outcome",
+                         "SELECT 1 FROM walq.outcomes WHERE group_name = $1 AND job_id = $2"
+                         "   AND status = 'cancelled'",
+                         2, params);
+        if (rc != 0)
+            return rc;
+        cancelled = PQntuples(res) == 1;
+        PQclear(res);
+        if (!cancelled)
+            return 0;
+    }
     if (job == NULL) {
         walq__info(&c->log, "job %lld cancelled (not waiting here)", (long long)id);
         return 0;
@@ -952,6 +995,8 @@ static int retry_job(walq_consumer *c, int64_t id)
     walq__job *job;
     int rc;
 
+    if (walq__idset_has(&c->live, id))
+        return 0; /* here already, and not finished: it runs once */
     snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
     rc = walq__query(c->pconn, &res, "read a retried job",
                      "SELECT j.id, j.queue, j.payload, j.priority,"
@@ -1120,7 +1165,7 @@ static int send_status(walq_consumer *c, int64_t now, int reply)
     c->confirmed = c->durable;
     c->stats.confirmed_lsn = c->durable;
     c->reply_now = 0;
-    c->next_status = now + (int64_t)(c->o.status_interval * 1e6);
+    c->next_status = now + c->status_us;
     return 0;
 }
 
@@ -1215,7 +1260,7 @@ static int load_timers(walq_consumer *c)
         }
         rc = make_timer(c, job, job->attempts > 0);
         if (rc != 0) {
-            walq__job_free(job);
+            forget(c, job);
             PQclear(res);
             return rc;
         }
@@ -1282,6 +1327,8 @@ static int backfill_page(walq_consumer *c)
         while (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) < id)
             k++;
         if (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) == id)
+            continue;
+        if (walq__idset_has(&c->live, id))
             continue;
         job = job_from_row(c, res, i);
         if (job == NULL) {
@@ -1584,7 +1631,7 @@ static int loop(walq_consumer *c)
 {
     struct pollfd *pfd;
     size_t npfd = 2 + (c->h ? c->h->ops->max_fds(c->h) : 0);
-    int rc = 0;
+    int rc = 0, stream_pfd = -1;
 
     pfd = calloc(npfd, sizeof(*pfd));
     if (pfd == NULL)
@@ -1652,7 +1699,7 @@ static int loop(walq_consumer *c)
         }
         if (c->st.streaming && (now >= c->next_status || c->reply_now ||
                                 (c->ack.n == 0 && c->txq.safe_lsn > c->confirmed &&
-                                 now >= c->next_status - (int64_t)(c->o.status_interval * 9e5)))) {
+                                 now >= c->next_status - c->status_us * 9 / 10))) {
             rc = send_status(c, now, 0);
             if (rc == WALQ_ECONN) {
                 stream_lost(c);
@@ -1688,7 +1735,9 @@ static int loop(walq_consumer *c)
         /* What to wait for. */
         pfd[n].fd = c->wake[0];
         pfd[n++].events = POLLIN;
+        stream_pfd = -1;
         if (c->st.streaming && !stopping) {
+            stream_pfd = n;
             pfd[n].fd = walq__stream_socket(&c->st);
             pfd[n].events = (c->in_memory < (size_t)c->o.max_in_flight) ? POLLIN : 0;
             if (PQflush(c->st.conn) == 1)
@@ -1736,7 +1785,18 @@ static int loop(walq_consumer *c)
         }
         now = walq__mono_us();
 
-        /* The stream: what arrived, as much as there is room for. */
+        /*
+         * The stream: what arrived, as much as there is room for.  A socket
+         * that hung up is noticed even while the consumer is too full to read.
+         */
+        if (stream_pfd >= 0 && (pfd[stream_pfd].revents & (POLLHUP | POLLERR)) &&
+            PQconsumeInput(c->st.conn) == 0) {
+            char msg[512];
+
+            walq__error(WALQ_ECONN, NULL, "lost the replication connection to \"%s\": %s",
+                        c->st.server, walq__pg_message(c->st.conn, NULL, msg, sizeof(msg)));
+            stream_lost(c);
+        }
         if (c->st.streaming && !stopping) {
             rc = read_stream(c);
             if (rc == WALQ_ECONN) {
@@ -1768,16 +1828,17 @@ static void reset_memory(walq_consumer *c)
     for (size_t i = 0; i < c->ack.n; i++) {
         job = c->ack.jobs[i];
         if (job->state == WALQ__JOB_ACKING)
-            walq__job_free(job);
+            forget(c, job);
         else
             job->pending_idx = -1;
     }
     c->ack.n = 0;
     while ((job = walq__heap_pop(&c->ready)) != NULL)
-        walq__job_free(job);
+        forget(c, job);
     while ((job = walq__heap_pop(&c->timers)) != NULL)
-        walq__job_free(job);
+        forget(c, job);
     walq__txnq_free(&c->txq);
+    walq__idset_clear(&c->live);
     c->cur = c->bf_txn = NULL;
     c->in_memory = c->retry_timers = 0;
     c->backfilling = 0;
@@ -1828,6 +1889,7 @@ void walq_consumer_free(walq_consumer *c)
     close_all(c);
     walq__heap_free(&c->ready);
     walq__heap_free(&c->timers);
+    walq__idset_free(&c->live);
     walq__ack_free(&c->ack);
     walq__decoder_free(c->dec);
     if (c->wake[0] >= 0)

@@ -126,6 +126,29 @@ int64_t walq__wall_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int64_t walq__parse_duration_us(const char *text)
+{
+    static const struct {
+        const char *unit;
+        int64_t us;
+    } units[] = {{"us", 1},
+                 {"ms", 1000},
+                 {"s", 1000000},
+                 {"min", 60000000},
+                 {"h", INT64_C(3600000000)},
+                 {"d", INT64_C(86400000000)},
+                 {"", 1000}};
+    char *end;
+    long long v = strtoll(text, &end, 10);
+
+    if (end == text || v < 0)
+        return -1;
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(units); i++)
+        if (strcmp(end, units[i].unit) == 0)
+            return (int64_t)v * units[i].us;
+    return -1;
+}
+
 char *walq__strndup(const char *s, size_t n)
 {
     char *p = malloc(n + 1);

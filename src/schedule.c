@@ -213,6 +213,94 @@ void walq__txnq_free(walq__txnq *q)
     q->len = 0;
 }
 
+#define IDSET_EMPTY INT64_MIN
+
+static size_t idset_slot(const walq__idset *s, int64_t id)
+{
+    return (size_t)(((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 17) & (s->cap - 1);
+}
+
+static int idset_grow(walq__idset *s)
+{
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    int64_t *keys = malloc(cap * sizeof(*keys)), *old = s->keys;
+    size_t oldcap = s->cap;
+
+    if (keys == NULL)
+        return WALQ_ENOMEM;
+    for (size_t i = 0; i < cap; i++)
+        keys[i] = IDSET_EMPTY;
+    s->keys = keys;
+    s->cap = cap;
+    s->n = 0;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i] != IDSET_EMPTY)
+            walq__idset_add(s, old[i]);
+    free(old);
+    return 0;
+}
+
+int walq__idset_add(walq__idset *s, int64_t id)
+{
+    size_t i;
+
+    /* Kept at most half full, so that probes stay short. */
+    if ((s->n + 1) * 2 > s->cap && idset_grow(s) != 0)
+        return WALQ_ENOMEM;
+    for (i = idset_slot(s, id); s->keys[i] != IDSET_EMPTY; i = (i + 1) & (s->cap - 1))
+        if (s->keys[i] == id)
+            return 0;
+    s->keys[i] = id;
+    s->n++;
+    return 0;
+}
+
+int walq__idset_has(const walq__idset *s, int64_t id)
+{
+    if (s->cap == 0)
+        return 0;
+    for (size_t i = idset_slot(s, id); s->keys[i] != IDSET_EMPTY; i = (i + 1) & (s->cap - 1))
+        if (s->keys[i] == id)
+            return 1;
+    return 0;
+}
+
+void walq__idset_del(walq__idset *s, int64_t id)
+{
+    size_t i, j;
+
+    if (s->cap == 0)
+        return;
+    for (i = idset_slot(s, id); s->keys[i] != id; i = (i + 1) & (s->cap - 1))
+        if (s->keys[i] == IDSET_EMPTY)
+            return;
+    /* Backward shift: pull later keys of the run into the hole. */
+    for (j = (i + 1) & (s->cap - 1); s->keys[j] != IDSET_EMPTY; j = (j + 1) & (s->cap - 1)) {
+        size_t home = idset_slot(s, s->keys[j]);
+
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            s->keys[i] = s->keys[j];
+            i = j;
+        }
+    }
+    s->keys[i] = IDSET_EMPTY;
+    s->n--;
+}
+
+void walq__idset_clear(walq__idset *s)
+{
+    for (size_t i = 0; i < s->cap; i++)
+        s->keys[i] = IDSET_EMPTY;
+    s->n = 0;
+}
+
+void walq__idset_free(walq__idset *s)
+{
+    free(s->keys);
+    s->keys = NULL;
+    s->cap = s->n = 0;
+}
+
 static uint64_t next_random(uint64_t *state)
 {
     /* splitmix64: plenty for jitter, and seedable in tests. */

@@ -105,6 +105,22 @@ void walq__txnq_idle(walq__txnq *q, uint64_t lsn);
 
 void walq__txnq_free(walq__txnq *q);
 
+/*
+ * A set of job ids: which jobs are in memory, so that a job never runs as
+ * two copies.  Open addressing with linear probing.
+ */
+typedef struct walq__idset {
+    int64_t *keys;
+    size_t cap; /* a power of two, or 0 */
+    size_t n;
+} walq__idset;
+
+int walq__idset_add(walq__idset *s, int64_t id);
+int walq__idset_has(const walq__idset *s, int64_t id);
+void walq__idset_del(walq__idset *s, int64_t id);
+void walq__idset_clear(walq__idset *s);
+void walq__idset_free(walq__idset *s);
+
 /* Exponential backoff with full jitter in [min, max] for the given attempt. */
 int64_t walq__backoff_us(int attempt, double min_s, double max_s, uint64_t *rng);
 

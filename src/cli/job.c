@@ -169,11 +169,16 @@ static void print_table(const PGresult *res, const char *const *headers, int nco
         }
     }
     for (int r = -1; r < nrows; r++) {
-        for (int c = 0; c < ncols; c++) {
+        int last = ncols - 1;
+
+        /* No padding after the last value: empty columns at the end are left out. */
+        while (r >= 0 && last > 0 && *PQgetvalue(res, r, last) == '\0')
+            last--;
+        for (int c = 0; c <= last; c++) {
             const char *v = r < 0 ? headers[c] : PQgetvalue(res, r, c);
 
             put_text(v);
-            if (c + 1 < ncols)
+            if (c < last)
                 printf("%*s", (int)(width[c] - text_width(v) + 2), "");
         }
         putchar('\n');
@@ -184,7 +189,8 @@ static void print_table(const PGresult *res, const char *const *headers, int nco
 /* walq job show */
 
 /*
- * Timestamps are shown to the millisecond with the session's UTC offset.
+ * Timestamps are shown to the millisecond, with the offset of the session's
+ * time zone.
  * A key still in dedup_keys whose job finished is as good as free: the next
  * claim of it takes it over (see walq.claim_dedup_key).
  */

@@ -15,6 +15,7 @@
 
 #include <json-c/json.h>
 
+#include "cli/job.h"
 #include "db.h"
 #include "lsn.h"
 #include "walq.h"
@@ -178,7 +179,8 @@ static int valid_json(json_tokener *tok, const char *line, size_t len, char *err
  * which input line the server complained about, using the line numbers of
  * the batch's rows.
  */
-static int copy_batch(PGconn *conn, const walq__buf *rows, const long *lines, size_t nrows)
+static int copy_batch(PGconn *conn, const walq__buf *rows, const long *lines, size_t nrows,
+                      long *inserted)
 {
     PGresult *res;
     char msg[1024];
@@ -214,6 +216,8 @@ static int copy_batch(PGconn *conn, const walq__buf *rows, const long *lines, si
             PQclear(res);
         return rc;
     }
+    /* Duplicates of a dedup key are skipped, so count what the server took. */
+    *inserted = strtol(PQcmdTuples(res), NULL, 10);
     PQclear(res);
     while ((res = PQgetResult(conn)) != NULL)
         PQclear(res);
@@ -234,7 +238,7 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
     long *lines = calloc((size_t)po->batch, sizeof(*lines));
     char *line = NULL, err[256];
     size_t cap = 0, nrows = 0;
-    long lineno = 0, published = 0;
+    long lineno = 0, published = 0, skipped = 0;
     ssize_t len;
     int rc = 0, bad = 0;
 
@@ -273,7 +277,8 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
         }
         /* A batch goes when full, at the end, or before reporting a bad line. */
         if (nrows > 0 && (len < 0 || bad || nrows == (size_t)po->batch)) {
-            int crc = copy_batch(conn, &rows, lines, nrows);
+            long inserted = 0;
+            int crc = copy_batch(conn, &rows, lines, nrows, &inserted);
 
             if (crc != 0) {
                 fail_with(crc);
@@ -284,7 +289,8 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
                 rc = 1;
                 goto done;
             }
-            published += (long)nrows;
+            published += inserted;
+            skipped += (long)nrows - inserted;
             nrows = 0;
             walq__buf_reset(&rows);
         }
@@ -306,7 +312,11 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
         rc = 1;
         goto done;
     }
-    fprintf(stderr, "%s: published %ld jobs to queue \"%s\"\n", progname, published, po->queue);
+    fprintf(stderr, "%s: published %ld jobs to queue \"%s\"", progname, published, po->queue);
+    if (skipped > 0)
+        fprintf(stderr, "; %ld lines skipped: their dedup key is held by an unfinished job",
+                skipped);
+    fputc('\n', stderr);
 
 done:
     free(line);
@@ -366,7 +376,8 @@ static int cmd_publish(int argc, char **argv)
                    "  --priority N          lower runs first (default 0)\n"
                    "  --run-at TIMESTAMP    do not run before this time\n"
                    "  --max-attempts N      attempts before the job is dead (default 25)\n"
-                   "  --dedup-key KEY       at most one job per queue with this key\n"
+                   "  --dedup-key KEY       at most one unfinished job per queue with this key;\n"
+                   "                        a duplicate prints the id of the job holding it\n"
                    "  --batch-size N        lines per transaction when reading stdin (1000)\n",
                    progname);
             return 0;
@@ -805,7 +816,8 @@ static void help(void)
            "  init       create or upgrade the walq schema\n"
            "  publish    publish jobs to a queue\n"
            "  consume    run a handler for every job of some queues\n"
-           "  status     show consumer groups, their lag and job counts\n\n"
+           "  status     show consumer groups, their lag and job counts\n"
+           "  job        show, list, retry or cancel jobs\n\n"
            "\"%s COMMAND --help\" describes each command.  Connections come from the libpq\n"
            "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n",
            WALQ_VERSION_STRING, progname, progname);
@@ -839,6 +851,8 @@ int main(int argc, char **argv)
         return cmd_consume(argc, argv);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(argc, argv);
+    if (strcmp(cmd, "job") == 0)
+        return walq__cli_job(argc, argv);
     usage_error("unknown command \"%s\"", cmd);
     return EXIT_USAGE;
 }

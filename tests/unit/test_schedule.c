@@ -144,6 +144,37 @@ START_TEST(backoff_grows_within_bounds)
 }
 END_TEST
 
+START_TEST(idset_matches_a_reference)
+{
+    walq__idset set = {0};
+    static unsigned char ref[20000];
+    uint64_t rng = 7;
+
+    /* Random adds and deletes over a small id range force long probe runs. */
+    for (int i = 0; i < 200000; i++) {
+        int64_t id = (int64_t)((rng = rng * 6364136223846793005ULL + 1) >> 33) % 20000 - 5;
+        int del = (rng >> 20) & 1;
+
+        if (id < 0)
+            id = -id * 1000003; /* some large and negative-looking keys too */
+        if (del) {
+            walq__idset_del(&set, id);
+            if (id < 20000)
+                ref[id] = 0;
+        } else {
+            ck_assert_int_eq(walq__idset_add(&set, id), 0);
+            if (id < 20000)
+                ref[id] = 1;
+        }
+        if (id < 20000)
+            ck_assert_int_eq(walq__idset_has(&set, id), ref[id]);
+    }
+    for (int64_t id = 0; id < 20000; id++)
+        ck_assert_int_eq(walq__idset_has(&set, id), ref[id]);
+    walq__idset_free(&set);
+}
+END_TEST
+
 static Suite *schedule_suite(void)
 {
     Suite *s = suite_create("schedule");
@@ -155,6 +186,7 @@ static Suite *schedule_suite(void)
     tcase_add_test(tc, txnq_open_transaction_blocks);
     tcase_add_test(tc, txnq_idle_ignored_while_busy);
     tcase_add_test(tc, backoff_grows_within_bounds);
+    tcase_add_test(tc, idset_matches_a_reference);
     suite_add_tcase(s, tc);
     return s;
 }
