@@ -12,35 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/cli.h"
 #include "db.h"
 #include "job.h"
 
 #define EXIT_USAGE 2
 
-static const char *progname = "walq";
+#define progname walq__progname
 
 static const char *const job_statuses[] = {"queued", "running", "scheduled",
                                            "done",   "dead",    "cancelled"};
-
-/* Prints a message in PostgreSQL's style; a "\nHINT:  " part gets its own line. */
-static void print_message(const char *level, const char *msg)
-{
-    const char *hint = strstr(msg, "\nHINT:  ");
-
-    if (hint == NULL) {
-        fprintf(stderr, "%s: %s:  %s\n", progname, level, msg);
-        return;
-    }
-    fprintf(stderr, "%s: %s:  %.*s\n", progname, level, (int)(hint - msg), msg);
-    fprintf(stderr, "%s: HINT:  %s\n", progname, hint + 8);
-}
-
-static void fail_with(int rc)
-{
-    const char *msg = walq_last_error();
-
-    print_message("ERROR", *msg ? msg : walq_strerror(rc));
-}
 
 static void usage_error(const char *cmd, const char *fmt, ...) WALQ__PRINTF(2, 3);
 
@@ -108,7 +89,7 @@ static int open_db(PGconn **conn, const char *dbname, const char *appname)
     if (rc == 0)
         rc = walq__schema_check(*conn);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         if (*conn != NULL)
             PQfinish(*conn);
         *conn = NULL;
@@ -268,7 +249,7 @@ static int job_show(int argc, char **argv)
     if (rc == 0)
         rc = walq__query(conn, &groups, "read the job's status", show_groups_sql, 1, params);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         goto done;
     }
     for (int i = 0; i < (int)WALQ__ARRAY_SIZE(fields); i++) {
@@ -417,7 +398,7 @@ static int job_list(int argc, char **argv)
         PQclear(res);
         res = NULL;
         if (rc != 0) {
-            fail_with(rc);
+            walq__cli_fail(rc);
             goto done;
         }
     }
@@ -430,7 +411,7 @@ static int job_list(int argc, char **argv)
                                                                      : list_view_sql,
                      4, params);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         goto done;
     }
     if (PQntuples(res) == 0)

@@ -15,6 +15,7 @@
 
 #include <json-c/json.h>
 
+#include "cli/cli.h"
 #include "cli/job.h"
 #include "db.h"
 #include "lsn.h"
@@ -22,27 +23,7 @@
 
 #define EXIT_USAGE 2
 
-static const char *progname = "walq";
-
-/* Prints a message in PostgreSQL's style; a "\nHINT:  " part gets its own line. */
-static void print_message(const char *level, const char *msg)
-{
-    const char *hint = strstr(msg, "\nHINT:  ");
-
-    if (hint == NULL) {
-        fprintf(stderr, "%s: %s:  %s\n", progname, level, msg);
-        return;
-    }
-    fprintf(stderr, "%s: %s:  %.*s\n", progname, level, (int)(hint - msg), msg);
-    fprintf(stderr, "%s: HINT:  %s\n", progname, hint + 8);
-}
-
-static void fail_with(int rc)
-{
-    const char *msg = walq_last_error();
-
-    print_message("ERROR", *msg ? msg : walq_strerror(rc));
-}
+#define progname walq__progname
 
 static void usage_error(const char *fmt, ...) WALQ__PRINTF(1, 2);
 
@@ -68,7 +49,7 @@ static void log_to_stderr(void *arg, walq_log_level level, const char *msg)
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
     fprintf(stderr, "%s ", stamp);
-    print_message(names[level], msg);
+    walq__cli_message(names[level], msg);
 }
 
 /* ------------------------------------------------------------------ */
@@ -104,7 +85,7 @@ static int cmd_init(int argc, char **argv)
     }
     rc = walq_schema_init(dbname, &applied);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         return 1;
     }
     if (applied)
@@ -139,7 +120,7 @@ static int publish_one(PGconn *conn, const publish_opts *po, const char *json)
                      " coalesce($4::int, 0), coalesce($5::int, 25), $6)",
                      6, params);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         return 1;
     }
     printf("%s\n", PQgetvalue(res, 0, 0));
@@ -281,7 +262,7 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
             int crc = copy_batch(conn, &rows, lines, nrows, &inserted);
 
             if (crc != 0) {
-                fail_with(crc);
+                walq__cli_fail(crc);
                 fprintf(stderr,
                         "%s: published %ld jobs from the lines before line %ld; nothing from "
                         "line %ld on was published\n",
@@ -399,7 +380,7 @@ static int cmd_publish(int argc, char **argv)
     if (rc == 0)
         rc = walq__schema_check(conn);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         if (conn)
             PQfinish(conn);
         return 1;
@@ -633,7 +614,7 @@ static int cmd_consume(int argc, char **argv)
                  "invalid consumer group name \"%.64s\"\nHINT:  Use lower-case letters, digits "
                  "and underscores, at most 58 of them, as replication slot names allow.",
                  opts.group);
-        print_message("ERROR", msg);
+        walq__cli_message("ERROR", msg);
         free(queues);
         return EXIT_USAGE;
     }
@@ -659,7 +640,7 @@ static int cmd_consume(int argc, char **argv)
 
     rc = walq_consumer_open(&c, &opts);
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         free(queues);
         return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
     }
@@ -691,7 +672,7 @@ static int cmd_consume(int argc, char **argv)
     } else {
         const char *msg = walq_consumer_errmsg(c);
 
-        print_message("ERROR", *msg ? msg : walq_strerror(rc));
+        walq__cli_message("ERROR", *msg ? msg : walq_strerror(rc));
     }
     running_consumer = NULL;
     walq_consumer_free(c);
@@ -761,7 +742,7 @@ static int cmd_status(int argc, char **argv)
                          1, params);
     }
     if (rc != 0) {
-        fail_with(rc);
+        walq__cli_fail(rc);
         PQclear(res);
         if (sconn)
             PQfinish(sconn);
