@@ -204,7 +204,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     for (size_t i = 0; i < opts->nqueues; i++)
         if (opts->queues[i] == NULL || opts->queues[i][0] == '\0')
             return walq__error(WALQ_EINVAL, NULL, "queue names must not be empty");
-    if (opts->handler == WALQ_HANDLER_EXEC) {
+    if (opts->handler == WALQ_HANDLER_EXEC || opts->handler == WALQ_HANDLER_COPROCESS) {
         if (opts->argv == NULL || opts->argv[0] == NULL)
             return walq__error(WALQ_EINVAL, "Give the handler program after \"--\", or use --noop.",
                                "no handler program given");
@@ -213,6 +213,11 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
             return rc;
         while (opts->argv[argc])
             argc++;
+        if (opts->handler == WALQ_HANDLER_COPROCESS &&
+            (opts->coprocess_inflight < 1 || opts->coprocess_inflight > 100000))
+            return walq__error(WALQ_EINVAL, NULL,
+                               "coprocess_inflight must be between 1 and 100000, not %d",
+                               opts->coprocess_inflight);
     } else if (opts->handler == WALQ_HANDLER_SQL) {
         if (opts->sql == NULL || opts->sql[0] == '\0')
             return walq__error(WALQ_EINVAL, "Give the statement with --sql.",
@@ -243,12 +248,11 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     c->primary = walq__strdup(opts->primary ? opts->primary : "");
     c->group = walq__strdup(opts->group);
     c->queues = copy_strv(opts->queues, opts->nqueues);
-    if (opts->handler == WALQ_HANDLER_EXEC)
+    if (opts->handler == WALQ_HANDLER_EXEC || opts->handler == WALQ_HANDLER_COPROCESS)
         c->argv = copy_strv(opts->argv, argc);
     c->sql = walq__strdup(opts->sql);
-    if (!c->source || !c->primary || !c->group || !c->queues ||
-        (opts->handler == WALQ_HANDLER_EXEC && !c->argv) || (opts->sql && !c->sql) ||
-        walq__decoder_new(&c->dec) != 0) {
+    if (!c->source || !c->primary || !c->group || !c->queues || (argc > 0 && !c->argv) ||
+        (opts->sql && !c->sql) || walq__decoder_new(&c->dec) != 0) {
         walq_consumer_free(c);
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     }
@@ -268,6 +272,10 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     switch (opts->handler) {
     case WALQ_HANDLER_EXEC:
         rc = walq__handler_exec_new(&c->h, c->argv, opts->concurrency, opts->timeout);
+        break;
+    case WALQ_HANDLER_COPROCESS:
+        rc = walq__handler_coproc_new(&c->h, c->argv, opts->concurrency, opts->coprocess_inflight,
+                                      opts->timeout);
         break;
     case WALQ_HANDLER_CALLBACK:
         rc = walq__handler_callback_new(&c->h, opts->callback, opts->callback_arg);
@@ -500,8 +508,14 @@ static int start_job(walq_consumer *c, walq__job *job, int64_t now)
 static int dispatch(walq_consumer *c, int64_t now)
 {
     while (c->ready.n > 0 && handler_has_room(c)) {
-        int rc = start_job(c, walq__heap_pop(&c->ready), now);
+        walq__job *job = walq__heap_pop(&c->ready);
+        int rc = start_job(c, job, now);
 
+        /* A failure here stops the consumer; the job must not leak. */
+        if (rc != 0 && job->state == WALQ__JOB_RUNNING && job->pending_idx < 0) {
+            c->in_memory--;
+            forget(c, job);
+        }
         if (rc != 0)
             return rc;
     }

@@ -57,6 +57,13 @@ struct walq__handler {
 /* exec: argv per job, at most concurrency at once, timeout in seconds (0: none). */
 int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout);
 
+/*
+ * coprocess: `workers` long-lived processes of argv speaking JSON lines, each
+ * with up to `inflight` jobs at once; timeout in seconds (0: none).
+ */
+int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,
+                             double timeout);
+
 /* noop: every job done at once. */
 int walq__handler_noop_new(walq__handler **out);
 

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
     build-essential cmake pkg-config
     libpq-dev libjson-c-dev check
-    postgresql-15 postgresql-15-wal2json postgresql-client-15
+    postgresql-15 postgresql-15-wal2json postgresql-client-15 python3
     procps util-linux coreutils iproute2
 )
 

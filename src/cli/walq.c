@@ -435,6 +435,7 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 static void consume_help(void)
 {
     printf("Usage: %s consume --group G --queue Q [--queue Q2 ...] [OPTIONS] -- PROGRAM [ARGS]\n"
+           "       %s consume --group G --queue Q --coprocess [OPTIONS] -- PROGRAM [ARGS]\n"
            "       %s consume --group G --queue Q --sql STATEMENT [OPTIONS]\n"
            "       %s consume --group G --queue Q --noop [OPTIONS]\n\n"
            "Runs PROGRAM for every job of the queues, reading the jobs from the group's\n"
@@ -448,6 +449,9 @@ static void consume_help(void)
            "  --concurrency N         handlers running at once (default 1)\n"
            "  --drain                 exit once the jobs committed before the start are done\n"
            "  --noop                  record every job done without running anything\n"
+           "  --coprocess             run --concurrency long-lived PROGRAMs that take jobs\n"
+           "                          as JSON lines on stdin and reply on stdout\n"
+           "  --coprocess-inflight N  jobs in flight per coprocess worker (default 16)\n"
            "  --sql STATEMENT         run STATEMENT per job in the ack transaction, with\n"
            "                          $1 = payload (jsonb) and $2 = job id (bigint)\n"
            "  --timeout SECONDS       kill a handler running longer (default: no limit)\n"
@@ -462,7 +466,7 @@ static void consume_help(void)
            "  --verbose, --quiet      more or less logging\n\n"
            "SIGTERM or SIGINT finishes the running jobs, records them and exits 0; a second\n"
            "signal exits at once.\n",
-           progname, progname, progname);
+           progname, progname, progname, progname);
 }
 
 static int cmd_consume(int argc, char **argv)
@@ -485,28 +489,33 @@ static int cmd_consume(int argc, char **argv)
         O_DBNAME,
         O_VERBOSE,
         O_QUIET,
-        O_ACKDELAY
+        O_ACKDELAY,
+        O_COPROC,
+        O_COPROC_INFLIGHT
     };
-    static const struct option longopts[] = {{"group", required_argument, NULL, O_GROUP},
-                                             {"queue", required_argument, NULL, O_QUEUE},
-                                             {"concurrency", required_argument, NULL, O_CONC},
-                                             {"drain", no_argument, NULL, O_DRAIN},
-                                             {"noop", no_argument, NULL, O_NOOP},
-                                             {"sql", required_argument, NULL, O_SQL},
-                                             {"timeout", required_argument, NULL, O_TIMEOUT},
-                                             {"backoff-min", required_argument, NULL, O_BMIN},
-                                             {"backoff-max", required_argument, NULL, O_BMAX},
-                                             {"batch-size", required_argument, NULL, O_BATCH},
-                                             {"ack-delay-ms", required_argument, NULL, O_ACKDELAY},
-                                             {"max-in-flight", required_argument, NULL, O_INFLIGHT},
-                                             {"status-interval", required_argument, NULL, O_STATUS},
-                                             {"source", required_argument, NULL, O_SOURCE},
-                                             {"primary", required_argument, NULL, O_PRIMARY},
-                                             {"dbname", required_argument, NULL, O_DBNAME},
-                                             {"verbose", no_argument, NULL, O_VERBOSE},
-                                             {"quiet", no_argument, NULL, O_QUIET},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        {"group", required_argument, NULL, O_GROUP},
+        {"queue", required_argument, NULL, O_QUEUE},
+        {"concurrency", required_argument, NULL, O_CONC},
+        {"drain", no_argument, NULL, O_DRAIN},
+        {"noop", no_argument, NULL, O_NOOP},
+        {"coprocess", no_argument, NULL, O_COPROC},
+        {"coprocess-inflight", required_argument, NULL, O_COPROC_INFLIGHT},
+        {"sql", required_argument, NULL, O_SQL},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"backoff-min", required_argument, NULL, O_BMIN},
+        {"backoff-max", required_argument, NULL, O_BMAX},
+        {"batch-size", required_argument, NULL, O_BATCH},
+        {"ack-delay-ms", required_argument, NULL, O_ACKDELAY},
+        {"max-in-flight", required_argument, NULL, O_INFLIGHT},
+        {"status-interval", required_argument, NULL, O_STATUS},
+        {"source", required_argument, NULL, O_SOURCE},
+        {"primary", required_argument, NULL, O_PRIMARY},
+        {"dbname", required_argument, NULL, O_DBNAME},
+        {"verbose", no_argument, NULL, O_VERBOSE},
+        {"quiet", no_argument, NULL, O_QUIET},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     walq_options opts = WALQ_OPTIONS_INIT;
     const char **queues = calloc((size_t)argc + 1, sizeof(*queues));
     size_t nqueues = 0;
@@ -539,6 +548,13 @@ static int cmd_consume(int argc, char **argv)
             break;
         case O_NOOP:
             opts.handler = WALQ_HANDLER_NOOP;
+            break;
+        case O_COPROC:
+            opts.handler = WALQ_HANDLER_COPROCESS;
+            break;
+        case O_COPROC_INFLIGHT:
+            if (parse_int(optarg, 1, 100000, &opts.coprocess_inflight))
+                bad = "--coprocess-inflight takes a whole number from 1 to 100000";
             break;
         case O_SQL:
             opts.handler = WALQ_HANDLER_SQL;
@@ -623,13 +639,15 @@ static int cmd_consume(int argc, char **argv)
         free(queues);
         return EXIT_USAGE;
     }
-    if (opts.handler == WALQ_HANDLER_EXEC && optind >= argc) {
+    if ((opts.handler == WALQ_HANDLER_EXEC || opts.handler == WALQ_HANDLER_COPROCESS) &&
+        optind >= argc) {
         usage_error("%s", "give the handler after \"--\" (consume ... -- PROGRAM [ARGS]), "
                           "--sql STATEMENT or --noop");
         free(queues);
         return EXIT_USAGE;
     }
-    if (opts.handler != WALQ_HANDLER_EXEC && optind < argc) {
+    if (opts.handler != WALQ_HANDLER_EXEC && opts.handler != WALQ_HANDLER_COPROCESS &&
+        optind < argc) {
         usage_error("%s", "--noop and --sql take no handler program");
         free(queues);
         return EXIT_USAGE;

@@ -1,0 +1,1055 @@
+/*
+ * The coprocess handler: a fixed number of long-lived workers, all running the
+ * same program, each with several jobs in flight, speaking newline-delimited
+ * JSON on their stdin and stdout.  docs/coprocess.md is the protocol.
+ *
+ * Everything here is non-blocking: requests wait in a per-worker output
+ * buffer until the pipe takes them, replies are assembled from whatever the
+ * pipe holds, and a worker's death is noticed through its pidfd (or by
+ * looking every 10 ms where pidfds are missing).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "handler.h"
+
+extern char **environ;
+
+/* A reply longer than this is not a reply: the worker is broken. */
+#define CP_MAX_LINE ((size_t)16 << 20)
+/* What one process() call reads from one worker, so that none starves the loop. */
+#define CP_READ_BUDGET    ((size_t)4 << 20)
+#define CP_BACKOFF_MIN_US 100000
+#define CP_BACKOFF_MAX_US 5000000
+/* A worker that dies sooner than this after its start "dies at once". */
+#define CP_HEALTHY_US 1000000
+/* How long a worker that closed one of its pipes has to exit on its own. */
+#define CP_GRACE_US 2000000
+/* How long free() waits for workers to exit once their stdin is closed. */
+#define CP_STOP_US 2000000
+/* The longest error text taken from a reply, in bytes. */
+#define CP_MAX_ERROR 1000
+/* A buffer larger than this is released once empty. */
+#define CP_KEEP_BUF ((size_t)1 << 20)
+
+typedef enum cp_state {
+    CP_DOWN,  /* no process; a new one starts at restart_at */
+    CP_UP,    /* takes jobs */
+    CP_BROKEN /* takes no more jobs; its exit is awaited */
+} cp_state;
+
+typedef struct cp_flight {
+    walq__job *job;
+    int64_t deadline; /* monotonic microseconds, 0: none */
+    int timed_out;
+} cp_flight;
+
+typedef struct cp_worker {
+    int num; /* 1-based, as messages and WALQ_WORKER show it */
+    cp_state state;
+    pid_t pid;      /* -1 when there is no process to reap */
+    int pidfd;      /* -1 where pidfds are missing */
+    int in_fd;      /* the worker's stdin */
+    int out_fd;     /* the worker's stdout */
+    walq__buf wbuf; /* requests not yet taken by the pipe, from woff on */
+    size_t woff;
+    walq__buf rbuf; /* reply bytes not yet ending in a newline */
+    size_t rscan;   /* how far rbuf is known to hold no newline */
+    cp_flight *flights;
+    size_t nflights, flightcap;
+    int64_t started_at;
+    int64_t restart_at;
+    int64_t backoff_us;
+    int64_t kill_at;   /* BROKEN and not killed: when its grace ends */
+    const char *broke; /* what made it BROKEN, a static string */
+    int killed;        /* walq sent SIGKILL; why says why */
+    char why[256];
+    char spawn_err[512]; /* the last start failed with this */
+    int gone;            /* free(): exited */
+} cp_worker;
+
+typedef struct coproc_handler {
+    walq__handler base;
+    char *const *argv; /* borrowed from the consumer */
+    int nworkers;
+    int inflight;
+    double timeout;
+    int64_t timeout_us;
+    size_t nrunning;
+    cp_worker *w;
+    json_tokener *tok;
+} coproc_handler;
+
+/* ------------------------------------------------------------------ */
+/* Processes                                                           */
+
+static int open_pidfd(pid_t pid)
+{
+    static int missing;
+    int fd;
+
+    if (missing)
+        return -1;
+    fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0 && errno == ENOSYS)
+        missing = 1;
+    return fd;
+}
+
+/*
+ * The workers' environment: ours without the WALQ_ variables an outer walq
+ * may have set, plus the group and the worker's number.
+ */
+static char **worker_environ(const char *group, int num, char vars[2][96])
+{
+    static const char *const drop[] = {
+        "WALQ_JOB_ID=", "WALQ_QUEUE=", "WALQ_GROUP=", "WALQ_ATTEMPT=", "WALQ_WORKER="};
+    size_t n = 0, k = 0;
+    char **envp;
+
+    while (environ[n])
+        n++;
+    envp = malloc((n + 3) * sizeof(*envp));
+    if (envp == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        int keep = 1;
+
+        for (size_t j = 0; j < WALQ__ARRAY_SIZE(drop); j++)
+            if (strncmp(environ[i], drop[j], strlen(drop[j])) == 0)
+                keep = 0;
+        if (keep)
+            envp[k++] = environ[i];
+    }
+    snprintf(vars[0], 96, "WALQ_GROUP=%s", group ? group : "");
+    snprintf(vars[1], 96, "WALQ_WORKER=%d", num);
+    envp[k++] = vars[0];
+    envp[k++] = vars[1];
+    envp[k] = NULL;
+    return envp;
+}
+
+static void next_backoff(cp_worker *w, int64_t now)
+{
+    w->backoff_us = w->backoff_us ? w->backoff_us * 2 : CP_BACKOFF_MIN_US;
+    if (w->backoff_us > CP_BACKOFF_MAX_US)
+        w->backoff_us = CP_BACKOFF_MAX_US;
+    w->restart_at = now + w->backoff_us;
+}
+
+/*
+ * Starts the worker's process.  A failure is the worker's, not the
+ * consumer's: it is kept in spawn_err for the jobs that find no worker, and
+ * the next attempt waits for the backoff.
+ */
+static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    int in[2] = {-1, -1}, out[2] = {-1, -1};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    char vars[2][96];
+    char **envp = NULL;
+    int rc, fa_ok = 0, attr_ok = 0;
+    pid_t pid;
+
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+        snprintf(w->spawn_err, sizeof(w->spawn_err),
+                 "could not start coprocess worker %d: could not create a pipe: %s", w->num,
+                 strerror(errno));
+        goto fail;
+    }
+    envp = worker_environ(c->base.group, w->num, vars);
+    if (envp == NULL || posix_spawn_file_actions_init(&fa) != 0 || (fa_ok = 1, 0) ||
+        posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO) != 0 ||
+        posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO) != 0 ||
+        posix_spawnattr_init(&attr) != 0 || (attr_ok = 1, 0)) {
+        snprintf(w->spawn_err, sizeof(w->spawn_err),
+                 "could not start coprocess worker %d: out of memory", w->num);
+        goto fail;
+    }
+    /*
+     * As with the exec handler: a process group of its own, so that a kill
+     * reaches everything the worker started, and default signal handling
+     * whatever the consumer does with its signals.  The pipes are close-on-exec,
+     * so no worker holds another's pipes open.
+     */
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnp(&pid, c->argv[0], &fa, &attr, c->argv, envp);
+    if (rc != 0) {
+        snprintf(w->spawn_err, sizeof(w->spawn_err),
+                 "could not start coprocess worker %d: could not run \"%s\": %s", w->num,
+                 c->argv[0], strerror(rc));
+        goto fail;
+    }
+    close(in[0]);
+    close(out[1]);
+    w->pid = pid;
+    w->pidfd = open_pidfd(pid);
+    w->in_fd = in[1];
+    w->out_fd = out[0];
+    fcntl(w->in_fd, F_SETFL, O_NONBLOCK);
+    fcntl(w->out_fd, F_SETFL, O_NONBLOCK);
+    w->state = CP_UP;
+    w->started_at = now;
+    w->spawn_err[0] = '\0';
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    free(envp);
+    walq__debug(c->base.log, "started coprocess worker %d (pid %d)", w->num, (int)pid);
+    return;
+
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (in[i] >= 0)
+            close(in[i]);
+        if (out[i] >= 0)
+            close(out[i]);
+    }
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (attr_ok)
+        posix_spawnattr_destroy(&attr);
+    free(envp);
+    next_backoff(w, now);
+    walq__warn(c->base.log, "%s; trying again in %.1f s", w->spawn_err,
+               (double)w->backoff_us / 1e6);
+}
+
+static void restart_due(coproc_handler *c, int64_t now)
+{
+    for (int i = 0; i < c->nworkers; i++)
+        if (c->w[i].state == CP_DOWN && c->w[i].restart_at <= now)
+            worker_spawn(c, &c->w[i], now);
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* Has the worker exited?  It stays a zombie, so its group id stays its own. */
+static int worker_exited(cp_worker *w)
+{
+    siginfo_t si;
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0)
+        return errno != EINTR;
+    return si.si_pid != 0;
+}
+
+/* Kills the worker's whole process group and stops listening to it. */
+static void worker_kill(cp_worker *w, const char *fmt, ...) WALQ__PRINTF(2, 3);
+
+static void worker_kill(cp_worker *w, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(w->why, sizeof(w->why), fmt, ap);
+    va_end(ap);
+    w->killed = 1;
+    w->state = CP_BROKEN;
+    if (w->pid > 0)
+        kill(-w->pid, SIGKILL);
+    /* Its jobs fail now whatever it wrote last: no half-trusted replies. */
+    close_fd(&w->in_fd);
+    close_fd(&w->out_fd);
+}
+
+/*
+ * A worker that closed one of its pipes takes no more jobs; it gets a grace
+ * period to exit (closing its stdin asks it to) before it is killed.
+ */
+static void worker_broke(coproc_handler *c, cp_worker *w, int64_t now, const char *what)
+{
+    if (w->state != CP_UP)
+        return;
+    w->state = CP_BROKEN;
+    w->broke = what;
+    w->kill_at = now + CP_GRACE_US;
+    close_fd(&w->in_fd);
+    /* Usually the pipe closed because the worker exited, which reaping reports. */
+    if (!worker_exited(w))
+        walq__debug(c->base.log, "coprocess worker %d (pid %d) %s; waiting for it to exit", w->num,
+                    (int)w->pid, what);
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+
+static int put_json_string(walq__buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    int rc = walq__buf_append(b, "\"", 1);
+
+    for (; rc == 0 && s != NULL && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[7] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15], '\0'};
+
+        if (ch == '"' || ch == '\\') {
+            esc[1] = (char)ch;
+            rc = walq__buf_append(b, esc, 2);
+        } else if (ch < 0x20) {
+            rc = walq__buf_append(b, esc, 6);
+        } else {
+            rc = walq__buf_append(b, s, 1);
+        }
+    }
+    return rc ? rc : walq__buf_append(b, "\"", 1);
+}
+
+static int put_request(coproc_handler *c, walq__buf *b, const walq__job *job)
+{
+    size_t start = b->len, from;
+    int rc;
+
+    rc = walq__buf_printf(b, "{\"id\":%lld,\"queue\":", (long long)job->id);
+    rc = rc ? rc : put_json_string(b, job->queue);
+    rc = rc ? rc : walq__buf_printf(b, ",\"attempt\":%d,\"group\":", (int)job->attempts);
+    rc = rc ? rc : put_json_string(b, c->base.group);
+    rc = rc ? rc : walq__buf_puts(b, ",\"payload\":");
+    from = b->len;
+    if (rc == 0 && job->payload_len > 0)
+        rc = walq__buf_append(b, job->payload, job->payload_len);
+    else if (rc == 0)
+        rc = walq__buf_puts(b, "null");
+    if (rc == 0)
+        rc = walq__buf_puts(b, "}\n");
+    if (rc != 0) {
+        /* Half a request would be garbage to the worker. */
+        b->len = start;
+        if (b->data != NULL)
+            b->data[start] = '\0';
+        return rc;
+    }
+    /*
+     * jsonb's text form has no raw line break, but a request must stay one
+     * line whatever the payload's origin; outside strings a line break is
+     * plain white space, and inside one it would not be JSON anyway.
+     */
+    for (size_t i = from; i < b->len - 2; i++)
+        if (b->data[i] == '\n' || b->data[i] == '\r')
+            b->data[i] = ' ';
+    return 0;
+}
+
+static void release_if_big(walq__buf *b)
+{
+    if (b->len == 0 && b->cap > CP_KEEP_BUF)
+        walq__buf_free(b);
+}
+
+/* Writes what the pipe takes of the worker's pending requests. */
+static void worker_flush(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    sigset_t pipe_set, old, pend;
+    int pending_before, broken = 0;
+
+    if (w->in_fd < 0 || w->woff >= w->wbuf.len)
+        return;
+    /*
+     * A worker that exits without reading must not kill the consumer with
+     * SIGPIPE; the library may not change the process's signal handling, so
+     * it blocks the signal around the write and swallows it (as run.c does).
+     */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigpending(&pend);
+    pending_before = sigismember(&pend, SIGPIPE);
+    while (w->woff < w->wbuf.len) {
+        ssize_t n = write(w->in_fd, w->wbuf.data + w->woff, w->wbuf.len - w->woff);
+
+        if (n > 0) {
+            w->woff += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0 && errno == EPIPE && !pending_before) {
+            struct timespec zero = {0, 0};
+
+            sigtimedwait(&pipe_set, NULL, &zero);
+        }
+        broken = 1;
+        break;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (broken) {
+        walq__buf_reset(&w->wbuf);
+        w->woff = 0;
+        worker_broke(c, w, now, "closed its standard input");
+    } else if (w->woff == w->wbuf.len) {
+        walq__buf_reset(&w->wbuf);
+        w->woff = 0;
+        release_if_big(&w->wbuf);
+    } else if (w->woff > CP_KEEP_BUF / 16 && w->woff > w->wbuf.len / 2) {
+        memmove(w->wbuf.data, w->wbuf.data + w->woff, w->wbuf.len - w->woff);
+        w->wbuf.len -= w->woff;
+        w->woff = 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Replies                                                             */
+
+/* At most 200 bytes of a line, fit for a log message. */
+static void excerpt(char *out, size_t outlen, const char *s, size_t len)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < len && k + 4 < outlen; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (i == 200) {
+            memcpy(out + k, "...", 3);
+            k += 3;
+            break;
+        }
+        out[k++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[k] = '\0';
+}
+
+/* The length of the valid UTF-8 sequence at s, or 0. */
+static size_t utf8_len(const unsigned char *s, size_t len)
+{
+    size_t n;
+    uint32_t cp;
+
+    if (s[0] < 0x80)
+        return s[0] != 0;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        n = 2, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        n = 3, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        n = 4, cp = s[0] & 0x07;
+    else
+        return 0;
+    if (len < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && cp < 0x10000) ||
+        cp > 0x10ffff)
+        return 0;
+    return n;
+}
+
+/*
+ * The worker's error text as the outcome's last_error: PostgreSQL's text
+ * takes neither NUL bytes nor invalid UTF-8, and a worker may send either.
+ */
+static void clean_error(char *out, size_t outlen, const char *s, size_t len)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_len((const unsigned char *)s + i, len - i);
+
+        if (n == 0) {
+            if (k + 1 >= outlen)
+                break;
+            out[k++] = '?';
+            i++;
+            continue;
+        }
+        if (k + n >= outlen)
+            break;
+        memcpy(out + k, s + i, n);
+        k += n;
+        i += n;
+    }
+    out[k] = '\0';
+}
+
+static void remove_flight(coproc_handler *c, cp_worker *w, size_t i)
+{
+    w->flights[i] = w->flights[--w->nflights];
+    c->nrunning--;
+}
+
+static int take_reply(coproc_handler *c, cp_worker *w, char *line, size_t len)
+{
+    json_object *root, *id = NULL, *ok = NULL, *error = NULL, *retry = NULL;
+    enum json_tokener_error jerr;
+    const char *bad = NULL;
+    char err[CP_MAX_ERROR + 1], ex[256];
+    walq__verdict v = WALQ__VERDICT_DONE;
+    walq__job *job = NULL;
+    int64_t job_id;
+    size_t end;
+
+    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+        len--;
+    if (len == 0)
+        return 0;
+    json_tokener_reset(c->tok);
+    root = json_tokener_parse_ex(c->tok, line, (int)len);
+    jerr = json_tokener_get_error(c->tok);
+    end = json_tokener_get_parse_end(c->tok);
+    if (jerr == json_tokener_continue)
+        bad = "incomplete JSON";
+    else if (jerr != json_tokener_success)
+        bad = "invalid JSON";
+    else if (end < len)
+        bad = "unexpected data after the JSON object";
+    else if (!json_object_is_type(root, json_type_object))
+        bad = "not a JSON object";
+    else if (!json_object_object_get_ex(root, "id", &id) || !json_object_is_type(id, json_type_int))
+        bad = "no integer \"id\"";
+    else if (!json_object_object_get_ex(root, "ok", &ok) ||
+             !json_object_is_type(ok, json_type_boolean))
+        bad = "no boolean \"ok\"";
+    if (bad != NULL) {
+        excerpt(ex, sizeof(ex), line, len);
+        walq__warn(c->base.log, "coprocess worker %d (pid %d) sent an invalid reply (%s): %s",
+                   w->num, (int)w->pid, bad, ex);
+        json_object_put(root);
+        return 0;
+    }
+    job_id = json_object_get_int64(id);
+    for (size_t i = 0; i < w->nflights; i++) {
+        if (w->flights[i].job->id == job_id) {
+            job = w->flights[i].job;
+            remove_flight(c, w, i);
+            break;
+        }
+    }
+    if (job == NULL) {
+        walq__warn(c->base.log,
+                   "coprocess worker %d (pid %d) replied for job %lld, which it is not running",
+                   w->num, (int)w->pid, (long long)job_id);
+        json_object_put(root);
+        return 0;
+    }
+    err[0] = '\0';
+    if (!json_object_get_boolean(ok)) {
+        int want_retry =
+            json_object_object_get_ex(root, "retry", &retry) && json_object_get_boolean(retry);
+
+        v = want_retry ? WALQ__VERDICT_RETRY : WALQ__VERDICT_FAIL;
+        if (json_object_object_get_ex(root, "error", &error) &&
+            !json_object_is_type(error, json_type_null)) {
+            const char *s = json_object_get_string(error);
+            size_t n = json_object_is_type(error, json_type_string)
+                           ? (size_t)json_object_get_string_len(error)
+                           : strlen(s);
+
+            clean_error(err, sizeof(err), s, n);
+        }
+        if (err[0] == '\0')
+            snprintf(err, sizeof(err), "%s",
+                     want_retry ? "the coprocess worker asked for a retry"
+                                : "the coprocess worker reported a failure without an error");
+    }
+    json_object_put(root);
+    return c->base.done(c->base.arg, job, v, v == WALQ__VERDICT_DONE ? NULL : err);
+}
+
+/* Takes the complete lines in rbuf; keeps the unfinished one. */
+static int take_lines(coproc_handler *c, cp_worker *w)
+{
+    walq__buf *b = &w->rbuf;
+    size_t start = 0;
+    int rc = 0;
+
+    while (rc == 0 && !w->killed) {
+        char *nl = memchr(b->data + w->rscan, '\n', b->len - w->rscan);
+        size_t len;
+
+        if (nl == NULL) {
+            w->rscan = b->len;
+            break;
+        }
+        len = (size_t)(nl - (b->data + start));
+        w->rscan = (size_t)(nl - b->data) + 1;
+        if (len > CP_MAX_LINE) {
+            worker_kill(w, "was killed because it sent a line longer than %zu MiB",
+                        CP_MAX_LINE >> 20);
+            break;
+        }
+        rc = take_reply(c, w, b->data + start, len);
+        start = w->rscan;
+    }
+    if (w->killed) {
+        walq__buf_reset(b);
+        w->rscan = 0;
+        return rc;
+    }
+    if (start > 0) {
+        memmove(b->data, b->data + start, b->len - start);
+        b->len -= start;
+        b->data[b->len] = '\0';
+        w->rscan -= start;
+    }
+    if (b->len > CP_MAX_LINE)
+        worker_kill(w, "was killed because it sent a line longer than %zu MiB", CP_MAX_LINE >> 20);
+    return rc;
+}
+
+/* Reads what the worker wrote and acts on its replies. */
+static int worker_read(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    size_t budget = CP_READ_BUDGET;
+    int rc = 0;
+
+    while (rc == 0 && w->out_fd >= 0 && budget > 0) {
+        ssize_t n;
+
+        if (walq__buf_reserve(&w->rbuf, 65536) != 0)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        n = read(w->out_fd, w->rbuf.data + w->rbuf.len, w->rbuf.cap - w->rbuf.len - 1);
+        if (n > 0) {
+            w->rbuf.len += (size_t)n;
+            budget -= (size_t)n < budget ? (size_t)n : budget;
+            rc = take_lines(c, w);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        close_fd(&w->out_fd);
+        worker_broke(c, w, now, "closed its standard output");
+    }
+    if (w->rbuf.len == 0)
+        release_if_big(&w->rbuf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Deaths                                                              */
+
+static void describe_status(const cp_worker *w, int known, int status, char *out, size_t len)
+{
+    if (w->killed)
+        snprintf(out, len, "%s", w->why);
+    else if (!known)
+        snprintf(out, len, "exited (its exit status could not be read)");
+    else if (WIFEXITED(status))
+        snprintf(out, len, "exited with exit status %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(out, len, "was terminated by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(out, len, "ended with unrecognized status %d", status);
+}
+
+/* Releases the worker's process and descriptors; its flights stay. */
+static int worker_wait(cp_worker *w, int *status)
+{
+    pid_t r;
+    int known;
+
+    /* Whatever it left behind in its group goes with it. */
+    kill(-w->pid, SIGKILL);
+    do {
+        r = waitpid(w->pid, status, 0);
+    } while (r < 0 && errno == EINTR);
+    known = r > 0;
+    close_fd(&w->in_fd);
+    close_fd(&w->out_fd);
+    close_fd(&w->pidfd);
+    walq__buf_reset(&w->wbuf);
+    walq__buf_reset(&w->rbuf);
+    release_if_big(&w->wbuf);
+    release_if_big(&w->rbuf);
+    w->woff = w->rscan = 0;
+    w->pid = -1;
+    w->state = CP_DOWN;
+    return known;
+}
+
+/* The worker exited: restart it, fail what it was running. */
+static int worker_reap(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    char what[300], err[600], again[64];
+    int status = 0, known, rc = 0;
+    int64_t lived = now - w->started_at;
+    pid_t pid = w->pid;
+
+    /* Replies it wrote before it exited still count. */
+    if (!w->killed && w->out_fd >= 0) {
+        rc = worker_read(c, w, now);
+        if (rc != 0)
+            return rc;
+    }
+    known = worker_wait(w, &status);
+    describe_status(w, known, status, what, sizeof(what));
+    if (lived >= CP_HEALTHY_US) {
+        w->backoff_us = 0;
+        w->restart_at = now;
+        snprintf(again, sizeof(again), "restarting it");
+    } else {
+        /* Dying at once again and again: a broken program must not spin. */
+        next_backoff(w, now);
+        snprintf(again, sizeof(again), "restarting it in %.1f s", (double)w->backoff_us / 1e6);
+    }
+    if (w->nflights > 0 || w->killed || !known || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        walq__warn(c->base.log, "coprocess worker %d (pid %d) %s with %zu job%s in flight; %s",
+                   w->num, (int)pid, what, w->nflights, w->nflights == 1 ? "" : "s", again);
+    else
+        walq__info(c->base.log, "coprocess worker %d (pid %d) %s; %s", w->num, (int)pid, what,
+                   again);
+    w->killed = 0;
+    w->broke = NULL;
+    w->kill_at = 0;
+    w->why[0] = '\0';
+    while (rc == 0 && w->nflights > 0) {
+        cp_flight f = w->flights[w->nflights - 1];
+
+        remove_flight(c, w, w->nflights - 1);
+        if (f.timed_out)
+            snprintf(err, sizeof(err),
+                     "timed out after %g s; coprocess worker %d (pid %d) was killed", c->timeout,
+                     w->num, (int)pid);
+        else
+            snprintf(err, sizeof(err), "coprocess worker %d (pid %d) %s while running the job",
+                     w->num, (int)pid, what);
+        rc = c->base.done(c->base.arg, f.job, WALQ__VERDICT_FAIL, err);
+    }
+    return rc;
+}
+
+static void check_timeouts(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    long long first = 0;
+    size_t n = 0;
+
+    if (c->timeout_us == 0 || w->killed || w->state == CP_DOWN)
+        return;
+    for (size_t i = 0; i < w->nflights; i++) {
+        if (w->flights[i].deadline <= now) {
+            w->flights[i].timed_out = 1;
+            if (n++ == 0)
+                first = (long long)w->flights[i].job->id;
+        }
+    }
+    if (n == 0)
+        return;
+    walq__warn(c->base.log, "job %lld timed out after %g s; killing coprocess worker %d (pid %d)",
+               first, c->timeout, w->num, (int)w->pid);
+    worker_kill(w, "was killed because job %lld on it timed out after %g s", first, c->timeout);
+}
+
+static int worker_process(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    int rc;
+
+    if (w->state == CP_DOWN)
+        return 0;
+    worker_flush(c, w, now);
+    rc = worker_read(c, w, now);
+    if (rc != 0)
+        return rc;
+    check_timeouts(c, w, now);
+    if (w->state == CP_BROKEN && !w->killed && now >= w->kill_at)
+        worker_kill(w, "was killed because it %s but did not exit within %d s", w->broke,
+                    CP_GRACE_US / 1000000);
+    if (!worker_exited(w))
+        return 0;
+    return worker_reap(c, w, now);
+}
+
+/* ------------------------------------------------------------------ */
+/* The handler's operations                                            */
+
+/*
+ * No worker runs, and one could not be started: jobs fail with its error
+ * rather than wait for a program that may never start.
+ */
+static const char *cannot_start(const coproc_handler *c)
+{
+    const char *err = NULL;
+
+    for (int i = 0; i < c->nworkers; i++) {
+        if (c->w[i].state != CP_DOWN)
+            return NULL;
+        if (c->w[i].spawn_err[0] && err == NULL)
+            err = c->w[i].spawn_err;
+    }
+    return err;
+}
+
+static int coproc_has_room(walq__handler *h)
+{
+    coproc_handler *c = (coproc_handler *)h;
+    int64_t now = walq__mono_us();
+
+    for (int i = 0; i < c->nworkers; i++) {
+        const cp_worker *w = &c->w[i];
+
+        if (w->state == CP_UP && w->nflights < (size_t)c->inflight)
+            return 1;
+        if (w->state == CP_DOWN && w->restart_at <= now)
+            return 1;
+    }
+    return cannot_start(c) != NULL;
+}
+
+static int coproc_start(walq__handler *h, walq__job *job, int64_t now)
+{
+    coproc_handler *c = (coproc_handler *)h;
+    cp_worker *best = NULL;
+    cp_flight *f;
+
+    /* has_room() reads the clock afresh, and now may be older: agree with it. */
+    restart_due(c, walq__mono_us());
+    for (int i = 0; i < c->nworkers; i++) {
+        cp_worker *w = &c->w[i];
+
+        if (w->state == CP_UP && w->nflights < (size_t)c->inflight &&
+            (best == NULL || w->nflights < best->nflights))
+            best = w;
+    }
+    if (best == NULL) {
+        /*
+         * has_room() saw a worker due to start, and it did not: this job
+         * fails with the reason; the next ones wait for room or the backoff.
+         */
+        for (int i = 0; i < c->nworkers; i++)
+            if (c->w[i].state == CP_DOWN && c->w[i].spawn_err[0])
+                return h->done(h->arg, job, WALQ__VERDICT_FAIL, c->w[i].spawn_err);
+        return walq__error(WALQ_ESYS, NULL, "no coprocess worker has room (internal error)");
+    }
+    if (best->nflights == best->flightcap) {
+        size_t cap = best->flightcap ? best->flightcap * 2 : 16;
+
+        f = realloc(best->flights, cap * sizeof(*f));
+        if (f == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        best->flights = f;
+        best->flightcap = cap;
+    }
+    if (put_request(c, &best->wbuf, job) != 0)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    f = &best->flights[best->nflights++];
+    f->job = job;
+    f->deadline = c->timeout_us ? now + c->timeout_us : 0;
+    f->timed_out = 0;
+    c->nrunning++;
+    worker_flush(c, best, now);
+    return 0;
+}
+
+static size_t coproc_fds(walq__handler *h, struct pollfd *pfd, size_t room, int64_t now,
+                         int64_t *wake_at)
+{
+    coproc_handler *c = (coproc_handler *)h;
+    size_t n = 0;
+
+    for (int i = 0; i < c->nworkers; i++) {
+        const cp_worker *w = &c->w[i];
+        int64_t due = 0;
+
+        if (w->state == CP_DOWN) {
+            due = w->restart_at > now ? w->restart_at : now;
+        } else {
+            if (w->pidfd >= 0 && n < room) {
+                pfd[n].fd = w->pidfd;
+                pfd[n++].events = POLLIN;
+            } else {
+                /* Without a pidfd the exit is noticed by looking every 10 ms. */
+                due = now + 10000;
+            }
+            if (w->out_fd >= 0 && n < room) {
+                pfd[n].fd = w->out_fd;
+                pfd[n++].events = POLLIN;
+            }
+            if (w->in_fd >= 0 && w->woff < w->wbuf.len && n < room) {
+                pfd[n].fd = w->in_fd;
+                pfd[n++].events = POLLOUT;
+            }
+            if (w->state == CP_BROKEN && !w->killed && (due == 0 || w->kill_at < due))
+                due = w->kill_at;
+            for (size_t k = 0; c->timeout_us && !w->killed && k < w->nflights; k++)
+                if (due == 0 || w->flights[k].deadline < due)
+                    due = w->flights[k].deadline;
+        }
+        if (due && (*wake_at == 0 || due < *wake_at))
+            *wake_at = due;
+    }
+    return n;
+}
+
+static size_t coproc_max_fds(walq__handler *h)
+{
+    return 3 * (size_t)((coproc_handler *)h)->nworkers;
+}
+
+static int coproc_process(walq__handler *h, int64_t now)
+{
+    coproc_handler *c = (coproc_handler *)h;
+
+    for (int i = 0; i < c->nworkers; i++) {
+        int rc = worker_process(c, &c->w[i], now);
+
+        if (rc != 0)
+            return rc;
+    }
+    /* Workers start before the first job needs them, and come back after a death. */
+    restart_due(c, now);
+    return 0;
+}
+
+/*
+ * Kills the workers that are running jobs and gives the jobs back.  Idle
+ * workers are left alone: the consumer calls this at the end of every run,
+ * and free() stops them gently.
+ */
+static void coproc_kill_all(walq__handler *h)
+{
+    coproc_handler *c = (coproc_handler *)h;
+    int64_t now = walq__mono_us();
+
+    for (int i = 0; i < c->nworkers; i++) {
+        cp_worker *w = &c->w[i];
+        int status;
+
+        if (w->state == CP_DOWN || (w->state == CP_UP && w->nflights == 0))
+            continue;
+        worker_kill(w, "was killed");
+        worker_wait(w, &status);
+        w->killed = 0;
+        w->broke = NULL;
+        w->why[0] = '\0';
+        w->restart_at = now;
+        while (w->nflights > 0) {
+            walq__job *job = w->flights[w->nflights - 1].job;
+
+            remove_flight(c, w, w->nflights - 1);
+            h->abandon(h->arg, job);
+        }
+    }
+}
+
+static size_t coproc_running(walq__handler *h)
+{
+    return ((coproc_handler *)h)->nrunning;
+}
+
+/*
+ * Stops the workers the way the protocol says: their stdin closes, and they
+ * have CP_STOP_US to exit before they are killed.
+ */
+static void coproc_free(walq__handler *h)
+{
+    coproc_handler *c = (coproc_handler *)h;
+    int64_t deadline;
+    int waiting;
+
+    if (c == NULL)
+        return;
+    for (int i = 0; i < c->nworkers; i++)
+        close_fd(&c->w[i].in_fd);
+    deadline = walq__mono_us() + CP_STOP_US;
+    do {
+        waiting = 0;
+        for (int i = 0; i < c->nworkers; i++) {
+            cp_worker *w = &c->w[i];
+            char sink[4096];
+
+            if (w->pid <= 0 || w->gone)
+                continue;
+            /* A worker writing as it stops must not block on a full pipe. */
+            while (w->out_fd >= 0 && read(w->out_fd, sink, sizeof(sink)) > 0) {
+            }
+            w->gone = worker_exited(w);
+            waiting += !w->gone;
+        }
+        if (waiting)
+            poll(NULL, 0, 10);
+    } while (waiting && walq__mono_us() < deadline);
+    for (int i = 0; i < c->nworkers; i++) {
+        cp_worker *w = &c->w[i];
+        int status;
+
+        if (w->pid > 0) {
+            if (!w->gone)
+                walq__warn(h->log,
+                           "coprocess worker %d (pid %d) did not exit within %d s of its standard "
+                           "input closing; killing it",
+                           w->num, (int)w->pid, CP_STOP_US / 1000000);
+            worker_wait(w, &status);
+        }
+        walq__buf_free(&w->wbuf);
+        walq__buf_free(&w->rbuf);
+        free(w->flights);
+    }
+    free(c->w);
+    if (c->tok != NULL)
+        json_tokener_free(c->tok);
+    free(c);
+}
+
+static const walq__handler_ops coproc_ops = {coproc_has_room, coproc_start,   coproc_fds,
+                                             coproc_max_fds,  coproc_process, coproc_kill_all,
+                                             coproc_running,  coproc_free};
+
+int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,
+                             double timeout)
+{
+    static const walq__log no_log;
+    coproc_handler *c;
+
+    *out = NULL;
+    if (argv == NULL || argv[0] == NULL || workers < 1 || inflight < 1 || timeout < 0)
+        return walq__error(WALQ_EINVAL, NULL,
+                           "the coprocess handler needs a program, at least one worker and at "
+                           "least one job in flight per worker");
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->w = calloc((size_t)workers, sizeof(*c->w))) == NULL ||
+        (c->tok = json_tokener_new()) == NULL) {
+        if (c != NULL)
+            free(c->w);
+        free(c);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    /* As in decode.c: strict JSON, trailing characters reported in our words. */
+    json_tokener_set_flags(c->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
+    c->base.ops = &coproc_ops;
+    c->base.log = &no_log; /* until the consumer gives its own */
+    c->argv = argv;
+    c->nworkers = workers;
+    c->inflight = inflight;
+    c->timeout = timeout;
+    c->timeout_us = (int64_t)(timeout * 1e6);
+    for (int i = 0; i < workers; i++) {
+        cp_worker *w = &c->w[i];
+
+        w->num = i + 1;
+        w->state = CP_DOWN;
+        w->pid = -1;
+        w->pidfd = w->in_fd = w->out_fd = -1;
+    }
+    *out = &c->base;
+    return 0;
+}

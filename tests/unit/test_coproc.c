@@ -1,0 +1,404 @@
+/*
+ * Unit tests of the coprocess handler, without a server: small /bin/sh
+ * workers, and a loop that polls and processes the way the consumer does.
+ */
+#include <check.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "handler.h"
+
+#define MAXJOBS 256
+
+/* What the handler reported, per job id. */
+typedef struct report {
+    int ended[MAXJOBS];
+    int abandoned[MAXJOBS];
+    walq__verdict verdict[MAXJOBS];
+    char err[MAXJOBS][600];
+    int nended;
+    int warnings;
+    char lastwarn[1024];
+} report;
+
+static report rep;
+static walq__job *jobs[MAXJOBS];
+
+static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
+{
+    (void)arg;
+    ck_assert_int_lt(job->id, MAXJOBS);
+    rep.ended[job->id]++;
+    rep.nended++;
+    rep.verdict[job->id] = v;
+    snprintf(rep.err[job->id], sizeof(rep.err[0]), "%s", err ? err : "");
+    return 0;
+}
+
+static void on_abandon(void *arg, walq__job *job)
+{
+    (void)arg;
+    rep.abandoned[job->id]++;
+}
+
+static void on_log(void *arg, walq_log_level level, const char *msg)
+{
+    (void)arg;
+    if (level == WALQ_LOG_WARNING) {
+        rep.warnings++;
+        snprintf(rep.lastwarn, sizeof(rep.lastwarn), "%s", msg);
+    }
+}
+
+static walq__log test_log = {on_log, NULL, WALQ_LOG_WARNING, ""};
+
+static walq__handler *open_handler(const char *script, int workers, int inflight, double timeout)
+{
+    static char *argv[4];
+    walq__handler *h;
+
+    argv[0] = "/bin/sh";
+    argv[1] = "-c";
+    argv[2] = (char *)script;
+    argv[3] = NULL;
+    memset(&rep, 0, sizeof(rep));
+    ck_assert_int_eq(walq__handler_coproc_new(&h, argv, workers, inflight, timeout), 0);
+    h->done = on_done;
+    h->abandon = on_abandon;
+    h->log = &test_log;
+    h->group = "g";
+    return h;
+}
+
+static walq__job *job(int64_t id, const char *payload)
+{
+    walq__job *j = calloc(1, sizeof(*j));
+
+    ck_assert_ptr_nonnull(j);
+    j->id = id;
+    j->queue = "q";
+    j->payload = (char *)payload;
+    j->payload_len = strlen(payload);
+    j->attempts = 1;
+    j->pending_idx = -1;
+    jobs[id] = j;
+    return j;
+}
+
+static void free_jobs(void)
+{
+    for (int i = 0; i < MAXJOBS; i++) {
+        free(jobs[i]);
+        jobs[i] = NULL;
+    }
+}
+
+static void start(walq__handler *h, int64_t id, const char *payload)
+{
+    /* As the consumer does: no job without room. */
+    ck_assert(h->ops->has_room(h));
+    ck_assert_int_eq(h->ops->start(h, job(id, payload), walq__mono_us()), 0);
+}
+
+/* Runs the handler's part of the consumer's loop until n jobs ended or secs passed. */
+static void run_until(walq__handler *h, int n, double secs)
+{
+    struct pollfd pfd[64];
+    int64_t end = walq__mono_us() + (int64_t)(secs * 1e6);
+
+    ck_assert_uint_le(h->ops->max_fds(h), 64);
+    while (rep.nended < n && walq__mono_us() < end) {
+        int64_t now = walq__mono_us(), wake_at = 0;
+        size_t k = h->ops->fds(h, pfd, 64, now, &wake_at);
+        int ms = 100;
+
+        if (wake_at)
+            ms = wake_at <= now ? 0 : (int)((wake_at - now + 999) / 1000);
+        poll(pfd, k, ms > 100 ? 100 : ms);
+        ck_assert_int_eq(h->ops->process(h, walq__mono_us()), 0);
+    }
+}
+
+/* Replies to each request by its id; the payload says how. */
+static const char *const worker = "while IFS= read -r l; do\n"
+                                  "  id=${l#*\\\"id\\\":}; id=${id%%,*}\n"
+                                  "  case $l in\n"
+                                  "  *'\"crash\"'*) exit 3 ;;\n"
+                                  "  *'\"sleep\"'*) sleep 30 ;;\n"
+                                  "  *'\"hold\"'*) ;;\n"
+                                  "  *'\"garbage\"'*) echo 'not json'; echo '[1]';\n"
+                                  "     echo '{\"id\": 99999, \"ok\": true}';\n"
+                                  "     printf '{\"id\":%s,\"ok\":true}\\r\\n' \"$id\" ;;\n"
+                                  "  *'\"fail\"'*) printf '{\"id\":%s,\"ok\":false,\"error\":"
+                                  "\"boom \\\\\"%s\\\\\"\"}\\n' \"$id\" \"$id\" ;;\n"
+                                  "  *'\"retry\"'*) printf '{\"id\":%s,\"ok\":false,"
+                                  "\"retry\":true}\\n' \"$id\" ;;\n"
+                                  "  *) printf '{\"id\":%s,\"ok\":true}\\n' \"$id\" ;;\n"
+                                  "  esac\n"
+                                  "done\n";
+
+START_TEST(jobs_spread_over_workers_and_finish)
+{
+    walq__handler *h = open_handler(worker, 2, 4, 0);
+
+    for (int i = 1; i <= 8; i++) {
+        ck_assert(h->ops->has_room(h));
+        start(h, i, "{\"n\": 1}");
+    }
+    /* 2 workers with 4 each: full until replies come. */
+    ck_assert(!h->ops->has_room(h));
+    ck_assert_uint_eq(h->ops->running(h), 8);
+    run_until(h, 8, 10);
+    for (int i = 9; i <= 100; i++) {
+        while (!h->ops->has_room(h))
+            run_until(h, rep.nended + 1, 10);
+        start(h, i, "{\"n\": 1}");
+    }
+    run_until(h, 100, 10);
+    ck_assert_int_eq(rep.nended, 100);
+    for (int i = 1; i <= 100; i++) {
+        ck_assert_int_eq(rep.ended[i], 1);
+        ck_assert_int_eq(rep.verdict[i], WALQ__VERDICT_DONE);
+    }
+    ck_assert_uint_eq(h->ops->running(h), 0);
+    ck_assert_int_eq(rep.warnings, 0);
+    h->ops->kill_all(h); /* idle workers survive it */
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(failures_and_retries_map_to_verdicts)
+{
+    walq__handler *h = open_handler(worker, 1, 8, 0);
+
+    start(h, 1, "{\"fail\": true}");
+    start(h, 2, "{\"retry\": true}");
+    start(h, 3, "{\"garbage\": true}");
+    run_until(h, 3, 10);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_str_eq(rep.err[1], "boom \"1\"");
+    ck_assert_int_eq(rep.verdict[2], WALQ__VERDICT_RETRY);
+    ck_assert_str_eq(rep.err[2], "the coprocess worker asked for a retry");
+    /* Garbage and a reply for an unknown job are logged and skipped. */
+    ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_DONE);
+    ck_assert_int_eq(rep.warnings, 3);
+    ck_assert_ptr_nonnull(strstr(rep.lastwarn, "replied for job 99999"));
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(request_is_one_line_of_json)
+{
+    char script[512], path[] = "/tmp/walq-test-coproc.XXXXXX", line[512] = "";
+    int fd = mkstemp(path);
+    walq__handler *h;
+    FILE *f;
+
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    snprintf(script, sizeof(script),
+             "while IFS= read -r l; do printf '%%s\\n' \"$l\" >>%s;"
+             " printf '{\"id\":5,\"ok\":true}\\n'; done",
+             path);
+    h = open_handler(script, 1, 1, 0);
+    h->group = "g\\1";
+    jobs[5] = job(5, "{\"a\": [1, 2.50], \"s\": \"x\\ny\"}");
+    jobs[5]->queue = "q\"\n";
+    jobs[5]->attempts = 3;
+    ck_assert_int_eq(h->ops->start(h, jobs[5], walq__mono_us()), 0);
+    run_until(h, 1, 10);
+    h->ops->free(h);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    fclose(f);
+    unlink(path);
+    ck_assert_str_eq(line,
+                     "{\"id\":5,\"queue\":\"q\\\"\\u000a\",\"attempt\":3,\"group\":\"g\\\\1\","
+                     "\"payload\":{\"a\": [1, 2.50], \"s\": \"x\\ny\"}}\n");
+    free_jobs();
+}
+END_TEST
+
+START_TEST(crash_fails_jobs_in_flight_and_restarts)
+{
+    walq__handler *h = open_handler(worker, 1, 8, 0);
+
+    start(h, 1, "{\"hold\": 1}"); /* read, never answered */
+    start(h, 2, "{\"crash\": true}");
+    run_until(h, 2, 10);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_int_eq(rep.verdict[2], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[2], "coprocess worker 1 (pid ") == rep.err[2] &&
+                      strstr(rep.err[2], ") exited with exit status 3 while running the job"),
+                  "%s", rep.err[2]);
+    /* The worker comes back (after a pause: it died young) and works. */
+    while (!h->ops->has_room(h))
+        run_until(h, 3, 0.05);
+    start(h, 3, "{}");
+    run_until(h, 3, 10);
+    ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_DONE);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(timeout_kills_the_worker_and_fails_its_jobs)
+{
+    walq__handler *h = open_handler("while IFS= read -r l; do sleep 30; done", 1, 8, 0.3);
+    int64_t t0 = walq__mono_us();
+
+    start(h, 1, "{}");
+    start(h, 2, "{}");
+    run_until(h, 2, 10);
+    ck_assert_int_lt(walq__mono_us() - t0, 3000000);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[1], "timed out after 0.3 s; coprocess worker 1 (pid ") ==
+                      rep.err[1],
+                  "%s", rep.err[1]);
+    ck_assert_int_eq(rep.verdict[2], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[2], "timed out") != NULL, "%s", rep.err[2]);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(timeout_names_the_job_that_caused_it)
+{
+    walq__handler *h = open_handler("while IFS= read -r l; do sleep 30; done", 1, 8, 1.0);
+
+    start(h, 1, "{}");
+    /* Job 2 starts later, so only job 1 is past its time at the kill. */
+    run_until(h, 1, 0.4);
+    start(h, 2, "{}");
+    run_until(h, 2, 10);
+    ck_assert_msg(strstr(rep.err[1], "timed out after 1 s") == rep.err[1], "%s", rep.err[1]);
+    ck_assert_msg(strstr(rep.err[2], "was killed because job 1 on it timed out after 1 s "
+                                     "while running the job") != NULL,
+                  "%s", rep.err[2]);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(overlong_line_breaks_the_worker)
+{
+    walq__handler *h =
+        open_handler("read -r l; head -c 17000000 /dev/zero | tr '\\000' x; sleep 30", 1, 1, 0);
+
+    start(h, 1, "{}");
+    run_until(h, 1, 20);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[1], "was killed because it sent a line longer than 16 MiB") !=
+                      NULL,
+                  "%s", rep.err[1]);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(kill_all_abandons_jobs_in_flight)
+{
+    walq__handler *h = open_handler(worker, 2, 4, 0);
+
+    for (int i = 1; i <= 6; i++)
+        start(h, i, "{\"sleep\": 1}");
+    run_until(h, 1, 0.2);
+    h->ops->kill_all(h);
+    ck_assert_uint_eq(h->ops->running(h), 0);
+    ck_assert_int_eq(rep.nended, 0);
+    for (int i = 1; i <= 6; i++)
+        ck_assert_int_eq(rep.abandoned[i], 1);
+    /* The workers come back for the next run. */
+    run_until(h, 1, 0.2);
+    start(h, 7, "{}");
+    run_until(h, 1, 10);
+    ck_assert_int_eq(rep.verdict[7], WALQ__VERDICT_DONE);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(program_that_cannot_start_fails_jobs)
+{
+    static char *argv[] = {"/nonexistent/walq-worker", NULL};
+    walq__handler *h;
+
+    memset(&rep, 0, sizeof(rep));
+    ck_assert_int_eq(walq__handler_coproc_new(&h, argv, 2, 4, 0), 0);
+    h->done = on_done;
+    h->abandon = on_abandon;
+    h->log = &test_log;
+    ck_assert(h->ops->has_room(h));
+    ck_assert_int_eq(h->ops->start(h, job(1, "{}"), walq__mono_us()), 0);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[1], "could not start coprocess worker ") == rep.err[1] &&
+                      strstr(rep.err[1], "could not run \"/nonexistent/walq-worker\"") != NULL,
+                  "%s", rep.err[1]);
+    /*
+     * While no worker runs, jobs keep failing rather than waiting forever.
+     * (Under valgrind this test fails: its exec cannot report a failure.)
+     */
+    ck_assert(h->ops->has_room(h));
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(free_closes_stdin_then_kills)
+{
+    walq__handler *h =
+        open_handler("trap '' TERM; while IFS= read -r l; do :; done; sleep 30", 1, 1, 0);
+    int64_t t0;
+
+    run_until(h, 1, 0.2); /* starts the worker */
+    t0 = walq__mono_us();
+    h->ops->free(h);
+    /* Stopped within the 2 s grace and a little more, not the 30 s sleep. */
+    ck_assert_int_lt(walq__mono_us() - t0, 3500000);
+    ck_assert_int_ge(walq__mono_us() - t0, 1900000);
+    ck_assert_int_eq(rep.warnings, 1);
+}
+END_TEST
+
+static Suite *coproc_suite(void)
+{
+    Suite *s = suite_create("coproc");
+    TCase *tc = tcase_create("core");
+
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, jobs_spread_over_workers_and_finish);
+    tcase_add_test(tc, failures_and_retries_map_to_verdicts);
+    tcase_add_test(tc, request_is_one_line_of_json);
+    tcase_add_test(tc, crash_fails_jobs_in_flight_and_restarts);
+    tcase_add_test(tc, timeout_kills_the_worker_and_fails_its_jobs);
+    tcase_add_test(tc, timeout_names_the_job_that_caused_it);
+    tcase_add_test(tc, overlong_line_breaks_the_worker);
+    tcase_add_test(tc, kill_all_abandons_jobs_in_flight);
+    tcase_add_test(tc, program_that_cannot_start_fails_jobs);
+    tcase_add_test(tc, free_closes_stdin_then_kills);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(coproc_suite());
+    int failed;
+
+    /*
+     * SIGPIPE kills, as in a program that leaves it alone: a worker that
+     * stops reading must not take the handler's process with it.
+     */
+    signal(SIGPIPE, SIG_DFL);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
