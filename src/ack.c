@@ -18,20 +18,29 @@
  * from RETURNING and only the other groups are looked up.  The cursor only
  * moves forward.
  */
-static const char ack_sql[] =
-    "WITH o AS ("
-    "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"
-    "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)"
-    "   WHERE status <> 'cancelled'"
-    "), up AS ("
-    "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"
-    "                                  lsn)"
-    "  SELECT $1, o.job_id, o.status, o.attempts, o.last_error,"
-    "         timestamptz 'epoch' + o.run_at * interval '1 microsecond', o.lsn FROM o"
-    "  ON CONFLICT (group_name, job_id) DO UPDATE"
-    "     SET status = excluded.status, attempts = excluded.attempts,"
-    "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"
+#define ACK_OUTCOMES                                                                               \
+    "WITH o AS ("                                                                                  \
+    "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"        \
+    "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)" \
+    "   WHERE status <> 'cancelled'"                                                               \
+    "), up AS ("                                                                                   \
+    "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"  \
+    "                                  lsn)"                                                       \
+    "  SELECT $1, o.job_id, o.status, o.attempts, o.last_error,"                                   \
+    "         timestamptz 'epoch' + o.run_at * interval '1 microsecond', o.lsn FROM o"             \
+    "  ON CONFLICT (group_name, job_id) DO UPDATE"                                                 \
+    "     SET status = excluded.status, attempts = excluded.attempts,"                             \
+    "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"      \
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
+
+#define ACK_CURSOR                                                                                 \
+    ") UPDATE walq.groups SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"   \
+    "   WHERE name = $1"
+
+static const char ack_sql[] = ACK_OUTCOMES ACK_CURSOR;
+
+/* The same, for a batch with jobs that hold dedup keys; it costs more. */
+static const char ack_dedup_sql[] = ACK_OUTCOMES
     "  RETURNING t.job_id, t.status"
     "), released AS ("
     "  DELETE FROM walq.dedup_keys d USING up"
@@ -40,9 +49,8 @@ static const char ack_sql[] =
     "                       JOIN walq.groups g ON j.queue = ANY (g.queues) AND g.name <> $1"
     "                       LEFT JOIN walq.outcomes x ON x.group_name = g.name AND x.job_id = j.id"
     "                      WHERE j.id = up.job_id"
-    "                        AND coalesce(x.status, 'queued') NOT IN ('done', 'dead', 'cancelled'))"
-    ") UPDATE walq.groups SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"
-    "   WHERE name = $1";
+    "                        AND coalesce(x.status, 'queued') NOT IN ('done', 'dead', "
+    "'cancelled'))" ACK_CURSOR;
 
 int walq__ack_add(walq__ack *a, walq__job *job)
 {
@@ -87,7 +95,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t c
     char cursor_text[WALQ__LSN_BUFSZ], lsn[WALQ__LSN_BUFSZ];
     const char *params[8];
     PGresult *res;
-    int rc = 0;
+    int rc = 0, dedup = 0;
 
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++) {
         walq__buf_reset(arrays[i]);
@@ -97,6 +105,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t c
         const walq__job *j = a->jobs[i];
         const char *sep = i ? "," : "";
 
+        dedup |= j->has_dedup && (j->pending == WALQ__ST_DONE || j->pending == WALQ__ST_DEAD);
         rc |= walq__buf_printf(&a->ids, "%s%lld", sep, (long long)j->id);
         rc |= walq__buf_printf(&a->statuses, "%s%s", sep, status_name(j->pending));
         rc |= walq__buf_printf(&a->attempts, "%s%d", sep, (int)j->attempts);
@@ -117,7 +126,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t c
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         params[i + 1] = arrays[i]->data;
     params[7] = walq__lsn_format(cursor, cursor_text);
-    rc = walq__query(primary, &res, "record outcomes", ack_sql, 8, params);
+    rc = walq__query(primary, &res, "record outcomes", dedup ? ack_dedup_sql : ack_sql, 8, params);
     if (rc != 0)
         return rc;
     PQclear(res);

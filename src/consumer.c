@@ -432,8 +432,8 @@ static int settle(walq_consumer *c, walq__job *job, walq__status st, int64_t run
         return 0;
     case WALQ__ST_DEAD:
         c->stats.dead++;
-        walq__warn(&c->log, "job %lld is dead after %d attempts: %s", (long long)job->id,
-                   job->attempts, err ? err : "");
+        walq__warn(&c->log, "job %lld is dead after %d attempt%s: %s", (long long)job->id,
+                   job->attempts, job->attempts == 1 ? "" : "s", err ? err : "");
         job->state = WALQ__JOB_ACKING;
         return 0;
     default:
@@ -906,6 +906,7 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
     const walq__value *prio = walq__change_column(ch, "priority");
     const walq__value *run_at = walq__change_column(ch, "run_at");
     const walq__value *maxa = walq__change_column(ch, "max_attempts");
+    const walq__value *dedup = walq__change_column(ch, "dedup_key");
     walq__job *job;
 
     *out = NULL;
@@ -924,6 +925,7 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
         job->priority = (int32_t)prio->i;
     if (maxa && maxa->kind == WALQ__V_INT)
         job->max_attempts = (int32_t)maxa->i;
+    job->has_dedup = dedup != NULL && dedup->kind == WALQ__V_STR;
     if (run_at && run_at->kind == WALQ__V_STR &&
         walq__parse_timestamp(run_at->str, run_at->len, &job->run_at) != 0) {
         forget(c, job);
@@ -1014,7 +1016,8 @@ static int retry_job(walq_consumer *c, int64_t id)
     snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
     rc = walq__query(c->pconn, &res, "read a retried job",
                      "SELECT j.id, j.queue, j.payload, j.priority,"
-                     "       (extract(epoch FROM j.run_at) * 1000000)::int8, j.max_attempts"
+                     "       (extract(epoch FROM j.run_at) * 1000000)::int8, j.max_attempts,"
+                     "       j.dedup_key IS NOT NULL AS has_dedup"
                      "  FROM walq.jobs j JOIN walq.outcomes o ON o.job_id = j.id"
                      " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
                      2, params);
@@ -1244,8 +1247,10 @@ static walq__job *job_from_row(walq_consumer *c, PGresult *res, int row)
     job->priority = (int32_t)strtol(PQgetvalue(res, row, 3), NULL, 10);
     job->run_at = strtoll(PQgetvalue(res, row, 4), NULL, 10);
     job->max_attempts = (int32_t)strtol(PQgetvalue(res, row, 5), NULL, 10);
-    if (PQnfields(res) > 6)
-        job->attempts = (int32_t)strtol(PQgetvalue(res, row, 6), NULL, 10);
+    if (PQfnumber(res, "attempts") >= 0)
+        job->attempts = (int32_t)strtol(PQgetvalue(res, row, PQfnumber(res, "attempts")), NULL, 10);
+    if (PQfnumber(res, "has_dedup") >= 0)
+        job->has_dedup = *PQgetvalue(res, row, PQfnumber(res, "has_dedup")) == 't';
     return job;
 }
 
@@ -1256,13 +1261,14 @@ static int load_timers(walq_consumer *c)
     PGresult *res;
     int rc;
 
-    rc = walq__query(c->pconn, &res, "read scheduled jobs",
-                     "SELECT j.id, j.queue, j.payload, j.priority,"
-                     "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
-                     "       j.max_attempts, o.attempts"
-                     "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
-                     " WHERE o.group_name = $1 AND o.status = 'scheduled'",
-                     1, params);
+    rc = walq__query(
+        c->pconn, &res, "read scheduled jobs",
+        "SELECT j.id, j.queue, j.payload, j.priority,"
+        "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
+        "       j.max_attempts, o.attempts AS attempts, j.dedup_key IS NOT NULL AS has_dedup"
+        "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
+        " WHERE o.group_name = $1 AND o.status = 'scheduled'",
+        1, params);
     if (rc != 0)
         return rc;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -1455,7 +1461,8 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
         rc = query1(c->sconn, &res, "open the backlog",
                     "DECLARE walq_backfill NO SCROLL CURSOR FOR"
                     " SELECT id, queue, payload, priority,"
-                    "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts"
+                    "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts,"
+                    "        dedup_key IS NOT NULL AS has_dedup"
                     "   FROM walq.jobs WHERE queue = ANY ($1::text[]) ORDER BY id",
                     queues.data);
         PQclear(res);

@@ -40,6 +40,7 @@ typedef struct walq_job {
     walq__txn *txn;   /* counts the job until its first outcome commits */
     walq__job_state state;
     int retry_timer; /* in the timer heap for a retry, not its own run_at */
+    int has_dedup;   /* holds a dedup key, which its final outcome releases */
     size_t heap_idx;
     /* The outcome waiting for the next ack transaction. */
     walq__status pending;
