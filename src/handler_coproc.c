@@ -11,12 +11,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -94,19 +92,6 @@ typedef struct coproc_handler {
 /* ------------------------------------------------------------------ */
 /* Processes                                                           */
 
-static int open_pidfd(pid_t pid)
-{
-    static int missing;
-    int fd;
-
-    if (missing)
-        return -1;
-    fd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (fd < 0 && errno == ENOSYS)
-        missing = 1;
-    return fd;
-}
-
 /*
  * The workers' environment: ours without the WALQ_ variables an outer walq
  * may have set, plus the group and the worker's number.
@@ -156,12 +141,9 @@ static void next_backoff(cp_worker *w, int64_t now)
 static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
 {
     int in[2] = {-1, -1}, out[2] = {-1, -1};
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    sigset_t none, all;
     char vars[2][96];
     char **envp = NULL;
-    int rc, fa_ok = 0, attr_ok = 0;
+    int rc;
     pid_t pid;
 
     if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
@@ -171,28 +153,13 @@ static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
         goto fail;
     }
     envp = worker_environ(c->base.group, w->num, vars);
-    if (envp == NULL || posix_spawn_file_actions_init(&fa) != 0 || (fa_ok = 1, 0) ||
-        posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO) != 0 ||
-        posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO) != 0 ||
-        posix_spawnattr_init(&attr) != 0 || (attr_ok = 1, 0)) {
+    if (envp == NULL) {
         snprintf(w->spawn_err, sizeof(w->spawn_err),
                  "could not start coprocess worker %d: out of memory", w->num);
         goto fail;
     }
-    /*
-     * As with the exec handler: a process group of its own, so that a kill
-     * reaches everything the worker started, and default signal handling
-     * whatever the consumer does with its signals.  The pipes are close-on-exec,
-     * so no worker holds another's pipes open.
-     */
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
-    rc = posix_spawnp(&pid, c->argv[0], &fa, &attr, c->argv, envp);
+    /* The pipes are close-on-exec, so no worker holds another's pipes open. */
+    rc = walq__spawn_group(&pid, c->argv, envp, in[0], out[1], -1);
     if (rc != 0) {
         snprintf(w->spawn_err, sizeof(w->spawn_err),
                  "could not start coprocess worker %d: could not run \"%s\": %s", w->num,
@@ -202,7 +169,7 @@ static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
     close(in[0]);
     close(out[1]);
     w->pid = pid;
-    w->pidfd = open_pidfd(pid);
+    w->pidfd = walq__pidfd_open(pid);
     w->in_fd = in[1];
     w->out_fd = out[0];
     fcntl(w->in_fd, F_SETFL, O_NONBLOCK);
@@ -210,8 +177,6 @@ static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
     w->state = CP_UP;
     w->started_at = now;
     w->spawn_err[0] = '\0';
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
     free(envp);
     walq__debug(c->base.log, "started coprocess worker %d (pid %d)", w->num, (int)pid);
     return;
@@ -223,10 +188,6 @@ fail:
         if (out[i] >= 0)
             close(out[i]);
     }
-    if (fa_ok)
-        posix_spawn_file_actions_destroy(&fa);
-    if (attr_ok)
-        posix_spawnattr_destroy(&attr);
     free(envp);
     next_backoff(w, now);
     walq__warn(c->base.log, "%s; trying again in %.1f s", w->spawn_err,

@@ -15,7 +15,7 @@
 
 extern char **environ;
 
-static int open_pidfd(pid_t pid)
+int walq__pidfd_open(pid_t pid)
 {
     static int missing;
     int fd;
@@ -62,16 +62,51 @@ static char **job_environ(const walq__job_env *env, char vars[4][160])
     return envp;
 }
 
+int walq__spawn_group(pid_t *pid, char *const *argv, char *const *envp, int in_fd, int out_fd,
+                      int err_fd)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
+    int rc;
+
+    if (posix_spawn_file_actions_init(&fa) != 0)
+        return ENOMEM;
+    if (posix_spawnattr_init(&attr) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return ENOMEM;
+    }
+    rc = posix_spawn_file_actions_adddup2(&fa, in_fd, STDIN_FILENO);
+    if (rc == 0 && out_fd >= 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, out_fd, STDOUT_FILENO);
+    if (rc == 0 && err_fd >= 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, err_fd, STDERR_FILENO);
+    /*
+     * The child leads a process group of its own (a kill reaches everything
+     * it started) and starts with default signal handling and nothing
+     * blocked, whatever the consumer does with its signals.
+     */
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    if (rc == 0)
+        rc = posix_spawnp(pid, argv[0], &fa, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}
+
 int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
                      const char *payload, size_t len, int64_t deadline)
 {
     int in[2] = {-1, -1}, errp[2] = {-1, -1};
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    sigset_t none, all;
     char vars[4][160];
     char **envp = NULL;
-    int rc, fa_ok = 0, attr_ok = 0;
+    int rc;
 
     memset(p, 0, sizeof(*p));
     p->pid = -1;
@@ -90,33 +125,14 @@ int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
         goto fail;
     }
-    if (posix_spawn_file_actions_init(&fa) != 0 || (fa_ok = 1, 0) ||
-        posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO) != 0 ||
-        posix_spawn_file_actions_adddup2(&fa, errp[1], STDERR_FILENO) != 0 ||
-        posix_spawnattr_init(&attr) != 0 || (attr_ok = 1, 0)) {
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-        goto fail;
-    }
-    /*
-     * The child leads a process group of its own (a timeout kills it all) and
-     * starts with default signal handling and nothing blocked, whatever the
-     * consumer does with its signals.
-     */
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
-    rc = posix_spawnp(&p->pid, argv[0], &fa, &attr, argv, envp);
+    rc = walq__spawn_group(&p->pid, argv, envp, in[0], -1, errp[1]);
     if (rc != 0) {
         p->pid = -1;
         rc = walq__error(WALQ_EHANDLER, "Check that the program exists and is executable.",
                          "could not run handler \"%s\": %s", argv[0], strerror(rc));
         goto fail;
     }
-    p->pidfd = open_pidfd(p->pid);
+    p->pidfd = walq__pidfd_open(p->pid);
     /*
      * Without pidfds (old kernels, valgrind) the consumer polls for the exit
      * with a short timeout instead.
@@ -135,8 +151,6 @@ int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
     p->err_fd = errp[0];
     fcntl(p->in_fd, F_SETFL, O_NONBLOCK);
     fcntl(p->err_fd, F_SETFL, O_NONBLOCK);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
     free(envp);
     walq__proc_feed(p);
     return 0;
@@ -148,10 +162,6 @@ fail:
         if (errp[i] >= 0)
             close(errp[i]);
     }
-    if (fa_ok)
-        posix_spawn_file_actions_destroy(&fa);
-    if (attr_ok)
-        posix_spawnattr_destroy(&attr);
     free(envp);
     return rc;
 }

@@ -43,6 +43,17 @@ typedef struct walq__job_env {
 } walq__job_env;
 
 /*
+ * Starts argv (searched in PATH) in a process group of its own, with default
+ * signal handling, stdin from in_fd and, unless -1, stdout from out_fd and
+ * stderr from err_fd.  Returns 0 or an errno value.
+ */
+int walq__spawn_group(pid_t *pid, char *const *argv, char *const *envp, int in_fd, int out_fd,
+                      int err_fd);
+
+/* A pidfd for pid, or -1 (errno ENOSYS where the kernel or valgrind lacks them). */
+int walq__pidfd_open(pid_t pid);
+
+/*
  * Starts argv with the payload (borrowed until the process is finished) on
  * stdin.  Returns 0, or WALQ_EHANDLER with walq_last_error() set.
  */
