@@ -64,6 +64,7 @@ assert_eq "$(q "SELECT count(*), min(attempts), max(attempts) FROM walq.outcomes
 assert_eq "$(wc -l <"$WORK/broken.log")" 15 "the broken handler ran 3 times per job"
 err=$(q "SELECT last_error FROM walq.outcomes WHERE group_name = 'rb' LIMIT 1")
 assert_match "$err" '(exit|status|code)[^0-9]*1([^0-9]|$)' "last_error mentions the exit status ($err)"
+assert_match "$err" 'something went wrong' "last_error keeps the tail of the handler's stderr"
 assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'rb' AND status = 'dead'
                  AND last_error IS NOT NULL AND attempts = 3")" 5 "job_status shows the dead jobs with their error"
 
