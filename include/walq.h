@@ -137,6 +137,7 @@ typedef struct walq_options {
     int ack_delay_ms;       /* longest an outcome waits for its ack transaction */
     int max_in_flight;      /* jobs held in memory before the stream is paused */
     double status_interval; /* seconds between standby status updates */
+    double timer_horizon;   /* seconds ahead that scheduled jobs are kept in memory */
     walq_log_fn log;
     void *log_arg;
     walq_log_level log_level;
@@ -146,7 +147,7 @@ typedef struct walq_options {
 #define WALQ_OPTIONS_INIT                                                                          \
     {                                                                                              \
         WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
-            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, NULL, NULL, WALQ_LOG_INFO          \
+            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO    \
     }
 
 typedef struct walq_consumer walq_consumer;

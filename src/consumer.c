@@ -59,9 +59,17 @@ struct walq_consumer {
     walq__job **sqlq; /* sql handler: jobs for the next ack transaction */
     size_t nsql, sqlcap;
     int64_t sql_oldest;
-    int flush_failed;    /* an ack transaction failed: hold confirmations back */
-    int slot_gone;       /* the slot was lost while streaming: start over */
-    int64_t status_us;   /* status update interval, within the server's timeout */
+    int flush_failed;  /* an ack transaction failed: hold confirmations back */
+    int slot_gone;     /* the slot was lost while streaming: start over */
+    int64_t status_us; /* status update interval, within the server's timeout */
+    /*
+     * Scheduled jobs due before timers_until are all in memory; later ones
+     * may live only in the table (timers_offloaded) and are loaded as their
+     * time comes near, so far-future jobs cost no memory.
+     */
+    int64_t timers_until;
+    int timers_offloaded;
+    int64_t horizon_us;
     size_t in_memory;    /* ready, running and final-but-unacked jobs */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     uint64_t seq, rng;
@@ -233,8 +241,8 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
         return walq__error(WALQ_EINVAL, NULL, "concurrency must be between 1 and 4096, not %d",
                            opts->concurrency);
     if (opts->batch_size < 1 || opts->max_in_flight < 1 || opts->status_interval <= 0 ||
-        opts->timeout < 0 || opts->backoff_min < 0 || opts->backoff_max < opts->backoff_min ||
-        opts->ack_delay_ms < 0)
+        opts->timer_horizon < 0.1 || opts->timeout < 0 || opts->backoff_min < 0 ||
+        opts->backoff_max < opts->backoff_min || opts->ack_delay_ms < 0)
         return walq__error(WALQ_EINVAL, NULL,
                            "batch size, in-flight limit and status interval must be positive, "
                            "and backoff_min at most backoff_max");
@@ -269,6 +277,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     walq__heap_init(&c->ready, walq__ready_less);
     walq__heap_init(&c->timers, walq__timer_less);
     c->rng = (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32);
+    c->horizon_us = (int64_t)(opts->timer_horizon * 1e6);
     switch (opts->handler) {
     case WALQ_HANDLER_EXEC:
         rc = walq__handler_exec_new(&c->h, c->argv, opts->concurrency, opts->timeout);
@@ -363,12 +372,29 @@ static int record(walq_consumer *c, walq__job *job, walq__status st, const char 
  * A new job from the table or the stream: one whose time has not come is
  * recorded as scheduled right away, so that the cursor can pass it.
  */
+/*
+ * A job recorded as scheduled for later than the timers in memory reach
+ * leaves memory once that record commits; the table has it.
+ */
+static int offload(walq_consumer *c, walq__job *job)
+{
+    job->state = WALQ__JOB_ACKING;
+    c->timers_offloaded = 1;
+    return 0;
+}
+
 static int admit(walq_consumer *c, walq__job *job, int64_t now_wall)
 {
+    int rc;
+
     c->stats.received++;
     if (job->run_at > now_wall + 1000) {
-        int rc = make_timer(c, job, 0);
-
+        if (job->run_at > c->timers_until) {
+            c->in_memory++; /* until the record commits */
+            rc = offload(c, job);
+        } else {
+            rc = make_timer(c, job, 0);
+        }
         return rc ? rc : record(c, job, WALQ__ST_SCHEDULED, NULL);
     }
     return make_ready(c, job);
@@ -441,6 +467,8 @@ static int settle(walq_consumer *c, walq__job *job, walq__status st, int64_t run
         job->run_at = run_at;
         walq__debug(&c->log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
                     job->attempts, err ? err : "");
+        if (run_at > c->timers_until)
+            return offload(c, job);
         c->in_memory--;
         return make_timer(c, job, 1);
     }
@@ -1255,25 +1283,38 @@ static walq__job *job_from_row(walq_consumer *c, PGresult *res, int row)
 }
 
 /* Jobs waiting for their time, recorded as scheduled, come back as timers. */
-static int load_timers(walq_consumer *c)
+/*
+ * Loads the jobs recorded as scheduled with a run_at after `after` and up to
+ * `until` (Unix microseconds), and learns whether later ones remain.
+ */
+static int load_timers(walq_consumer *c, int64_t after, int64_t until)
 {
-    const char *params[1] = {c->group};
+    char a[32], u[32];
+    const char *params[3] = {c->group, a, u};
     PGresult *res;
-    int rc;
+    int rc, n = 0;
 
+    snprintf(a, sizeof(a), "%lld", (long long)after);
+    snprintf(u, sizeof(u), "%lld", (long long)until);
     rc = walq__query(
         c->pconn, &res, "read scheduled jobs",
         "SELECT j.id, j.queue, j.payload, j.priority,"
         "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
         "       j.max_attempts, o.attempts AS attempts, j.dedup_key IS NOT NULL AS has_dedup"
         "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
-        " WHERE o.group_name = $1 AND o.status = 'scheduled'",
-        1, params);
+        " WHERE o.group_name = $1 AND o.status = 'scheduled'"
+        "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
+        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'",
+        3, params);
     if (rc != 0)
         return rc;
     for (int i = 0; i < PQntuples(res); i++) {
-        walq__job *job = job_from_row(c, res, i);
+        walq__job *job;
 
+        /* Here already (waiting for its record to commit, say): one copy. */
+        if (walq__idset_has(&c->live, strtoll(PQgetvalue(res, i, 0), NULL, 10)))
+            continue;
+        job = job_from_row(c, res, i);
         if (job == NULL) {
             PQclear(res);
             return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -1284,9 +1325,20 @@ static int load_timers(walq_consumer *c)
             PQclear(res);
             return rc;
         }
+        n++;
     }
-    if (PQntuples(res) > 0)
-        walq__info(&c->log, "%d scheduled jobs waiting for their time", PQntuples(res));
+    PQclear(res);
+    if (n > 0)
+        walq__info(&c->log, "%d scheduled jobs waiting for their time", n);
+    c->timers_until = until;
+    rc = walq__query(c->pconn, &res, "look for later scheduled jobs",
+                     "SELECT EXISTS (SELECT 1 FROM walq.outcomes WHERE group_name = $1"
+                     "   AND status = 'scheduled' AND $2::int8 IS NOT NULL"
+                     "   AND run_at > timestamptz 'epoch' + $3::int8 * interval '1 microsecond')",
+                     3, params);
+    if (rc != 0)
+        return rc;
+    c->timers_offloaded = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     return 0;
 }
@@ -1605,7 +1657,7 @@ static int setup(walq_consumer *c)
                     walq__lsn_format(cursor, lsn), c->nskip);
     }
     if (rc == 0)
-        rc = load_timers(c);
+        rc = load_timers(c, 0, walq__wall_us() + c->horizon_us);
     if (rc == 0 && c->o.drain) {
         rc = walq__query(c->sconn, &res, "read the server's WAL position",
                          "SELECT pg_current_wal_insert_lsn()::text", 0, NULL);
@@ -1682,6 +1734,14 @@ static int loop(walq_consumer *c)
         }
         if (!stopping) {
             rc = promote_timers(c, wall);
+            /*
+             * Scheduled jobs that live only in the table come in as their
+             * time nears; not while some wait for their record to commit,
+             * or one of those could fall between the table and memory.
+             */
+            if (rc == 0 && c->timers_offloaded && c->pconn && c->ack.n == 0 && c->nsql == 0 &&
+                wall + c->horizon_us / 2 >= c->timers_until)
+                rc = load_timers(c, c->timers_until, wall + c->horizon_us);
             if (rc == 0 && c->backfilling && c->pconn && c->in_memory < (size_t)c->o.max_in_flight)
                 rc = backfill_page(c);
             if (rc != 0)

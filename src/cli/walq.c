@@ -460,6 +460,9 @@ static void consume_help(void)
            "  --batch-size N          outcomes per ack transaction (default 1000)\n"
            "  --max-in-flight N       jobs in memory before reading pauses (default 10000)\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
+           "  --timer-horizon SEC     scheduled jobs due within this are kept in memory;\n"
+           "                          later ones are read from the table nearer their\n"
+           "                          time (default 60)\n"
            "  --source CONNINFO       server with the slot (default: libpq environment)\n"
            "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
            "  --dbname CONNINFO       both of the above\n"
@@ -474,6 +477,7 @@ static int cmd_consume(int argc, char **argv)
     enum {
         O_GROUP = 256,
         O_SQL,
+        O_HORIZON,
         O_QUEUE,
         O_CONC,
         O_DRAIN,
@@ -502,6 +506,7 @@ static int cmd_consume(int argc, char **argv)
         {"coprocess", no_argument, NULL, O_COPROC},
         {"coprocess-inflight", required_argument, NULL, O_COPROC_INFLIGHT},
         {"sql", required_argument, NULL, O_SQL},
+        {"timer-horizon", required_argument, NULL, O_HORIZON},
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"backoff-min", required_argument, NULL, O_BMIN},
         {"backoff-max", required_argument, NULL, O_BMAX},
@@ -559,6 +564,10 @@ static int cmd_consume(int argc, char **argv)
         case O_SQL:
             opts.handler = WALQ_HANDLER_SQL;
             opts.sql = optarg;
+            break;
+        case O_HORIZON:
+            if (parse_seconds(optarg, &opts.timer_horizon) || opts.timer_horizon < 0.1)
+                bad = "--timer-horizon takes seconds, at least 0.1";
             break;
         case O_TIMEOUT:
             if (parse_seconds(optarg, &opts.timeout))
