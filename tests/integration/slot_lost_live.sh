@@ -21,16 +21,26 @@ wait_for "slot_active walq_live" 30 "the consumer streams"
 publish_sql l 300
 wait_for '[ "$(done_count live)" -ge 50 ]' 60 "some jobs are done"
 
-# Take the slot away: end its walsender, then drop it before walq reconnects.
-q "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'walq_live'" >/dev/null
-for _ in $(seq 1 100); do
-    if q "SELECT pg_drop_replication_slot('walq_live')" >/dev/null 2>&1; then
-        dropped=1
-        break
-    fi
-    sleep 0.02
-done
-[ "${dropped:-0}" = 1 ] || fail "could not drop the slot while the consumer reconnects"
+# Take the slot away: end its walsender and drop the slot before walq gets
+# it back.  Done in the server, in a loop that ends the walsender again if
+# walq reconnected first: a client retrying from outside loses that race.
+q "DO \$\$
+DECLARE pid int;
+BEGIN
+  FOR i IN 1 .. 500 LOOP
+    SELECT active_pid INTO pid FROM pg_replication_slots WHERE slot_name = 'walq_live';
+    IF pid IS NOT NULL THEN
+      PERFORM pg_terminate_backend(pid);
+    END IF;
+    BEGIN
+      PERFORM pg_drop_replication_slot('walq_live');
+      RETURN;
+    EXCEPTION WHEN object_in_use THEN
+      PERFORM pg_sleep(0.01);
+    END;
+  END LOOP;
+  RAISE EXCEPTION 'could not drop the slot while the consumer reconnects';
+END \$\$" >/dev/null || fail "could not drop the slot while the consumer reconnects"
 publish_sql l 200
 
 wait_for '[ "$(done_count live)" -eq 500 ]' 90 "every job is done after the slot came back"
