@@ -133,13 +133,6 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t c
     return 0;
 }
 
-void walq__ack_clear(walq__ack *a)
-{
-    for (size_t i = 0; i < a->n; i++)
-        a->jobs[i]->pending_idx = -1;
-    a->n = 0;
-}
-
 void walq__ack_free(walq__ack *a)
 {
     walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};

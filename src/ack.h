@@ -28,13 +28,11 @@ typedef struct walq__ack {
 int walq__ack_add(walq__ack *a, walq__job *job);
 
 /*
- * Writes the batch and the cursor in one transaction.  The batch is left as
- * it was: on success the caller walks a->jobs and then empties it with
- * walq__ack_clear(); on failure it can try again later with more added.
+ * Writes the batch and the cursor in one statement.  The batch is left as it
+ * was: on success the caller walks a->jobs and empties it; on failure it can
+ * try again later with more added.
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t cursor);
-
-void walq__ack_clear(walq__ack *a);
 
 void walq__ack_free(walq__ack *a);
 

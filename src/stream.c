@@ -238,19 +238,6 @@ int walq__stream_status(walq__stream *s, uint64_t write_lsn, uint64_t flush_lsn,
     return 0;
 }
 
-int walq__stream_flush(walq__stream *s)
-{
-    int r = PQflush(s->conn);
-
-    if (r < 0) {
-        char msgbuf[512];
-
-        return walq__error(WALQ_ECONN, NULL, "could not write to \"%s\": %s", s->server,
-                           walq__pg_message(s->conn, NULL, msgbuf, sizeof(msgbuf)));
-    }
-    return r;
-}
-
 int walq__stream_socket(const walq__stream *s)
 {
     return s->conn ? PQsocket(s->conn) : -1;

@@ -48,9 +48,6 @@ int walq__stream_read(walq__stream *s, walq__msg *msg);
 int walq__stream_status(walq__stream *s, uint64_t write_lsn, uint64_t flush_lsn,
                         int reply_requested);
 
-/* Flushes pending output; 1 if some remains. */
-int walq__stream_flush(walq__stream *s);
-
 int walq__stream_socket(const walq__stream *s);
 
 void walq__stream_close(walq__stream *s);
