@@ -11,8 +11,6 @@
 #                                     BENCH_HANDLER_SLEEP=0.2 BENCH_WAL_SENDER_TIMEOUT=60s
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${WALQ_BUILD_DIR:-$root/build}
 jobs=${BENCH_JOBS:-1000000}
 txns=${BENCH_TXNS:-4}
 secs=${BENCH_SECS:-30}
@@ -21,17 +19,9 @@ concurrency=${BENCH_CONCURRENCY:-2}
 handler_sleep=${BENCH_HANDLER_SLEEP:-0.2}
 wal_sender_timeout=${BENCH_WAL_SENDER_TIMEOUT:-60s}
 
-bash "$root/tests/setup-debian.sh"
-if [ "${WALQ_SKIP_BUILD:-0}" != 1 ]; then
-    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-    cmake --build "$build" -j2 >/dev/null
-fi
-
-export WALQ_BIN=${WALQ_BIN:-$build/walq}
-export WALQ_SOURCE_DIR=$root
 export TEST_NAME=bench-backlog-memory
-# shellcheck source=SCRIPTDIR/../tests/lib/pgtest.sh
-. "$root/tests/lib/pgtest.sh"
+# shellcheck source=SCRIPTDIR/../tests/lib/standalone.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/standalone.sh"
 require_walq
 
 now() { date +%s.%N; }

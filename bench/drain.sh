@@ -6,22 +6,12 @@
 #   bash bench/drain.sh              BENCH_JOBS=200000 BENCH_TX_ROWS=1000
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${WALQ_BUILD_DIR:-$root/build}
 jobs=${BENCH_JOBS:-200000}
 tx_rows=${BENCH_TX_ROWS:-1000}
 
-bash "$root/tests/setup-debian.sh"
-if [ "${WALQ_SKIP_BUILD:-0}" != 1 ]; then
-    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-    cmake --build "$build" -j2 >/dev/null
-fi
-
-export WALQ_BIN=${WALQ_BIN:-$build/walq}
-export WALQ_SOURCE_DIR=$root
 export TEST_NAME=bench-drain
-# shellcheck source=SCRIPTDIR/../tests/lib/pgtest.sh
-. "$root/tests/lib/pgtest.sh"
+# shellcheck source=SCRIPTDIR/../tests/lib/standalone.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/standalone.sh"
 require_walq
 
 now() { date +%s.%N; }
