@@ -141,13 +141,21 @@ typedef struct walq_options {
     walq_log_fn log;
     void *log_arg;
     walq_log_level log_level;
+    /*
+     * A group split over several readers: this one takes the jobs whose id
+     * hashes to `partition` of `partitions` (walq.partition_of in SQL).  Each
+     * reader has its own slot; 0 of 1 (or 0 of 0) is the whole group.
+     */
+    int partition;
+    int partitions;
 } walq_options;
 
 #define WALQ_OPTIONS_VERSION 1
 #define WALQ_OPTIONS_INIT                                                                          \
     {                                                                                              \
         WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
-            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO    \
+            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO, 0, \
+            1                                                                              \
     }
 
 typedef struct walq_consumer walq_consumer;

@@ -34,8 +34,8 @@
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
 
 #define ACK_CURSOR                                                                                 \
-    ") UPDATE walq.groups SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"   \
-    "   WHERE name = $1"
+    ") UPDATE walq.readers SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"  \
+    "   WHERE slot_name = $9"
 
 static const char ack_sql[] = ACK_OUTCOMES ACK_CURSOR;
 
@@ -89,11 +89,12 @@ static const char *status_name(walq__status st)
     return "queued";
 }
 
-int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t cursor)
+int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
+                    uint64_t cursor)
 {
     walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
     char cursor_text[WALQ__LSN_BUFSZ], lsn[WALQ__LSN_BUFSZ];
-    const char *params[8];
+    const char *params[9];
     PGresult *res;
     int rc = 0, dedup = 0;
 
@@ -126,7 +127,9 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t c
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         params[i + 1] = arrays[i]->data;
     params[7] = walq__lsn_format(cursor, cursor_text);
-    rc = walq__query(primary, &res, "record outcomes", dedup ? ack_dedup_sql : ack_sql, 8, params);
+    params[8] = slot;
+    rc = walq__query(primary, &res, "record outcomes", dedup ? ack_dedup_sql : ack_sql, 9, params);
+
     if (rc != 0)
         return rc;
     PQclear(res);

@@ -32,7 +32,8 @@ int walq__ack_add(walq__ack *a, walq__job *job);
  * was: on success the caller walks a->jobs and empties it; on failure it can
  * try again later with more added.
  */
-int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, uint64_t cursor);
+int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
+                    uint64_t cursor);
 
 void walq__ack_free(walq__ack *a);
 

@@ -23,15 +23,15 @@
 #include "lsn.h"
 #include "handler.h"
 #include "run.h"
+#include "route.h"
 #include "schedule.h"
 #include "stream.h"
+
 
 /* Rows fetched from the backfill cursor at a time. */
 #define BACKFILL_PAGE 1000
 /* Stream messages handled before the loop looks at everything else again. */
 #define READ_BURST 2000
-/* Advisory lock namespace of consumer groups (arbitrary, fixed). */
-#define GROUP_LOCK_CLASS "2037741434"
 
 struct walq_consumer {
     walq_options o;
@@ -40,6 +40,10 @@ struct walq_consumer {
     char **argv;
     char *sql;
     char slot[64];
+    int partition, partitions; /* this reader takes the jobs of one partition */
+    int64_t epoch;             /* of the reader's row when this process took it */
+    int fenced;                /* another process had the reader meanwhile: start over */
+    int standby;               /* the source is a hot standby */
     walq__log log;
     volatile sig_atomic_t stop_req; /* 1: drain and stop; 2: stop at once */
     int wake[2];
@@ -237,6 +241,11 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     } else if (opts->handler != WALQ_HANDLER_NOOP) {
         return walq__error(WALQ_EINVAL, NULL, "unknown handler kind %d", (int)opts->handler);
     }
+    if (opts->partitions < 0 || opts->partitions > 1024 || opts->partition < 0 ||
+        opts->partition >= (opts->partitions > 0 ? opts->partitions : 1))
+        return walq__error(WALQ_EINVAL,
+                           "Give the partition as K/N with N from 1 to 1024 and K from 0 to N-1.",
+                           "invalid partition %d of %d", opts->partition, opts->partitions);
     if (opts->concurrency < 1 || opts->concurrency > 4096)
         return walq__error(WALQ_EINVAL, NULL, "concurrency must be between 1 and 4096, not %d",
                            opts->concurrency);
@@ -269,11 +278,29 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
         walq_consumer_free(c);
         return rc;
     }
-    snprintf(c->slot, sizeof(c->slot), "walq_%s", c->group);
+    c->partition = opts->partition;
+    c->partitions = opts->partitions > 0 ? opts->partitions : 1;
     c->log.fn = opts->log;
     c->log.arg = opts->log_arg;
     c->log.level = opts->log_level;
-    snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\": ", c->group);
+    if (c->partitions == 1) {
+        snprintf(c->slot, sizeof(c->slot), "walq_%s", c->group);
+        snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\": ", c->group);
+    } else {
+        int n = snprintf(c->slot, sizeof(c->slot), "walq_%s_%dof%d", c->group, c->partition,
+                         c->partitions);
+
+        if (n < 0 || (size_t)n >= sizeof(c->slot)) {
+            rc = walq__error(WALQ_EINVAL,
+                             "Slot names have at most 63 characters; choose a shorter group name.",
+                             "consumer group name \"%s\" is too long for %d partitions",
+                             c->group, c->partitions);
+            walq_consumer_free(c);
+            return rc;
+        }
+        snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\" partition %d/%d: ",
+                 c->group, c->partition, c->partitions);
+    }
     walq__heap_init(&c->ready, walq__ready_less);
     walq__heap_init(&c->timers, walq__timer_less);
     c->rng = (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32);
@@ -329,6 +356,12 @@ static int job_skipped(const walq_consumer *c, int64_t id)
             hi = mid;
     }
     return 0;
+}
+
+/* Another reader of the group takes the jobs of other partitions. */
+static int mine(const walq_consumer *c, int64_t id)
+{
+    return c->partitions == 1 || walq__partition_of(id, c->partitions) == c->partition;
 }
 
 static int queue_wanted(const walq_consumer *c, const char *queue)
@@ -617,51 +650,86 @@ static void primary_lost(walq_consumer *c)
         stream_lost(c);
 }
 
-static int lock_group(walq_consumer *c)
+/*
+ * Tries to take the reader's lock on the primary.  *epoch is the reader's
+ * epoch (-1 before its row exists); when another process holds the lock,
+ * *got is 0 and who says which.
+ */
+static int lock_reader(walq_consumer *c, int *got, int64_t *epoch, char *who, size_t wholen)
 {
-    const char *params[1] = {c->group};
+    const char *params[1] = {c->slot};
     PGresult *res;
     int rc;
 
-    rc = walq__query(c->pconn, &res, "lock the consumer group",
-                     "SELECT pg_try_advisory_lock(" GROUP_LOCK_CLASS ", hashtext($1)),"
-                     " (SELECT string_agg(l.pid::text, ', ') FROM pg_locks l"
-                     "   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
-                     "     AND l.classid = " GROUP_LOCK_CLASS "::bigint::oid"
-                     "     AND l.objid = (hashtext($1)::bigint & 4294967295)::oid)",
+    rc = walq__query(c->pconn, &res, "take the reader's lock",
+                     "SELECT walq.lock_reader($1), walq.reader_lock_pid($1),"
+                     "       (SELECT coalesce(holder, '') || '|' || epoch FROM walq.readers"
+                     "         WHERE slot_name = $1)",
                      1, params);
     if (rc != 0)
         return rc;
-    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        char pids[128];
+    *got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    *epoch = -1;
+    who[0] = '\0';
+    if (!PQgetisnull(res, 0, 2)) {
+        const char *v = PQgetvalue(res, 0, 2), *bar = strrchr(v, '|');
 
-        snprintf(pids, sizeof(pids), "%s", PQgetvalue(res, 0, 1));
-        PQclear(res);
-        return walq__error(WALQ_EBUSY,
-                           "Only one walq consume may run per group; stop the other one or wait "
-                           "for it to exit.",
-                           "consumer group \"%s\" is held by another process (backend pid %s)",
-                           c->group, *pids ? pids : "unknown");
+        *epoch = strtoll(bar + 1, NULL, 10);
+        if (bar > v)
+            snprintf(who, wholen, "%.*s, ", (int)(bar - v), v);
     }
+    snprintf(who + strlen(who), wholen - strlen(who), "backend pid %s", PQgetvalue(res, 0, 1));
     PQclear(res);
     return 0;
 }
 
+/*
+ * Sleeps for up to ms, or until walq_consumer_stop(); says whether to stop.
+ */
+static int nap(walq_consumer *c, int ms)
+{
+    struct pollfd p = {.fd = c->wake[0], .events = POLLIN};
+    char buf[64];
+
+    if (c->stop_req == 0 && poll(&p, 1, ms) > 0)
+        while (read(c->wake[0], buf, sizeof(buf)) > 0) {
+        }
+    return c->stop_req != 0;
+}
+
+/*
+ * Back on the primary after losing it.  If another process held the reader
+ * in the meantime (its epoch moved), what is in memory is stale: the loop
+ * starts over.  A lock still held at the old epoch is this process's own
+ * previous session, not yet gone: that is retried.
+ */
 static int connect_primary(walq_consumer *c)
 {
-    int rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
+    char who[256];
+    int64_t epoch;
+    int rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume"), got = 0;
 
     if (rc == 0)
         rc = walq__exec(c->pconn, "set up the session",
                         "SET synchronous_commit = on; SET application_name = 'walq consume'");
     if (rc == 0)
-        rc = lock_group(c);
+        rc = lock_reader(c, &got, &epoch, who, sizeof(who));
+    if (rc == 0 && epoch != c->epoch) {
+        walq__warn(&c->log,
+                   "another process took this reader over while the primary was unreachable "
+                   "(%s); starting over",
+                   who);
+        c->fenced = 1;
+    } else if (rc == 0 && !got) {
+        rc = walq__error(WALQ_EBUSY, NULL, "the reader's lock is still held by %s", who);
+    }
     if (rc != 0 && c->pconn) {
         PQfinish(c->pconn);
         c->pconn = NULL;
     }
     return rc;
 }
+
 
 /* What a sql job's attempt came to, decided before its transaction commits. */
 typedef struct sql_result {
@@ -778,7 +846,7 @@ static int flush_acks(walq_consumer *c)
             job->txn = NULL;
         }
     }
-    rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->txq.safe_lsn);
+    rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn);
     if (rc == 0 && nsql > 0)
         rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
     if (rc != 0)
@@ -942,7 +1010,8 @@ static int job_from_change(walq_consumer *c, const walq__change *ch, walq__job *
         return walq__error(WALQ_EDECODE, "Check that walq.jobs has the columns walq init made.",
                            "job row from the stream has no usable \"id\" or \"queue\"");
     /* A job already in memory (a replay after a retry command, say) stays one. */
-    if (!queue_wanted(c, queue->str) || job_skipped(c, id->i) || walq__idset_has(&c->live, id->i))
+    if (!mine(c, id->i) || !queue_wanted(c, queue->str) || job_skipped(c, id->i) ||
+        walq__idset_has(&c->live, id->i))
         return 0;
     job = new_job(c, id->i, queue->str,
                   payload && payload->kind == WALQ__V_STR ? payload->str : "null",
@@ -1039,8 +1108,8 @@ static int retry_job(walq_consumer *c, int64_t id)
     walq__job *job;
     int rc;
 
-    if (walq__idset_has(&c->live, id))
-        return 0; /* here already, and not finished: it runs once */
+    if (!mine(c, id) || walq__idset_has(&c->live, id))
+        return 0; /* another reader's, or here already and not finished: it runs once */
     snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
     rc = walq__query(c->pconn, &res, "read a retried job",
                      "SELECT j.id, j.queue, j.payload, j.priority,"
@@ -1240,15 +1309,19 @@ static int queues_literal(walq_consumer *c, walq__buf *b)
 static int load_skip(walq_consumer *c, uint64_t cursor)
 {
     char lsn[WALQ__LSN_BUFSZ];
-    const char *params[2] = {c->group, walq__lsn_format(cursor, lsn)};
+    char k[16], n[16];
+    const char *params[4] = {c->group, walq__lsn_format(cursor, lsn), k, n};
     PGresult *res;
     int rc;
 
+    snprintf(k, sizeof(k), "%d", c->partition);
+    snprintf(n, sizeof(n), "%d", c->partitions);
     rc = walq__query(c->pconn, &res, "read recorded outcomes",
                      "SELECT job_id FROM walq.outcomes WHERE group_name = $1"
                      "   AND (lsn > $2::pg_lsn OR (status = 'cancelled' AND lsn IS NULL))"
+                     "   AND ($4::int = 1 OR walq.partition_of(job_id, $4::int) = $3::int)"
                      " ORDER BY job_id",
-                     2, params);
+                     4, params);
     if (rc != 0)
         return rc;
     free(c->skip);
@@ -1289,13 +1362,15 @@ static walq__job *job_from_row(walq_consumer *c, PGresult *res, int row)
  */
 static int load_timers(walq_consumer *c, int64_t after, int64_t until)
 {
-    char a[32], u[32];
-    const char *params[3] = {c->group, a, u};
+    char a[32], u[32], pk[16], pn[16];
+    const char *params[5] = {c->group, a, u, pk, pn};
     PGresult *res;
     int rc, n = 0;
 
     snprintf(a, sizeof(a), "%lld", (long long)after);
     snprintf(u, sizeof(u), "%lld", (long long)until);
+    snprintf(pk, sizeof(pk), "%d", c->partition);
+    snprintf(pn, sizeof(pn), "%d", c->partitions);
     rc = walq__query(
         c->pconn, &res, "read scheduled jobs",
         "SELECT j.id, j.queue, j.payload, j.priority,"
@@ -1304,8 +1379,9 @@ static int load_timers(walq_consumer *c, int64_t after, int64_t until)
         "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
         " WHERE o.group_name = $1 AND o.status = 'scheduled'"
         "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
-        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'",
-        3, params);
+        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
+        "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)",
+        5, params);
     if (rc != 0)
         return rc;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -1334,8 +1410,9 @@ static int load_timers(walq_consumer *c, int64_t after, int64_t until)
     rc = walq__query(c->pconn, &res, "look for later scheduled jobs",
                      "SELECT EXISTS (SELECT 1 FROM walq.outcomes WHERE group_name = $1"
                      "   AND status = 'scheduled' AND $2::int8 IS NOT NULL"
-                     "   AND run_at > timestamptz 'epoch' + $3::int8 * interval '1 microsecond')",
-                     3, params);
+                     "   AND run_at > timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
+                     "   AND ($5::int = 1 OR walq.partition_of(job_id, $5::int) = $4::int))",
+                     5, params);
     if (rc != 0)
         return rc;
     c->timers_offloaded = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -1457,26 +1534,72 @@ static int read_slot(walq_consumer *c, slot_info *si)
 static int check_source(walq_consumer *c)
 {
     PGresult *res;
-    char name[128];
-    int rc;
+    char name[128], level[32], feedback[16];
+    int rc, version;
 
-    rc = walq__query(c->sconn, &res, "read wal_level", "SELECT current_setting('wal_level')", 0,
-                     NULL);
+    rc = walq__query(c->sconn, &res, "read the source's settings",
+                     "SELECT current_setting('wal_level'), pg_is_in_recovery(),"
+                     "       current_setting('server_version_num')::int,"
+                     "       current_setting('hot_standby_feedback')",
+                     0, NULL);
     if (rc != 0)
         return rc;
-    if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0) {
-        char level[32];
-
-        snprintf(level, sizeof(level), "%s", PQgetvalue(res, 0, 0));
-        PQclear(res);
+    snprintf(level, sizeof(level), "%s", PQgetvalue(res, 0, 0));
+    c->standby = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    version = atoi(PQgetvalue(res, 0, 2));
+    snprintf(feedback, sizeof(feedback), "%s", PQgetvalue(res, 0, 3));
+    PQclear(res);
+    walq__conn_name(c->sconn, name, sizeof(name));
+    if (strcmp(level, "logical") != 0)
         return walq__error(WALQ_ESERVER,
                            "Set wal_level = logical in postgresql.conf and restart the server.",
                            "logical decoding requires wal_level = logical, but \"%s\" has "
                            "wal_level = %s",
-                           walq__conn_name(c->sconn, name, sizeof(name)), level);
+                           name, level);
+    if (!c->standby)
+        return 0;
+    /*
+     * A hot standby: PostgreSQL 16 decodes there, as long as the primary
+     * keeps the catalog rows the slot needs, which hot_standby_feedback
+     * tells it.
+     */
+    if (version < 160000)
+        return walq__error(WALQ_ESERVER,
+                           "Read from the primary, from a standby running PostgreSQL 16 or later, "
+                           "or from a logical subscriber (walq replica setup).",
+                           "\"%s\" is a standby running PostgreSQL %d.%d, which cannot decode: "
+                           "logical decoding on a standby needs PostgreSQL 16",
+                           name, version / 10000, version % 10000);
+    if (strcmp(feedback, "on") != 0)
+        return walq__error(WALQ_ESERVER,
+                           "Set hot_standby_feedback = on on the standby (and give it a physical "
+                           "slot on the primary with primary_slot_name), then reload it.",
+                           "the standby \"%s\" has hot_standby_feedback = off, so the primary may "
+                           "remove rows its logical slots still need",
+                           name);
+    walq__info(&c->log, "the source \"%s\" is a hot standby; acks go to the primary", name);
+    return 0;
+}
+
+/*
+ * A standby creating a slot waits for the primary to log its running
+ * transactions, which the primary does on its own only every 15 seconds.
+ */
+static void log_standby_snapshot(void *arg)
+{
+    walq_consumer *c = arg;
+    PGresult *res;
+
+    if (c->pconn == NULL)
+        return;
+    res = PQexec(c->pconn, "SELECT pg_log_standby_snapshot()");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char msg[512];
+
+        walq__debug(&c->log, "could not log a standby snapshot on the primary: %s",
+                    walq__pg_message(c->pconn, res, msg, sizeof(msg)));
     }
     PQclear(res);
-    return 0;
 }
 
 /*
@@ -1498,7 +1621,9 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
         if (rc != 0)
             return rc;
     }
-    rc = walq__stream_create_slot(&c->st, c->slot, &consistent, snapshot, sizeof(snapshot));
+    rc = walq__stream_create_slot_waiting(&c->st, c->slot, &consistent, snapshot,
+                                          sizeof(snapshot),
+                                          c->standby ? log_standby_snapshot : NULL, c);
     if (rc != 0)
         return rc;
     rc = walq__exec(c->sconn, "begin reading the backlog",
@@ -1510,21 +1635,34 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
     if (rc == 0)
         rc = queues_literal(c, &queues);
     if (rc == 0) {
-        rc = query1(c->sconn, &res, "open the backlog",
-                    "DECLARE walq_backfill NO SCROLL CURSOR FOR"
-                    " SELECT id, queue, payload, priority,"
-                    "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts,"
-                    "        dedup_key IS NOT NULL AS has_dedup"
-                    "   FROM walq.jobs WHERE queue = ANY ($1::text[]) ORDER BY id",
-                    queues.data);
+        char k[16], n[16];
+        const char *params[3] = {queues.data, k, n};
+
+        /*
+         * The source may be a subscriber with nothing of walq's but the
+         * tables, so the partition is computed inline, as
+         * walq.partition_of() does.
+         */
+        snprintf(k, sizeof(k), "%d", c->partition);
+        snprintf(n, sizeof(n), "%d", c->partitions);
+        rc = walq__query(c->sconn, &res, "open the backlog",
+                         "DECLARE walq_backfill NO SCROLL CURSOR FOR"
+                         " SELECT id, queue, payload, priority,"
+                         "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts,"
+                         "        dedup_key IS NOT NULL AS has_dedup"
+                         "   FROM walq.jobs WHERE queue = ANY ($1::text[])"
+                         "    AND ($3::int = 1"
+                         "         OR (hashint8(id)::int8 & 4294967295) % $3::int = $2::int)"
+                         "  ORDER BY id",
+                         3, params);
         PQclear(res);
     }
     if (rc == 0) {
-        const char *params[3] = {c->group, walq__lsn_format(consistent, lsn), queues.data};
+        const char *params[3] = {c->slot, walq__lsn_format(consistent, lsn), queues.data};
 
-        rc = walq__query(c->pconn, &res, "record the group's new slot",
-                         "UPDATE walq.groups SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
-                         " updated_at = now() WHERE name = $1",
+        rc = walq__query(c->pconn, &res, "record the reader's new slot",
+                         "UPDATE walq.readers SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
+                         " updated_at = now() WHERE slot_name = $1",
                          3, params);
         PQclear(res);
     }
@@ -1566,13 +1704,194 @@ static int check_sql(walq_consumer *c)
     return walq__exec(c->pconn, "release the checked statement", "DEALLOCATE walq_sql_check");
 }
 
-static int setup(walq_consumer *c)
+/*
+ * Readers of the group set up for another number of partitions: their slots
+ * are dropped and their rows deleted, unless one of them is still running.
+ * Runs inside the transaction that registers this reader.
+ */
+static int retire_other_readers(walq_consumer *c, const char *np)
+{
+    const char *params[2] = {c->group, np};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(c->pconn, &res, "read the group's other readers",
+                     "SELECT slot_name, partition, partitions,"
+                     "       walq.reader_lock_pid(slot_name) IS NOT NULL"
+                     "  FROM walq.readers WHERE group_name = $1 AND partitions <> $2::int"
+                     "   FOR UPDATE",
+                     2, params);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (strcmp(PQgetvalue(res, i, 3), "t") == 0) {
+            rc = walq__error(WALQ_EBUSY,
+                             "Stop every reader of the group before starting it with another "
+                             "number of partitions.",
+                             "consumer group \"%s\" is still read as partition %s of %s (slot "
+                             "\"%s\")",
+                             c->group, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+                             PQgetvalue(res, i, 0));
+            break;
+        }
+    }
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        const char *slot[1] = {PQgetvalue(res, i, 0)};
+        PGresult *r = NULL;
+
+        rc = walq__query(c->sconn, &r, "drop a slot of the previous partitions",
+                         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                         " WHERE slot_name = $1",
+                         1, slot);
+        PQclear(r);
+        if (rc == 0)
+            rc = walq__query(c->pconn, &r, "forget a reader of the previous partitions",
+                             "DELETE FROM walq.readers WHERE slot_name = $1", 1, slot);
+        PQclear(r);
+        if (rc == 0)
+            walq__info(&c->log, "dropped slot \"%s\" of the group's previous partitioning",
+                       slot[0]);
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* This reader's state, read when the process takes it over. */
+typedef struct reader_state {
+    uint64_t cursor, sync_lsn;
+    int queues_changed;
+} reader_state;
+
+/*
+ * Registers the group and this reader, retiring readers of another
+ * partitioning, and takes the reader over: a new epoch, and this process as
+ * its holder.  The caller holds the reader's lock.
+ */
+static int register_reader(walq_consumer *c, reader_state *rs)
 {
     walq__buf queues = {0};
+    char k[16], n[16], holder[160], host[128] = "";
+    PGresult *res = NULL;
+    int rc;
+
+    snprintf(k, sizeof(k), "%d", c->partition);
+    snprintf(n, sizeof(n), "%d", c->partitions);
+    gethostname(host, sizeof(host) - 1);
+    snprintf(holder, sizeof(holder), "%s pid %ld", *host ? host : "localhost", (long)getpid());
+    rc = queues_literal(c, &queues);
+    if (rc != 0)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    rc = walq__exec(c->pconn, "begin registering the reader", "BEGIN");
+    if (rc == 0) {
+        const char *params[3] = {c->group, queues.data, n};
+
+        rc = walq__query(c->pconn, &res, "register the consumer group",
+                         "INSERT INTO walq.groups (name, queues, partitions)"
+                         " VALUES ($1, $2::text[], $3::int) ON CONFLICT (name) DO UPDATE"
+                         "   SET queues = excluded.queues, partitions = excluded.partitions,"
+                         "       updated_at = now()",
+                         3, params);
+        PQclear(res);
+        res = NULL;
+    }
+    if (rc == 0)
+        rc = retire_other_readers(c, n);
+    if (rc == 0) {
+        const char *params[5] = {c->group, k, n, c->slot, queues.data};
+
+        rc = walq__query(c->pconn, &res, "register the reader",
+                         "INSERT INTO walq.readers (group_name, partition, partitions, slot_name,"
+                         "                          queues)"
+                         " VALUES ($1, $2::int, $3::int, $4, $5::text[])"
+                         " ON CONFLICT (group_name, partition) DO NOTHING",
+                         5, params);
+        PQclear(res);
+        res = NULL;
+    }
+    if (rc == 0) {
+        const char *params[3] = {c->slot, holder, queues.data};
+
+        rc = walq__query(c->pconn, &res, "take the reader over",
+                         "UPDATE walq.readers SET epoch = epoch + 1, holder = $2,"
+                         "       held_since = now(), updated_at = now()"
+                         " WHERE slot_name = $1"
+                         " RETURNING epoch, cursor_lsn::text, coalesce(sync_lsn::text, ''),"
+                         "           NOT (queues @> $3::text[] AND queues <@ $3::text[])",
+                         3, params);
+    }
+    if (rc == 0 && PQntuples(res) != 1)
+        rc = walq__error(WALQ_ESERVER, NULL, "reader with slot \"%s\" is missing", c->slot);
+    if (rc == 0) {
+        c->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        walq__lsn_parse(PQgetvalue(res, 0, 1), &rs->cursor);
+        if (walq__lsn_parse(PQgetvalue(res, 0, 2), &rs->sync_lsn) != 0)
+            rs->sync_lsn = UINT64_MAX;
+        rs->queues_changed = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+        rc = walq__exec(c->pconn, "commit the reader", "COMMIT");
+    }
+    PQclear(res);
+    walq__buf_free(&queues);
+    if (rc != 0 && PQstatus(c->pconn) == CONNECTION_OK)
+        PQclear(PQexec(c->pconn, "ROLLBACK"));
+    return rc;
+}
+
+/*
+ * Waits until this process holds the reader: while another consumer of the
+ * same group and partition runs, this one stands by and takes over when
+ * that one's session ends.  Returns 0 with c->stop_req set if asked to stop
+ * while waiting.
+ */
+static int take_reader(walq_consumer *c, reader_state *rs)
+{
+    char who[256];
+    int64_t epoch;
+    int got = 0, rc, waited = 0;
+
+    for (;;) {
+        rc = lock_reader(c, &got, &epoch, who, sizeof(who));
+        if (rc != 0 || got)
+            break;
+        if (!waited)
+            walq__info(&c->log, "the reader is held by %s; standing by to take over", who);
+        waited = 1;
+        if (nap(c, 500))
+            return 0;
+    }
+    if (rc == 0)
+        rc = register_reader(c, rs);
+    if (rc == 0 && waited)
+        walq__info(&c->log, "took the reader over");
+    return rc;
+}
+
+/*
+ * The slot may still be held a moment by the walsender of a consumer that
+ * just died (or held by something else altogether): wait for it.
+ */
+static int wait_for_slot(walq_consumer *c, slot_info *si)
+{
+    int rc, warned = 0;
+
+    for (;;) {
+        rc = read_slot(c, si);
+        if (rc != 0 || !si->active)
+            return rc;
+        if (!warned)
+            walq__warn(&c->log, "replication slot \"%s\" is still in use by process %s; waiting",
+                       c->slot, si->active_pid);
+        warned = 1;
+        if (nap(c, 500))
+            return 0;
+    }
+}
+
+static int setup(walq_consumer *c)
+{
     PGresult *res = NULL;
     slot_info si;
-    uint64_t cursor = 0, sync_lsn = 0;
-    int rc, queues_changed, synced;
+    reader_state rs = {0};
+    int rc, synced;
     char lsn[WALQ__LSN_BUFSZ];
 
     rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
@@ -1584,48 +1903,16 @@ static int setup(walq_consumer *c)
     if (rc == 0)
         rc = walq__exec(c->pconn, "set up the session", "SET synchronous_commit = on");
     if (rc == 0)
-        rc = lock_group(c);
-    if (rc == 0)
-        rc = queues_literal(c, &queues);
-    if (rc == 0) {
-        const char *params[3] = {c->group, c->slot, queues.data};
-
-        rc = walq__query(c->pconn, &res, "register the consumer group",
-                         "INSERT INTO walq.groups (name, slot_name, queues)"
-                         " VALUES ($1, $2, $3::text[]) ON CONFLICT (name) DO NOTHING;",
-                         3, params);
-        PQclear(res);
-    }
-    if (rc == 0) {
-        const char *params[2] = {c->group, queues.data};
-
-        rc = walq__query(c->pconn, &res, "read the consumer group",
-                         "SELECT cursor_lsn::text, coalesce(sync_lsn::text, ''),"
-                         "       NOT (queues @> $2::text[] AND queues <@ $2::text[])"
-                         "  FROM walq.groups WHERE name = $1",
-                         2, params);
-    }
-    walq__buf_free(&queues);
-    if (rc != 0)
-        return rc;
-    walq__lsn_parse(PQgetvalue(res, 0, 0), &cursor);
-    synced = walq__lsn_parse(PQgetvalue(res, 0, 1), &sync_lsn) == 0 && cursor >= sync_lsn;
-    queues_changed = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
-    PQclear(res);
-
-    rc = walq__connect(&c->sconn, c->source, WALQ__CONN_SQL, "walq consume");
+        rc = walq__connect(&c->sconn, c->source, WALQ__CONN_SQL, "walq consume");
     if (rc == 0)
         rc = check_source(c);
     if (rc == 0)
-        rc = read_slot(c, &si);
-    if (rc != 0)
+        rc = take_reader(c, &rs);
+    if (rc == 0 && !c->stop_req)
+        rc = wait_for_slot(c, &si);
+    if (rc != 0 || c->stop_req)
         return rc;
-    if (si.active)
-        return walq__error(WALQ_EBUSY,
-                           "Another walq consume of this group is running; stop it, or wait for "
-                           "it to exit.",
-                           "replication slot \"%s\" is in use by process %s", c->slot,
-                           si.active_pid);
+    synced = rs.cursor >= rs.sync_lsn;
     if (si.exists && strcmp(si.plugin, "wal2json") != 0)
         return walq__error(WALQ_ESLOT, "Drop the slot, or choose another group name.",
                            "replication slot \"%s\" exists but uses plugin \"%s\", not wal2json",
@@ -1634,7 +1921,7 @@ static int setup(walq_consumer *c)
     if (rc != 0)
         return rc;
 
-    if (!si.exists || si.lost || !synced || queues_changed) {
+    if (!si.exists || si.lost || !synced || rs.queues_changed) {
         if (synced && !si.exists)
             walq__warn(&c->log,
                        "replication slot \"%s\" is missing; recreating it and resynchronizing "
@@ -1645,22 +1932,24 @@ static int setup(walq_consumer *c)
                        "replication slot \"%s\" was invalidated; recreating it and "
                        "resynchronizing the group from walq.jobs",
                        c->slot);
-        else if (synced && queues_changed)
+        else if (synced && rs.queues_changed)
             walq__info(&c->log, "queues changed; resynchronizing the group from walq.jobs");
-        rc = resync(c, &si, cursor);
+        rc = resync(c, &si, rs.cursor);
     } else {
-        c->last_end = c->recv_lsn = cursor > si.confirmed ? cursor : si.confirmed;
+        c->last_end = c->recv_lsn = rs.cursor > si.confirmed ? rs.cursor : si.confirmed;
         c->txq.safe_lsn = c->last_end;
         c->durable = c->confirmed = c->last_end;
-        rc = load_skip(c, cursor);
+        rc = load_skip(c, rs.cursor);
         walq__debug(&c->log, "cursor %s, %zu jobs already recorded beyond it",
-                    walq__lsn_format(cursor, lsn), c->nskip);
+                    walq__lsn_format(rs.cursor, lsn), c->nskip);
     }
     if (rc == 0)
         rc = load_timers(c, 0, walq__wall_us() + c->horizon_us);
     if (rc == 0 && c->o.drain) {
         rc = walq__query(c->sconn, &res, "read the server's WAL position",
-                         "SELECT pg_current_wal_insert_lsn()::text", 0, NULL);
+                         "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                         "            ELSE pg_current_wal_insert_lsn() END::text",
+                         0, NULL);
         if (rc == 0) {
             walq__lsn_parse(PQgetvalue(res, 0, 0), &c->drain_target);
             PQclear(res);
@@ -1721,11 +2010,11 @@ static int loop(walq_consumer *c)
             break;
         }
         if (c->pconn == NULL && now >= c->primary_retry_at) {
-            /*
-             * A group lock still held can be our own previous backend that
-             * has not noticed the lost connection yet: that retries too.
-             */
             rc = connect_primary(c);
+            if (c->fenced) {
+                rc = WALQ_EBUSY;
+                break;
+            }
             if (rc != 0)
                 primary_lost(c);
             else
@@ -1749,7 +2038,12 @@ static int loop(walq_consumer *c)
             if (!c->backfilling && !c->st.streaming && c->pconn != NULL &&
                 now >= c->stream_retry_at) {
                 rc = start_stream(c);
-                if (rc == WALQ_ECONN || (rc == WALQ_EBUSY && c->stats.reconnects > 0)) {
+                /*
+                 * Busy: the walsender of a consumer that held the reader
+                 * before may not have noticed its end yet.  This process
+                 * holds the reader's lock, so it waits for the slot.
+                 */
+                if (rc == WALQ_ECONN || rc == WALQ_EBUSY) {
                     stream_lost(c);
                     rc = 0;
                 } else if (rc == WALQ_ESLOT) {
@@ -1925,6 +2219,8 @@ static void reset_memory(walq_consumer *c)
     c->backfilling = 0;
     c->sync_end = 0;
     c->slot_gone = 0;
+    c->fenced = 0;
+
     c->nskip = 0;
     c->cur_inserts = c->resume_skip = 0;
     c->skip_cur = 0;
@@ -1949,7 +2245,7 @@ int walq_consumer_run(walq_consumer *c)
         rc = setup(c);
         if (rc == 0)
             rc = loop(c);
-        if (rc != WALQ_ESLOT || !c->slot_gone || c->stop_req)
+        if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced) || c->stop_req)
             break;
         /* Everything recorded is safe in the table; the rest comes back. */
         reset_memory(c);

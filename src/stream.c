@@ -1,4 +1,6 @@
 /* Replication connection, slot commands and the streaming exchange. */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,14 +89,47 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
 int walq__stream_create_slot(walq__stream *s, const char *slot, uint64_t *consistent,
                              char *snapshot, size_t snaplen)
 {
+    return walq__stream_create_slot_waiting(s, slot, consistent, snapshot, snaplen, NULL, NULL);
+}
+
+/* The command's last result, with tick called every second while it runs. */
+static PGresult *exec_ticking(PGconn *conn, const char *sql, void (*tick)(void *), void *arg)
+{
+    PGresult *res, *last = NULL;
+
+    if (tick == NULL || !PQsendQuery(conn, sql))
+        return tick == NULL ? PQexec(conn, sql) : NULL;
+    while (PQisBusy(conn)) {
+        struct pollfd p = {.fd = PQsocket(conn), .events = POLLIN};
+        int n = poll(&p, 1, 1000);
+
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n == 0)
+            tick(arg);
+        else if (n > 0 && !PQconsumeInput(conn))
+            break;
+    }
+    while ((res = PQgetResult(conn)) != NULL) {
+        PQclear(last);
+        last = res;
+    }
+    return last;
+}
+
+int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, uint64_t *consistent,
+                                     char *snapshot, size_t snaplen, void (*tick)(void *),
+                                     void *arg)
+{
     char sql[160];
     PGresult *res;
     int rc;
 
     snprintf(sql, sizeof(sql),
              "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"wal2json\" EXPORT_SNAPSHOT", slot);
-    res = PQexec(s->conn, sql);
+    res = exec_ticking(s->conn, sql, tick, arg);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
+
         rc = explain_slot_failure(s, res, "create", slot);
         PQclear(res);
         return rc;

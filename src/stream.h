@@ -28,7 +28,17 @@ int walq__stream_connect(walq__stream *s, const char *conninfo, const char *appn
 int walq__stream_create_slot(walq__stream *s, const char *slot, uint64_t *consistent,
                              char *snapshot, size_t snaplen);
 
+/*
+ * The same, calling tick(arg) every second while the server works on it: a
+ * standby waits for the primary to log its running transactions, which
+ * tick can ask for.
+ */
+int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, uint64_t *consistent,
+                                     char *snapshot, size_t snaplen, void (*tick)(void *),
+                                     void *arg);
+
 int walq__stream_drop_slot(walq__stream *s, const char *slot);
+
 
 /*
  * Starts streaming the slot from lsn with the plugin options (pairs of

@@ -446,6 +446,9 @@ static void consume_help(void)
            "Options:\n"
            "  --group NAME            consumer group: lower-case letters, digits, _\n"
            "  --queue NAME            a queue to read (repeatable)\n"
+           "  --partition K/N         read partition K (0..N-1) of a group split over N\n"
+           "                          readers, with its own slot walq_G_KofN; job j is in\n"
+           "                          partition walq.partition_of(j, N)\n"
            "  --concurrency N         handlers running at once (default 1)\n"
            "  --drain                 exit once the jobs committed before the start are done\n"
            "  --noop                  record every job done without running anything\n"
@@ -467,8 +470,9 @@ static void consume_help(void)
            "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
            "  --dbname CONNINFO       both of the above\n"
            "  --verbose, --quiet      more or less logging\n\n"
-           "SIGTERM or SIGINT finishes the running jobs, records them and exits 0; a second\n"
-           "signal exits at once.\n",
+           "A second consume of the same group (and partition) stands by while the first\n"
+           "runs and takes over when it stops.  SIGTERM or SIGINT finishes the running\n"
+           "jobs, records them and exits 0; a second signal exits at once.\n",
            progname, progname, progname, progname);
 }
 
@@ -495,11 +499,13 @@ static int cmd_consume(int argc, char **argv)
         O_QUIET,
         O_ACKDELAY,
         O_COPROC,
-        O_COPROC_INFLIGHT
+        O_COPROC_INFLIGHT,
+        O_PARTITION
     };
     static const struct option longopts[] = {
         {"group", required_argument, NULL, O_GROUP},
         {"queue", required_argument, NULL, O_QUEUE},
+        {"partition", required_argument, NULL, O_PARTITION},
         {"concurrency", required_argument, NULL, O_CONC},
         {"drain", no_argument, NULL, O_DRAIN},
         {"noop", no_argument, NULL, O_NOOP},
@@ -544,6 +550,16 @@ static int cmd_consume(int argc, char **argv)
         case O_QUEUE:
             queues[nqueues++] = optarg;
             break;
+        case O_PARTITION: {
+            char extra;
+
+            if (sscanf(optarg, "%d/%d%c", &opts.partition, &opts.partitions, &extra) != 2 ||
+                opts.partitions < 1 || opts.partitions > 1024 || opts.partition < 0 ||
+                opts.partition >= opts.partitions)
+                bad = "--partition takes K/N, with N from 1 to 1024 and K from 0 to N-1";
+            break;
+        }
+
         case O_CONC:
             if (parse_int(optarg, 1, 4096, &opts.concurrency))
                 bad = "--concurrency takes a whole number from 1 to 4096";
@@ -734,10 +750,12 @@ static int cmd_status(int argc, char **argv)
             break;
         case 'h':
             printf("Usage: %s status [--dbname CONNINFO] [--source CONNINFO] [--group NAME]\n\n"
-                   "Shows every consumer group: its slot and the process holding it, how far\n"
-                   "the slot lags behind the server's WAL (bytes), the group's cursor, and its\n"
-                   "jobs by status.  --source names the server with the slots when it is not\n"
-                   "the primary.\n",
+                   "Shows every reader of every consumer group (one per partition): its slot,\n"
+                   "the walq process holding it (host and pid) and the walsender serving it on\n"
+                   "the source, how far the slot lags behind the server's WAL (bytes), the\n"
+                   "cursor, and the reader's jobs by status.  --source names the server with\n"
+                   "the slots when it is not the primary.\n",
+
                    progname);
             return 0;
         default:
@@ -754,18 +772,25 @@ static int cmd_status(int argc, char **argv)
         const char *params[1] = {group};
 
         rc = walq__query(conn, &res, "read the consumer groups",
-                         "SELECT g.name, g.slot_name, array_to_string(g.queues, ','),"
-                         "       g.cursor_lsn::text,"
+                         "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','),"
+                         "       r.cursor_lsn::text,"
                          "       count(*) FILTER (WHERE s.status = 'queued'),"
                          "       count(*) FILTER (WHERE s.status = 'running'),"
                          "       count(*) FILTER (WHERE s.status = 'scheduled'),"
                          "       count(*) FILTER (WHERE s.status = 'done'),"
                          "       count(*) FILTER (WHERE s.status = 'dead'),"
-                         "       count(*) FILTER (WHERE s.status = 'cancelled')"
-                         "  FROM walq.groups g"
-                         "  LEFT JOIN walq.job_status s ON s.consumer_group = g.name"
-                         " WHERE $1::text IS NULL OR g.name = $1"
-                         " GROUP BY g.name ORDER BY g.name",
+                         "       count(*) FILTER (WHERE s.status = 'cancelled'),"
+                         "       CASE WHEN r.partitions = 1 THEN '-'"
+                         "            ELSE r.partition || '/' || r.partitions END,"
+                         "       CASE WHEN walq.reader_lock_pid(r.slot_name) IS NULL THEN '-'"
+                         "            ELSE coalesce(r.holder, '?') END"
+                         "  FROM walq.readers r"
+                         "  LEFT JOIN walq.job_status s ON s.consumer_group = r.group_name"
+                         "   AND (r.partitions = 1"
+                         "        OR walq.partition_of(s.job_id, r.partitions) = r.partition)"
+                         " WHERE $1::text IS NULL OR r.group_name = $1"
+                         " GROUP BY r.group_name, r.partition, r.slot_name"
+                         " ORDER BY r.group_name, r.partition",
                          1, params);
     }
     if (rc != 0) {
@@ -777,9 +802,9 @@ static int cmd_status(int argc, char **argv)
             PQfinish(conn);
         return 1;
     }
-    printf("%-20s %-26s %-8s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", "group", "slot", "active",
-           "lag_bytes", "cursor", "queued", "running", "scheduled", "done", "dead", "cancelled",
-           "queues");
+    printf("%-20s %-9s %-26s %-24s %-9s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", "group",
+           "partition", "slot", "held_by", "walsender", "lag_bytes", "cursor", "queued", "running",
+           "scheduled", "done", "dead", "cancelled", "queues");
     for (int i = 0; i < PQntuples(res); i++) {
         const char *params[1] = {PQgetvalue(res, i, 1)};
         PGresult *sres = NULL;
@@ -800,8 +825,9 @@ static int cmd_status(int argc, char **argv)
             }
             PQclear(sres);
         }
-        printf("%-20s %-26s %-8s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", PQgetvalue(res, i, 0),
-               PQgetvalue(res, i, 1), active, lag, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+        printf("%-20s %-9s %-26s %-24s %-9s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n",
+               PQgetvalue(res, i, 0), PQgetvalue(res, i, 10), PQgetvalue(res, i, 1),
+               PQgetvalue(res, i, 11), active, lag, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
                PQgetvalue(res, i, 5), PQgetvalue(res, i, 6), PQgetvalue(res, i, 7),
                PQgetvalue(res, i, 8), PQgetvalue(res, i, 9), PQgetvalue(res, i, 2));
     }

@@ -37,7 +37,7 @@ assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'bf'
     "job_status: nothing of other queues"
 assert_eq "$(q "SELECT slot_name || ' ' || plugin FROM pg_replication_slots WHERE slot_name = 'walq_bf'")" \
     "walq_bf wal2json" "the group's slot is walq_bf, on wal2json"
-assert_eq "$(q "SELECT slot_name FROM walq.groups WHERE name = 'bf'")" walq_bf "walq.groups names the slot"
+assert_eq "$(q "SELECT slot_name FROM walq.readers WHERE group_name = 'bf'")" walq_bf "walq.readers names the slot"
 
 # Another drain with nothing new runs nothing.
 walq_timeout 30 consume --group bf --queue emails --drain -- "$h"

@@ -61,8 +61,8 @@ observe() {
               coalesce(c.n = (SELECT count(*) FROM x)
                        AND s.confirmed_flush_lsn >= c.commit_end, false),
               coalesce(c.n = (SELECT count(*) FROM x) AND g.cursor_lsn >= c.commit_end, false)
-         FROM c, pg_replication_slots s, walq.groups g
-        WHERE s.slot_name = 'walq_dl' AND g.name = 'dl'"
+         FROM c, pg_replication_slots s, walq.readers g
+        WHERE s.slot_name = 'walq_dl' AND g.group_name = 'dl'"
 }
 
 # wait_slot_past: polls observe until the slot is past the jobs; OBS holds

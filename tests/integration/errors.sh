@@ -87,16 +87,7 @@ for bad in Upper with-dash 'sp ace' 'dot.ted' "$(printf 'x%.0s' $(seq 1 59))" ''
 done
 assert_eq "$(q "SELECT count(*) FROM pg_replication_slots")" 0 "no slot was created for a bad name"
 
-# A group held by a running consumer.
-bg "$WALQ_BIN" consume --group held --queue q -- "$true_handler"
-holder=$BG_PID
-wait_for "slot_active walq_held" 20 "the first consumer to hold walq_held"
-expect_error 1 '(held|active|in use|another)' "a second consumer of the same group" \
-    "$WALQ_BIN" consume --group held --queue q --drain -- "$true_handler"
-kill -0 "$holder" || fail "the first consumer died"
-kill -TERM "$holder"
-bg_wait "$holder" 20
-assert_eq "$BG_RC" 0 "the first consumer exits 0 on SIGTERM"
+# (A second consumer of a running group stands by: tests/integration/ha.sh.)
 
 # wal2json missing: the server looks up output plugins along
 # dynamic_library_path, so an empty directory there hides it.

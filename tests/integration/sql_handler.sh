@@ -119,7 +119,9 @@ bg_wait "$producer" 60
 # And once more, at a moment known to be inside an ack transaction: the
 # handler's INSERT waits for a lock on results held by another session when
 # the consumer is killed.  The transaction is rolled back, the statement's
-# row with it.
+# row with it.  (The consumer must be past its set-up first: preparing the
+# statement would wait for the lock too.)
+wait_for "slot_active walq_$GROUP" 30 "the consumer to stream"
 PGAPPNAME=locker bg "$PGTEST_BINDIR/psql" -X -q -c \
     "BEGIN; LOCK TABLE results IN SHARE MODE; SELECT pg_sleep(120)" >/dev/null 2>&1
 locker=$BG_PID

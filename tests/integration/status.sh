@@ -22,7 +22,7 @@ walq_timeout 60 consume --group sg --queue st --concurrency 2 --backoff-min 0.01
 assert_eq "$(q "SELECT string_agg(status || ':' || n, ',' ORDER BY status)
                  FROM (SELECT status, count(*) n FROM walq.outcomes WHERE group_name = 'sg' GROUP BY 1) s")" \
     "dead:25,done:25" "25 done and 25 dead (max_attempts 1)"
-assert_eq "$(q "SELECT cursor_lsn > '0/0' FROM walq.groups WHERE name = 'sg'")" t "the group's cursor moved"
+assert_eq "$(q "SELECT cursor_lsn > '0/0' FROM walq.readers WHERE group_name = 'sg'")" t "the group's cursor moved"
 
 # A second group that has seen nothing yet, and a backlog for both.
 walq_timeout 60 consume --group other --queue elsewhere --drain --noop
@@ -40,7 +40,7 @@ col() {
 }
 assert_eq "$(col sg slot)" walq_sg "walq status: group sg, slot walq_sg"
 assert_eq "$(col other slot)" walq_other "walq status: group other, slot walq_other"
-cursor=$(q "SELECT cursor_lsn FROM walq.groups WHERE name = 'sg'")
+cursor=$(q "SELECT cursor_lsn FROM walq.readers WHERE group_name = 'sg'")
 assert_eq "$(col sg cursor)" "$cursor" "walq status: the cursor of sg"
 lag=$(col sg lag_bytes)
 assert_match "$lag" '^[0-9]+$' "walq status: lag in bytes ($lag)"

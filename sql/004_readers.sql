@@ -1,0 +1,68 @@
+-- Readers: a group is read by one process per partition, each with its own
+-- slot and cursor.  A group that is not partitioned has one reader,
+-- partition 0 of 1.  The group keeps what its readers share (the name the
+-- outcomes are recorded under, the queues); the reader keeps where it is.
+
+CREATE TABLE walq.readers (
+    group_name  text        NOT NULL REFERENCES walq.groups (name) ON DELETE CASCADE,
+    partition   integer     NOT NULL,
+    partitions  integer     NOT NULL,
+    slot_name   text        NOT NULL UNIQUE,
+    -- The queues the reader's slot was synchronized for.
+    queues      text[]      NOT NULL,
+    -- End LSN of the last transaction all of whose jobs (of this partition)
+    -- have an outcome.  An LSN of the source server.
+    cursor_lsn  pg_lsn      NOT NULL DEFAULT '0/0',
+    -- Consistent point of the slot the reader last synchronized from.
+    sync_lsn    pg_lsn,
+    -- Bumped by every process that takes the reader over, so that one that
+    -- lost it (to a network partition, say) can tell on its return.
+    epoch       bigint      NOT NULL DEFAULT 0,
+    -- The process that took the reader last: "host pid N".
+    holder      text,
+    held_since  timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_name, partition),
+    CHECK (partitions BETWEEN 1 AND 1024 AND partition >= 0 AND partition < partitions)
+);
+
+INSERT INTO walq.readers (group_name, partition, partitions, slot_name, queues, cursor_lsn,
+                          sync_lsn)
+SELECT name, 0, 1, slot_name, queues, cursor_lsn, sync_lsn FROM walq.groups;
+
+ALTER TABLE walq.groups DROP COLUMN slot_name, DROP COLUMN cursor_lsn, DROP COLUMN sync_lsn;
+ALTER TABLE walq.groups ADD CHECK (partitions BETWEEN 1 AND 1024);
+
+COMMENT ON TABLE walq.readers IS
+    'One row per reader of a consumer group (one per partition): its slot and cursor.';
+
+-- The partition of a job in a group split over `partitions` readers.  The
+-- consumer computes the same in C (PostgreSQL's hashint8, taken unsigned).
+CREATE FUNCTION walq.partition_of(job_id bigint, partitions integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT ((hashint8(job_id)::bigint & 4294967295) % partitions)::integer
+$$;
+
+-- Each reader is held by one process at a time: the one whose session holds
+-- this advisory lock (the key is the reader's slot name).  A consumer that
+-- dies loses its session and with it the lock, which a waiting consumer of
+-- the same reader then takes.
+CREATE FUNCTION walq.lock_reader(slot_name text)
+RETURNS boolean
+LANGUAGE sql VOLATILE STRICT AS $$
+    SELECT pg_try_advisory_lock(2037741434, hashtext(slot_name))
+$$;
+
+-- The backend holding a reader, or NULL when no process holds it.
+CREATE FUNCTION walq.reader_lock_pid(slot_name text)
+RETURNS integer
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT l.pid FROM pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+       AND l.classid = 2037741434::bigint::oid
+       AND l.objid = (hashtext(slot_name)::bigint & 4294967295)::oid
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+     LIMIT 1
+$$;
