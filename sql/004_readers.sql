@@ -15,6 +15,10 @@ CREATE TABLE walq.readers (
     cursor_lsn  pg_lsn      NOT NULL DEFAULT '0/0',
     -- Consistent point of the slot the reader last synchronized from.
     sync_lsn    pg_lsn,
+    -- System identifier of the source server the LSNs above belong to: a
+    -- logical subscriber has LSNs of its own, so a reader moved to another
+    -- source starts its cursor afresh.
+    source_id   text,
     -- Bumped by every process that takes the reader over, so that one that
     -- lost it (to a network partition, say) can tell on its return.
     epoch       bigint      NOT NULL DEFAULT 0,

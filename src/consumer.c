@@ -1760,6 +1760,8 @@ static int retire_other_readers(walq_consumer *c, const char *np)
 typedef struct reader_state {
     uint64_t cursor, sync_lsn;
     int queues_changed;
+    int source_changed; /* the cursor was of another source's WAL: reset */
+    char source_id[32]; /* the source's system identifier */
 } reader_state;
 
 /*
@@ -1809,15 +1811,26 @@ static int register_reader(walq_consumer *c, reader_state *rs)
         res = NULL;
     }
     if (rc == 0) {
-        const char *params[3] = {c->slot, holder, queues.data};
+        const char *params[4] = {c->slot, holder, queues.data, rs->source_id};
 
+        /*
+         * A cursor is a position in the source's WAL.  Another source (a
+         * subscriber instead of the primary, say) has other positions: the
+         * reader starts from nothing there, and resynchronizes.
+         */
         rc = walq__query(c->pconn, &res, "take the reader over",
-                         "UPDATE walq.readers SET epoch = epoch + 1, holder = $2,"
-                         "       held_since = now(), updated_at = now()"
-                         " WHERE slot_name = $1"
+                         "WITH old AS (SELECT source_id FROM walq.readers WHERE slot_name = $1)"
+                         " UPDATE walq.readers r SET epoch = epoch + 1, holder = $2,"
+                         "       held_since = now(), updated_at = now(), source_id = $4,"
+                         "       cursor_lsn = CASE WHEN old.source_id <> $4 THEN '0/0'"
+                         "                         ELSE cursor_lsn END,"
+                         "       sync_lsn = CASE WHEN old.source_id <> $4 THEN NULL"
+                         "                       ELSE sync_lsn END"
+                         "  FROM old WHERE r.slot_name = $1"
                          " RETURNING epoch, cursor_lsn::text, coalesce(sync_lsn::text, ''),"
-                         "           NOT (queues @> $3::text[] AND queues <@ $3::text[])",
-                         3, params);
+                         "           NOT (queues @> $3::text[] AND queues <@ $3::text[]),"
+                         "           coalesce(old.source_id <> $4, false)",
+                         4, params);
     }
     if (rc == 0 && PQntuples(res) != 1)
         rc = walq__error(WALQ_ESERVER, NULL, "reader with slot \"%s\" is missing", c->slot);
@@ -1827,6 +1840,7 @@ static int register_reader(walq_consumer *c, reader_state *rs)
         if (walq__lsn_parse(PQgetvalue(res, 0, 2), &rs->sync_lsn) != 0)
             rs->sync_lsn = UINT64_MAX;
         rs->queues_changed = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+        rs->source_changed = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
         rc = walq__exec(c->pconn, "commit the reader", "COMMIT");
     }
     PQclear(res);
@@ -1906,6 +1920,15 @@ static int setup(walq_consumer *c)
         rc = walq__connect(&c->sconn, c->source, WALQ__CONN_SQL, "walq consume");
     if (rc == 0)
         rc = check_source(c);
+    if (rc == 0) {
+        rc = walq__query(c->sconn, &res, "identify the source",
+                         "SELECT system_identifier::text FROM pg_control_system()", 0, NULL);
+        if (rc == 0) {
+            snprintf(rs.source_id, sizeof(rs.source_id), "%s", PQgetvalue(res, 0, 0));
+            PQclear(res);
+            res = NULL;
+        }
+    }
     if (rc == 0)
         rc = take_reader(c, &rs);
     if (rc == 0 && !c->stop_req)
@@ -1934,6 +1957,13 @@ static int setup(walq_consumer *c)
                        c->slot);
         else if (synced && rs.queues_changed)
             walq__info(&c->log, "queues changed; resynchronizing the group from walq.jobs");
+        else if (rs.source_changed)
+            walq__warn(&c->log,
+                       "the reader was last read from another source server; resynchronizing "
+                       "the group from walq.jobs (a slot \"%s\" left on the old source holds WAL "
+                       "there until it is dropped)",
+                       c->slot);
+
         rc = resync(c, &si, rs.cursor);
     } else {
         c->last_end = c->recv_lsn = rs.cursor > si.confirmed ? rs.cursor : si.confirmed;

@@ -9,6 +9,11 @@ packages=(
     libpq-dev libjson-c-dev check
     postgresql-15 postgresql-15-wal2json postgresql-client-15 python3
     procps util-linux coreutils iproute2
+    # Compares the audit trail with pg_recvlogical's output (tests/integration/audit.sh).
+    jq
+    # Validates docker-compose.yml (tests/integration/compose_config.sh);
+    # without its recommends, so no Docker engine comes with it.
+    docker-compose
 )
 
 missing=()

@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "cli/job.h"
+#include "cli/replica.h"
 #include "db.h"
 #include "lsn.h"
 #include "walq.h"
@@ -851,7 +852,8 @@ static void help(void)
            "  publish    publish jobs to a queue\n"
            "  consume    run a handler for every job of some queues\n"
            "  status     show consumer groups, their lag and job counts\n"
-           "  job        show, list, retry or cancel jobs\n\n"
+           "  job        show, list, retry or cancel jobs\n"
+           "  replica    set up or tear down a subscriber to read the jobs from\n\n"
            "\"%s COMMAND --help\" describes each command.  Connections come from the libpq\n"
            "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n",
            WALQ_VERSION_STRING, progname, progname);
@@ -887,6 +889,8 @@ int main(int argc, char **argv)
         return cmd_status(argc, argv);
     if (strcmp(cmd, "job") == 0)
         return walq__cli_job(argc, argv);
+    if (strcmp(cmd, "replica") == 0)
+        return walq__cli_replica(argc, argv);
     usage_error("unknown command \"%s\"", cmd);
     return EXIT_USAGE;
 }

@@ -20,6 +20,24 @@
 #
 # When the script runs as root the server runs as the `postgres` user, since
 # PostgreSQL refuses to run as root.
+#
+# More servers, for topologies of two (a primary and a replica):
+#
+#   PGTEST_CONN                            the first server's connection string
+#   pg_start_extra NAME [conf lines...]    another server, set up as pg_start's,
+#                                          in its own directory on its own port;
+#                                          PGHOST etc. still name the first one
+#   PGTEST_CONN_<NAME>, PGTEST_DIR_<NAME>  its connection string and directory,
+#                                          NAME in capitals (replica: _REPLICA)
+#   pg_psql_on NAME ARGS... / q_on NAME SQL    pg_psql / q against it
+#   pg_stop_extra NAME                     fast stop (cleanup removes it anyway)
+#   pg_start_standby NAME [conf lines...]  a hot standby of the first server
+#                                          (pg_basebackup, physical slot NAME)
+#
+# A connection string is "host=DIR port=P user=postgres dbname=postgres": a
+# unix socket only.  NAME is [a-z0-9_]+.  Extra servers are stopped and
+# removed by the same cleanup as the first, and by the watchdog when the
+# script is killed outright.
 
 set -Eeuo pipefail
 
@@ -30,6 +48,8 @@ TEST_NAME=${TEST_NAME:-$(basename "$0" .sh)}
 
 PGTEST_DIR=""        # the server's directory: data/, socket, server.log
 PGTEST_DATA=""
+PGTEST_CONN=""       # its connection string
+declare -gA PGTEST_EXTRA=() # the extra servers: NAME -> directory
 PGTEST_PIDS=()       # background processes still to be waited for
 PGTEST_SESSIONS=()   # their sessions: whatever is left in them dies at exit
 PGTEST_FAILED=0
@@ -48,8 +68,15 @@ _pgtest_is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # Runs a server binary as the user that owns the cluster.
 _pg_as() {
+    _pg_as_in "$PGTEST_DIR" "$@"
+}
+
+# _pg_as_in DIR CMD...: the same for the server in DIR.
+_pg_as_in() {
+    local dir=$1
+    shift
     if _pgtest_is_root; then
-        (cd "$PGTEST_DIR" && runuser -u postgres -- "$@")
+        (cd "$dir" && runuser -u postgres -- "$@")
     else
         "$@"
     fi
@@ -172,27 +199,25 @@ _pgtest_free_port() {
     echo $((20000 + RANDOM % 40000))
 }
 
-# shellcheck disable=SC2120  # the settings are optional
-pg_start() {
-    [ -z "$PGTEST_DIR" ] || fail "pg_start: a server is already running in $PGTEST_DIR"
-    PGTEST_DIR=$(mktemp -d /tmp/walq-pg.XXXXXX)
-    chmod 0755 "$PGTEST_DIR"
-    PGTEST_DATA=$PGTEST_DIR/data
+# _pgtest_initdb DIR PORT [conf lines...]: a new cluster in DIR/data with
+# the settings every server of the tests has.
+_pgtest_initdb() {
+    local dir=$1 port=$2
+    shift 2
+    chmod 0755 "$dir"
     if _pgtest_is_root; then
-        chown postgres:postgres "$PGTEST_DIR"
+        chown postgres:postgres "$dir"
     fi
-    if ! _pg_as "$PGTEST_BINDIR/initdb" -D "$PGTEST_DATA" -A trust -U postgres --no-sync \
-        --locale=C -E UTF8 >"$PGTEST_DIR/initdb.log" 2>&1; then
-        cat "$PGTEST_DIR/initdb.log" >&2
+    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/initdb" -D "$dir/data" -A trust -U postgres --no-sync \
+        --locale=C -E UTF8 >"$dir/initdb.log" 2>&1; then
+        cat "$dir/initdb.log" >&2
         fail "initdb failed"
     fi
-    local port
-    port=$(_pgtest_free_port)
-    cat >>"$PGTEST_DATA/postgresql.conf" <<EOF
+    cat >>"$dir/data/postgresql.conf" <<EOF
 
 # pgtest.sh
 listen_addresses = ''
-unix_socket_directories = '$PGTEST_DIR'
+unix_socket_directories = '$dir'
 port = $port
 wal_level = logical
 max_replication_slots = 20
@@ -206,19 +231,120 @@ log_min_duration_statement = -1
 log_line_prefix = '%m [%p] %q%a '
 EOF
     if [ $# -gt 0 ]; then
-        printf '%s\n' "$@" >>"$PGTEST_DATA/postgresql.conf"
+        printf '%s\n' "$@" >>"$dir/data/postgresql.conf"
     fi
+}
+
+# shellcheck disable=SC2120  # the settings are optional
+pg_start() {
+    [ -z "$PGTEST_DIR" ] || fail "pg_start: a server is already running in $PGTEST_DIR"
+    PGTEST_DIR=$(mktemp -d /tmp/walq-pg.XXXXXX)
+    PGTEST_DATA=$PGTEST_DIR/data
+    local port
+    port=$(_pgtest_free_port)
+    _pgtest_initdb "$PGTEST_DIR" "$port" "$@"
     export PGHOST=$PGTEST_DIR PGPORT=$port PGUSER=postgres PGDATABASE=postgres
     unset PGSERVICE PGPASSWORD PGOPTIONS PGHOSTADDR 2>/dev/null || true
-    _pgtest_watchdog
+    PGTEST_CONN="host=$PGTEST_DIR port=$port user=postgres dbname=postgres"
+    _pgtest_watchdog "$PGTEST_DIR"
     _pg_ctl_start
+}
+
+# pg_start_extra NAME [postgresql.conf lines...]: another server beside the
+# first.  Sets PGTEST_CONN_<NAME> and PGTEST_DIR_<NAME>; PGHOST and the rest
+# stay on the first server.
+pg_start_extra() {
+    local name=${1:-} dir port var
+    [[ $name =~ ^[a-z0-9_]+$ ]] ||
+        fail "pg_start_extra: invalid server name \"$name\" (use [a-z0-9_]+)"
+    shift
+    [ -z "${PGTEST_EXTRA[$name]:-}" ] || fail "pg_start_extra: server \"$name\" already exists"
+    dir=$(mktemp -d "/tmp/walq-pg-$name.XXXXXX")
+    PGTEST_EXTRA[$name]=$dir
+    port=$(_pgtest_free_port)
+    _pgtest_initdb "$dir" "$port" "$@"
+    var=${name^^}
+    printf -v "PGTEST_CONN_$var" '%s' "host=$dir port=$port user=postgres dbname=postgres"
+    printf -v "PGTEST_DIR_$var" '%s' "$dir"
+    _pgtest_watchdog "$dir"
+    _pg_ctl_start_in "$dir"
+}
+
+# pg_start_standby NAME [postgresql.conf lines...]: a hot standby of the
+# first server, cloned with pg_basebackup and streaming from it through a
+# physical slot called NAME, with hot_standby_feedback on.  Sets the same
+# variables as pg_start_extra.
+pg_start_standby() {
+    local name=${1:-} dir port var
+    [[ $name =~ ^[a-z0-9_]+$ ]] ||
+        fail "pg_start_standby: invalid server name \"$name\" (use [a-z0-9_]+)"
+    shift
+    [ -z "${PGTEST_EXTRA[$name]:-}" ] || fail "pg_start_standby: server \"$name\" already exists"
+    dir=$(mktemp -d "/tmp/walq-pg-$name.XXXXXX")
+    chmod 0755 "$dir"
+    if _pgtest_is_root; then
+        chown postgres:postgres "$dir"
+    fi
+    PGTEST_EXTRA[$name]=$dir
+    port=$(_pgtest_free_port)
+    q "SELECT pg_create_physical_replication_slot('$name')" >/dev/null
+    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/pg_basebackup" -D "$dir/data" -R -S "$name" -X stream \
+        -h "$PGTEST_DIR" -p "$PGPORT" -U postgres >"$dir/basebackup.log" 2>&1; then
+        cat "$dir/basebackup.log" >&2
+        fail "pg_basebackup failed"
+    fi
+    cat >>"$dir/data/postgresql.conf" <<EOF
+
+# pgtest.sh: a hot standby of $PGTEST_DIR
+unix_socket_directories = '$dir'
+port = $port
+hot_standby = on
+hot_standby_feedback = on
+EOF
+    if [ $# -gt 0 ]; then
+        printf '%s\n' "$@" >>"$dir/data/postgresql.conf"
+    fi
+    var=${name^^}
+    printf -v "PGTEST_CONN_$var" '%s' "host=$dir port=$port user=postgres dbname=postgres"
+    printf -v "PGTEST_DIR_$var" '%s' "$dir"
+    _pgtest_watchdog "$dir"
+    _pg_ctl_start_in "$dir"
+}
+
+# The directory of the extra server NAME, in _PGTEST_XDIR (not printed: a
+# failure in a command substitution would not end the test).
+_pgtest_extra() {
+    _PGTEST_XDIR=${PGTEST_EXTRA[${1:-}]:-}
+    [ -n "$_PGTEST_XDIR" ] || fail "no extra server named \"${1:-}\" (start it with pg_start_extra)"
+}
+
+pg_stop_extra() {
+    _pgtest_extra "$1"
+    _pg_as_in "$_PGTEST_XDIR" "$PGTEST_BINDIR/pg_ctl" -D "$_PGTEST_XDIR/data" -m fast -w -t 60 \
+        stop >/dev/null
+}
+
+# pg_psql_on NAME ARGS...: pg_psql against the extra server NAME.
+pg_psql_on() {
+    local var
+    _pgtest_extra "$1"
+    var=PGTEST_CONN_${1^^}
+    shift
+    pg_psql -d "${!var}" "$@"
+}
+
+# q_on NAME SQL: q against the extra server NAME.
+q_on() {
+    pg_psql_on "$1" -c "$2"
 }
 
 # If this script is killed outright (kill -9, a test runner's timeout), its
 # EXIT trap never runs.  A watchdog outside its process tree then stops the
-# server, kills what `bg` started and removes the directories.
+# server in DIR, kills what `bg` started and removes the directories.  Each
+# server has its own watchdog; what they share they may both do.
+# _pgtest_watchdog DIR
 _pgtest_watchdog() {
-    local as=""
+    local dir=$1 as=""
     _pgtest_is_root && as="runuser -u postgres --"
     (
         # shellcheck disable=SC2016  # expanded by the watchdog's own shell
@@ -234,7 +360,7 @@ _pgtest_watchdog() {
                 cd "$dir" && $as "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop
             fi
             [ "$keep" = 1 ] || rm -rf "$dir" "$work"
-        ' pgtest-watchdog "$$" "$PGTEST_DIR" "$WORK" "$PGTEST_BINDIR" "${PGTEST_KEEP:-0}" "$as" \
+        ' pgtest-watchdog "$$" "$dir" "$WORK" "$PGTEST_BINDIR" "${PGTEST_KEEP:-0}" "$as" \
             </dev/null >/dev/null 2>&1 &
     )
 }
@@ -245,9 +371,14 @@ pg_conf() {
 }
 
 _pg_ctl_start() {
-    if ! _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -l "$PGTEST_DIR/server.log" \
+    _pg_ctl_start_in "$PGTEST_DIR"
+}
+
+_pg_ctl_start_in() {
+    local dir=$1
+    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" \
         -w -t 60 start >/dev/null; then
-        tail -n 30 "$PGTEST_DIR/server.log" >&2 || true
+        tail -n 30 "$dir/server.log" >&2 || true
         fail "the server did not start"
     fi
 }
@@ -279,7 +410,7 @@ q() {
 }
 
 _pgtest_cleanup() {
-    local rc=$?
+    local rc=$? name dir
     set +e
     trap - ERR
     if [ "$rc" -ne 0 ]; then
@@ -288,6 +419,12 @@ _pgtest_cleanup() {
             echo "--- last lines of the server log ---" >&2
             tail -n 40 "$PGTEST_DIR/server.log" >&2
         fi
+        for name in "${!PGTEST_EXTRA[@]}"; do
+            if [ -f "${PGTEST_EXTRA[$name]}/server.log" ]; then
+                echo "--- last lines of the log of server \"$name\" ---" >&2
+                tail -n 40 "${PGTEST_EXTRA[$name]}/server.log" >&2
+            fi
+        done
     fi
     # Handlers may sit in process groups of their own; the session holds
     # them all.  (stderr is closed here so that bash's "Killed" notices stay
@@ -301,11 +438,21 @@ _pgtest_cleanup() {
         if [ -n "$PGTEST_DATA" ] && [ -f "$PGTEST_DATA/postmaster.pid" ]; then
             _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 30 stop >/dev/null
         fi
+        for name in "${!PGTEST_EXTRA[@]}"; do
+            dir=${PGTEST_EXTRA[$name]}
+            if [ -f "$dir/data/postmaster.pid" ]; then
+                _pg_as_in "$dir" "$PGTEST_BINDIR/pg_ctl" -D "$dir/data" -m immediate -w -t 30 \
+                    stop >/dev/null
+            fi
+        done
     } 2>/dev/null
     if [ "${PGTEST_KEEP:-0}" = 1 ]; then
-        echo "kept: $WORK ${PGTEST_DIR}" >&2
+        echo "kept: $WORK ${PGTEST_DIR} ${PGTEST_EXTRA[*]}" >&2
     else
         [ -z "$PGTEST_DIR" ] || rm -rf "$PGTEST_DIR"
+        for name in "${!PGTEST_EXTRA[@]}"; do
+            rm -rf "${PGTEST_EXTRA[$name]}"
+        done
         rm -rf "$WORK"
     fi
     exit "$rc"
