@@ -1,4 +1,6 @@
 /* Batched outcome writes. */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,13 +91,12 @@ static const char *status_name(walq__status st)
     return "queued";
 }
 
-int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor)
+/* Builds the batch's parameters; *sql is the statement to run them with. */
+static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
+                 const char *params[9], const char **sql)
 {
     walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
-    char cursor_text[WALQ__LSN_BUFSZ], lsn[WALQ__LSN_BUFSZ];
-    const char *params[9];
-    PGresult *res;
+    char lsn[WALQ__LSN_BUFSZ];
     int rc = 0, dedup = 0;
 
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++) {
@@ -126,14 +127,115 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
     params[0] = group;
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         params[i + 1] = arrays[i]->data;
-    params[7] = walq__lsn_format(cursor, cursor_text);
+    params[7] = walq__lsn_format(cursor, a->cursor_text);
     params[8] = slot;
-    rc = walq__query(primary, &res, "record outcomes", dedup ? ack_dedup_sql : ack_sql, 9, params);
+    *sql = dedup ? ack_dedup_sql : ack_sql;
+    return 0;
+}
 
+int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
+                    uint64_t cursor)
+{
+    const char *params[9], *sql;
+    PGresult *res;
+    int rc = build(a, group, slot, cursor, params, &sql);
+
+    if (rc == 0)
+        rc = walq__query(primary, &res, "record outcomes", sql, 9, params);
     if (rc != 0)
         return rc;
     PQclear(res);
     return 0;
+}
+
+int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
+                   uint64_t cursor)
+{
+    const char *params[9], *sql;
+    walq__job **jobs;
+    size_t cap;
+    int rc = build(a, group, slot, cursor, params, &sql);
+
+    if (rc != 0)
+        return rc;
+    if (!PQsendQueryParams(primary, sql, 9, NULL, params, NULL, NULL, 0)) {
+        char msg[512];
+
+        return walq__error(walq__conn_failed(primary, NULL) ? WALQ_ECONN : WALQ_EQUERY, NULL,
+                           "could not send outcomes: %s",
+                           walq__pg_message(primary, NULL, msg, sizeof(msg)));
+    }
+    /* The batch is on its way; the next one gathers in the other array. */
+    for (size_t i = 0; i < a->n; i++)
+        a->jobs[i]->pending_idx = -1;
+    jobs = a->sent;
+    cap = a->sentcap;
+    a->sent = a->jobs;
+    a->sentcap = a->cap;
+    a->nsent = a->n;
+    a->jobs = jobs;
+    a->cap = cap;
+    a->n = 0;
+    a->sent_cursor = cursor;
+    a->inflight = 1;
+    return 0;
+}
+
+/* The statement's results, once all are in. */
+static int collect(walq__ack *a, PGconn *primary)
+{
+    PGresult *r, *first = NULL, *res;
+    int rc;
+
+    while ((r = PQgetResult(primary)) != NULL) {
+        if (first == NULL)
+            first = r;
+        else
+            PQclear(r);
+    }
+    a->inflight = 0;
+    rc = walq__query_result(primary, first, &res, "record outcomes");
+    PQclear(res);
+    return rc;
+}
+
+int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished)
+{
+    *finished = 0;
+    if (!a->inflight)
+        return 0;
+    if (!PQconsumeInput(primary)) {
+        *finished = 1;
+        return collect(a, primary);
+    }
+    if (PQisBusy(primary))
+        return 0;
+    *finished = 1;
+    return collect(a, primary);
+}
+
+int walq__ack_wait(walq__ack *a, PGconn *primary)
+{
+    int finished = 0, rc = 0;
+
+    while (a->inflight && rc == 0 && !finished) {
+        struct pollfd p = {.fd = PQsocket(primary), .events = POLLIN};
+
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
+            return walq__error(WALQ_ESYS, NULL, "poll failed: %s", strerror(errno));
+        rc = walq__ack_poll(a, primary, &finished);
+    }
+    return rc;
+}
+
+void walq__ack_requeue(walq__ack *a)
+{
+    for (size_t i = 0; i < a->nsent; i++) {
+        /* A newer outcome of the job, gathered meanwhile, wins. */
+        if (walq__ack_add(a, a->sent[i]) != 0)
+            break;
+    }
+    a->nsent = 0;
 }
 
 void walq__ack_free(walq__ack *a)
@@ -141,8 +243,10 @@ void walq__ack_free(walq__ack *a)
     walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
 
     free(a->jobs);
-    a->jobs = NULL;
-    a->n = a->cap = 0;
+    free(a->sent);
+    a->jobs = a->sent = NULL;
+    a->n = a->cap = a->nsent = a->sentcap = 0;
+    a->inflight = 0;
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         walq__buf_free(arrays[i]);
 }

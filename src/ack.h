@@ -19,6 +19,15 @@ typedef struct walq__ack {
     size_t cap;
     int64_t oldest; /* monotonic time the first outcome of the batch arrived */
     walq__buf ids, statuses, attempts, errors, run_ats, lsns;
+    char cursor_text[32];
+    /*
+     * The batch of the statement in flight (walq__ack_send), while the next
+     * one gathers in jobs.  At most one statement is in flight.
+     */
+    walq__job **sent;
+    size_t nsent, sentcap;
+    uint64_t sent_cursor;
+    int inflight;
 } walq__ack;
 
 /*
@@ -34,6 +43,24 @@ int walq__ack_add(walq__ack *a, walq__job *job);
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
                     uint64_t cursor);
+
+/*
+ * The same, without waiting: the statement is sent and the batch moves to
+ * a->sent, a new batch gathering meanwhile.  walq__ack_poll (when the
+ * connection's socket is readable) or walq__ack_wait collects the result;
+ * after a failure walq__ack_requeue puts the sent jobs back in the batch.
+ * Nothing else may use the connection while a->inflight.
+ */
+int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
+                   uint64_t cursor);
+
+/* Collects the result if it is in: *finished then, and the statement's outcome. */
+int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished);
+
+/* Blocks until the statement in flight, if any, is finished. */
+int walq__ack_wait(walq__ack *a, PGconn *primary);
+
+void walq__ack_requeue(walq__ack *a);
 
 void walq__ack_free(walq__ack *a);
 

@@ -636,6 +636,12 @@ static void primary_lost(walq_consumer *c)
     int64_t delay = backoff_delay(c->primary_failures);
 
     warn_retry(c, delay);
+    if (c->ack.inflight) {
+        /* Its result will never come: the batch is written again. */
+        c->ack.inflight = 0;
+        walq__ack_requeue(&c->ack);
+        c->flush_failed = 1;
+    }
     if (c->pconn)
         PQfinish(c->pconn);
     c->pconn = NULL;
@@ -809,8 +815,76 @@ done:
 }
 
 /*
+ * The ack statement in flight is finished (rc): on success its jobs are
+ * recorded and the cursor it wrote is durable; on failure they go back into
+ * the batch for the next try.
+ */
+static int acks_sent(walq_consumer *c, int rc)
+{
+    if (rc != 0) {
+        walq__ack_requeue(&c->ack);
+        c->flush_failed = 1;
+        return rc;
+    }
+    c->stats.acks++;
+    c->primary_failures = 0;
+    for (size_t i = 0; i < c->ack.nsent; i++) {
+        walq__job *job = c->ack.sent[i];
+
+        if (job->state == WALQ__JOB_ACKING && job->pending_idx < 0) {
+            c->in_memory--;
+            forget(c, job);
+        }
+    }
+    c->ack.nsent = 0;
+    c->flush_failed = 0;
+    c->durable = c->ack.sent_cursor;
+    if (c->sync_end && c->durable >= c->sync_end)
+        c->sync_end = 0;
+    return 0;
+}
+
+/*
+ * Sends the batch without waiting for it, so that the stream is read and
+ * handlers run while the primary writes it.  A failure shows when the
+ * result comes (acks_sent).
+ */
+static int send_acks(walq_consumer *c)
+{
+    for (size_t i = 0; i < c->ack.n; i++) {
+        walq__job *job = c->ack.jobs[i];
+
+        if (job->txn != NULL) {
+            walq__txnq_record(&c->txq, job->txn);
+            job->txn = NULL;
+        }
+    }
+    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn);
+}
+
+/*
+ * Waits for the ack statement in flight, if any, so that the primary
+ * connection can take another query.  A lost connection is handled here:
+ * afterwards c->pconn may be NULL.
+ */
+static int settle_acks(walq_consumer *c)
+{
+    int rc;
+
+    if (!c->ack.inflight)
+        return 0;
+    rc = acks_sent(c, walq__ack_wait(&c->ack, c->pconn));
+    if (rc == WALQ_ECONN) {
+        primary_lost(c);
+        rc = 0;
+    }
+    return rc;
+}
+
+/*
  * Writes the batch.  Each job's first outcome lets its transaction go; the
  * cursor written is how far that takes the group.  With the sql handler the
+
  * jobs' statements run in the same transaction, so their effects commit
  * exactly once, with the outcome.
  */
@@ -820,6 +894,9 @@ static int flush_acks(walq_consumer *c)
     size_t batch_before = c->ack.n, nsql = c->nsql;
     int rc;
 
+    /* One statement in flight at a time: the next batch gathers meanwhile. */
+    if (c->ack.inflight)
+        return 0;
     /*
      * An empty batch is still written once after a resync, so that the
      * cursor records that the backlog is done even if it had no job.
@@ -828,6 +905,8 @@ static int flush_acks(walq_consumer *c)
         return 0;
     if (c->pconn == NULL)
         return WALQ_ECONN;
+    if (c->sql == NULL)
+        return send_acks(c);
     if (nsql > 0) {
         res = calloc(nsql, sizeof(*res));
         if (res == NULL)
@@ -1066,7 +1145,13 @@ static int cancel_job(walq_consumer *c, int64_t id)
     PGresult *res;
     int rc, cancelled;
 
+    if (job != NULL) {
+        rc = settle_acks(c);
+        if (rc != 0)
+            return rc;
+    }
     if (job != NULL && c->pconn != NULL) {
+
         /* A replayed command may be stale: a retry can have come after it. */
         snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
         rc = walq__query(c->pconn, &res, "read a cancelled job's outcome",
@@ -1110,6 +1195,12 @@ static int retry_job(walq_consumer *c, int64_t id)
 
     if (!mine(c, id) || walq__idset_has(&c->live, id))
         return 0; /* another reader's, or here already and not finished: it runs once */
+    rc = settle_acks(c);
+    if (rc != 0)
+        return rc;
+    if (c->pconn == NULL)
+        return WALQ_ECONN;
+
     snprintf(idtext, sizeof(idtext), "%lld", (long long)id);
     rc = walq__query(c->pconn, &res, "read a retried job",
                      "SELECT j.id, j.queue, j.payload, j.priority,"
@@ -1265,7 +1356,8 @@ static int send_status(walq_consumer *c, int64_t now, int reply)
     int rc;
 
     /* With nothing waiting to be recorded, everything safe is durable. */
-    if (c->ack.n == 0 && c->nsql == 0 && !c->flush_failed && c->txq.safe_lsn > c->durable)
+    if (c->ack.n == 0 && !c->ack.inflight && c->nsql == 0 && !c->flush_failed &&
+        c->txq.safe_lsn > c->durable)
         c->durable = c->txq.safe_lsn;
     rc = walq__stream_status(&c->st, c->recv_lsn > c->durable ? c->recv_lsn : c->durable,
                              c->durable, reply);
@@ -1367,6 +1459,11 @@ static int load_timers(walq_consumer *c, int64_t after, int64_t until)
     PGresult *res;
     int rc, n = 0;
 
+    rc = settle_acks(c);
+    if (rc != 0)
+        return rc;
+    if (c->pconn == NULL)
+        return 0;
     snprintf(a, sizeof(a), "%lld", (long long)after);
     snprintf(u, sizeof(u), "%lld", (long long)until);
     snprintf(pk, sizeof(pk), "%d", c->partition);
@@ -1431,6 +1528,10 @@ static int backfill_page(walq_consumer *c)
     int rc, n;
     int64_t now_wall = walq__wall_us();
 
+    /* The page is checked against outcomes on the primary connection. */
+    rc = settle_acks(c);
+    if (rc != 0 || c->pconn == NULL)
+        return rc;
     rc = walq__query(c->sconn, &res, "read the backlog",
                      "FETCH " /* constant page size */ "1000 FROM walq_backfill", 0, NULL);
     if (rc != 0)
@@ -1999,7 +2100,7 @@ static int setup(walq_consumer *c)
 static int drained(const walq_consumer *c)
 {
     return !c->backfilling && c->sync_end == 0 && c->st.streaming && c->cur == NULL &&
-           c->in_memory == 0 && c->retry_timers == 0 && c->ack.n == 0 &&
+           c->in_memory == 0 && c->retry_timers == 0 && c->ack.n == 0 && !c->ack.inflight &&
            c->last_end >= c->drain_target && c->txq.head == NULL;
 }
 
@@ -2022,7 +2123,7 @@ static int64_t min_deadline(int64_t a, int64_t b)
 static int loop(walq_consumer *c)
 {
     struct pollfd *pfd;
-    size_t npfd = 2 + (c->h ? c->h->ops->max_fds(c->h) : 0);
+    size_t npfd = 3 + (c->h ? c->h->ops->max_fds(c->h) : 0);
     int rc = 0, stream_pfd = -1;
 
     pfd = calloc(npfd, sizeof(*pfd));
@@ -2058,7 +2159,8 @@ static int loop(walq_consumer *c)
              * time nears; not while some wait for their record to commit,
              * or one of those could fall between the table and memory.
              */
-            if (rc == 0 && c->timers_offloaded && c->pconn && c->ack.n == 0 && c->nsql == 0 &&
+            if (rc == 0 && c->timers_offloaded && c->pconn && c->ack.n == 0 &&
+                !c->ack.inflight && c->nsql == 0 &&
                 wall + c->horizon_us / 2 >= c->timers_until)
                 rc = load_timers(c, c->timers_until, wall + c->horizon_us);
             if (rc == 0 && c->backfilling && c->pconn && c->in_memory < (size_t)c->o.max_in_flight)
@@ -2113,7 +2215,8 @@ static int loop(walq_consumer *c)
                 break;
             }
         }
-        if (stopping && handler_running(c) == 0 && c->ack.n == 0) {
+        if (stopping && handler_running(c) == 0 && c->ack.n == 0 && !c->ack.inflight) {
+
             if (c->slot_gone) {
                 rc = WALQ_ESLOT;
                 break;
@@ -2148,6 +2251,10 @@ static int loop(walq_consumer *c)
             if (PQflush(c->st.conn) == 1)
                 pfd[n].events |= POLLOUT;
             n++;
+        }
+        if (c->ack.inflight && c->pconn != NULL) {
+            pfd[n].fd = PQsocket(c->pconn);
+            pfd[n++].events = POLLIN;
         }
         if (c->h != NULL)
             n += c->h->ops->fds(c->h, pfd + n, npfd - (size_t)n, now, &wake_at);
@@ -2214,7 +2321,22 @@ static int loop(walq_consumer *c)
                 break;
             }
         }
+        /* The ack statement in flight, if its result is in. */
+        if (c->ack.inflight && c->pconn != NULL) {
+            int finished;
+
+            rc = walq__ack_poll(&c->ack, c->pconn, &finished);
+            if (finished)
+                rc = acks_sent(c, rc);
+            if (rc == WALQ_ECONN) {
+                primary_lost(c);
+                rc = 0;
+            } else if (rc != 0) {
+                break;
+            }
+        }
         /* Handlers: their progress, their finished jobs. */
+
         if (rc == 0 && c->h != NULL)
             rc = c->h->ops->process(c->h, now);
         if (rc != 0)
@@ -2229,6 +2351,9 @@ static void reset_memory(walq_consumer *c)
     walq__job *job;
 
     kill_all(c);
+    /* A batch in flight is abandoned with the connection: back with the rest. */
+    c->ack.inflight = 0;
+    walq__ack_requeue(&c->ack);
     /* A job sits in the ack batch and possibly also in a heap. */
     for (size_t i = 0; i < c->ack.n; i++) {
         job = c->ack.jobs[i];

@@ -143,13 +143,17 @@ int walq__conn_failed(PGconn *conn, const PGresult *res)
 int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
                 const char *const *params)
 {
-    PGresult *r;
-    ExecStatusType st;
+    return walq__query_result(conn, PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0),
+                              res, what);
+}
+
+int walq__query_result(PGconn *conn, PGresult *r, PGresult **res, const char *what)
+{
+    ExecStatusType st = PQresultStatus(r);
     char msg[1024];
 
     *res = NULL;
-    r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    st = PQresultStatus(r);
+
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
         *res = r;
         return 0;

@@ -38,7 +38,14 @@ int walq__exec(PGconn *conn, const char *what, const char *sql);
  * Runs a parameterised query and checks its status; *res is NULL on failure
  * and must be PQclear'ed on success.
  */
+/*
+ * Checks a result r of a query sent earlier (r may be NULL when the
+ * connection broke) the way walq__query does, and takes it over.
+ */
+int walq__query_result(PGconn *conn, PGresult *r, PGresult **res, const char *what);
+
 int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
+
                 const char *const *params);
 
 /* The message of a failed result or connection, without the trailing newline. */
