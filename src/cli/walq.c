@@ -15,6 +15,7 @@
 
 #include <json-c/json.h>
 
+#include "cli/audit.h"
 #include "cli/cli.h"
 #include "cli/job.h"
 #include "cli/replica.h"
@@ -853,6 +854,7 @@ static void help(void)
            "  consume    run a handler for every job of some queues\n"
            "  status     show consumer groups, their lag and job counts\n"
            "  job        show, list, retry or cancel jobs\n"
+           "  audit      write every change of the job tables as JSON lines or rows\n"
            "  replica    set up or tear down a subscriber to read the jobs from\n\n"
            "\"%s COMMAND --help\" describes each command.  Connections come from the libpq\n"
            "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n",
@@ -889,6 +891,8 @@ int main(int argc, char **argv)
         return cmd_status(argc, argv);
     if (strcmp(cmd, "job") == 0)
         return walq__cli_job(argc, argv);
+    if (strcmp(cmd, "audit") == 0)
+        return walq__cli_audit(argc, argv);
     if (strcmp(cmd, "replica") == 0)
         return walq__cli_replica(argc, argv);
     usage_error("unknown command \"%s\"", cmd);

@@ -1,0 +1,113 @@
+/*
+ * The audit trail: every insert, update and delete of walq.jobs and
+ * walq.outcomes, in commit order, read from a replication slot of its own
+ * ("walqaudit_<group>") and written as JSON lines to a file or as rows of an
+ * append-only table, exactly once across restarts.
+ */
+#ifndef WALQ_AUDIT_H
+#define WALQ_AUDIT_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <json-c/json.h>
+
+#include "common.h"
+#include "decode.h"
+
+/* Audit group names: what follows "walqaudit_" in the slot's name. */
+#define WALQ__AUDIT_GROUP_MAX 50
+
+typedef struct walq__audit_options {
+    const char *source;     /* conninfo of the server with the slot; NULL: libpq environment */
+    const char *target;     /* conninfo of the server of `into`; NULL: libpq environment */
+    const char *group;      /* audit group, ^[a-z0-9_]{1,50}$ */
+    const char *output;     /* file, or "-" for standard output; NULL with into */
+    const char *into;       /* table, [schema.]name; NULL with output */
+    int drain;              /* stop once caught up with the WAL position at start */
+    double status_interval; /* seconds between standby status updates at most */
+    walq_log_fn log;
+    void *log_arg;
+    walq_log_level log_level;
+} walq__audit_options;
+
+typedef struct walq__audit_stats {
+    uint64_t transactions; /* transactions with changes, written durably */
+    uint64_t changes;      /* their changes */
+    uint64_t flushes;      /* fsyncs of the file, or commits into the table */
+    uint64_t reconnects;
+    uint64_t confirmed_lsn;
+} walq__audit_stats;
+
+typedef struct walq__audit walq__audit;
+
+/*
+ * Checks the options and copies them; nothing is opened yet.  WALQ_EINVAL
+ * with walq_last_error() saying what is wrong.
+ */
+int walq__audit_open(walq__audit **out, const walq__audit_options *opts);
+
+/*
+ * Runs until walq__audit_stop() (or, with drain, until caught up).  0 after a
+ * clean stop; otherwise a WALQ_E* code and walq_last_error().
+ */
+int walq__audit_run(walq__audit *a);
+
+/*
+ * Asks a running audit to stop: it finishes the transaction being received,
+ * writes what is whole, confirms it and returns; with immediate set it
+ * returns at once.  Safe to call from a signal handler.
+ */
+void walq__audit_stop(walq__audit *a, int immediate);
+
+void walq__audit_stats_get(const walq__audit *a, walq__audit_stats *out);
+
+void walq__audit_free(walq__audit *a);
+
+/* ^[a-z0-9_]{1,50}$ */
+int walq__audit_group_valid(const char *group);
+
+/* An unquoted, lower-case table name, optionally schema-qualified. */
+int walq__audit_table_valid(const char *table);
+
+/* What a change's line says of its transaction. */
+typedef struct walq__audit_txn {
+    uint32_t xid;
+    uint64_t commit_lsn;    /* start of the commit record */
+    uint64_t end_lsn;       /* end of the commit record: where a reader resumes */
+    int64_t commit_time_us; /* microseconds since the Unix epoch; 0: unknown */
+} walq__audit_txn;
+
+/*
+ * The JSON object of one insert, update or delete: lsn, xid, commit_time,
+ * commit_lsn, end_lsn, index (1-based place in the transaction), last
+ * (false; set when the transaction's commit is seen), table, action, new,
+ * old_key.  The caller owns *out (json_object_put).
+ */
+int walq__audit_change_json(json_object **out, const walq__audit_txn *t, const walq__change *ch,
+                            size_t index);
+
+/*
+ * Formats a timestamptz as PostgreSQL prints it in UTC with DateStyle ISO,
+ * trailing zeros of the fraction left out: "2026-11-24 20:25:07.99+00".
+ */
+char *walq__audit_format_time(int64_t us, char buf[40]);
+
+/* Where the whole transactions of an audit file end. */
+typedef struct walq__audit_tail {
+    off_t keep;           /* bytes of whole transactions; the rest is cut */
+    uint64_t end_lsn;     /* end LSN of the last whole transaction; 0: none */
+    size_t dropped_lines; /* complete lines of an unfinished transaction past keep */
+    off_t size;           /* the file's size as found */
+} walq__audit_tail;
+
+/*
+ * Reads the end of an audit file (open for reading, path for messages) and
+ * finds the end of its last whole transaction.  Reads only the last lines.
+ * WALQ_EINVAL when the file does not end like an audit trail.
+ */
+int walq__audit_read_tail(int fd, const char *path, walq__audit_tail *out);
+
+#endif

@@ -1,0 +1,219 @@
+/*
+ * walq audit: every insert, update and delete of walq.jobs and walq.outcomes,
+ * in commit order, as JSON lines in a file (or on standard output) or as rows
+ * of an append-only table.  The work is src/audit.c; this file reads the
+ * options, handles signals and prints what happened.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* src/audit.h, the module; "audit.h" alone would be this directory's. */
+#include "../audit.h"
+#include "cli/audit.h"
+#include "cli/cli.h"
+
+#define EXIT_USAGE 2
+
+#define progname walq__progname
+
+static walq__audit *running_audit;
+static volatile sig_atomic_t signals_seen;
+
+static void usage_error(const char *fmt, ...) WALQ__PRINTF(1, 2);
+
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry \"%s audit --help\" for more information.\n", progname);
+}
+
+static void log_to_stderr(void *arg, walq_log_level level, const char *msg)
+{
+    static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+
+    (void)arg;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    fprintf(stderr, "%s ", stamp);
+    walq__cli_message(names[level], msg);
+}
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    signals_seen++;
+    if (running_audit != NULL)
+        walq__audit_stop(running_audit, signals_seen > 1);
+}
+
+static void help(void)
+{
+    printf("Usage: %s audit [--output FILE|-] [--into TABLE] [--group NAME] [OPTIONS]\n\n"
+           "Writes every insert, update and delete of walq.jobs and walq.outcomes, in commit\n"
+           "order, one JSON object per change: lsn, xid, commit_time, commit_lsn, end_lsn,\n"
+           "index and last (its place in its transaction), table, action, new (the new row)\n"
+           "and old_key.  The changes come from a replication slot of the audit's own,\n"
+           "walqaudit_NAME, created at the first start.\n\n"
+           "With --output FILE the file is its own cursor: after a crash or kill -9, walq\n"
+           "audit cuts the unfinished transaction at its end and carries on, with no change\n"
+           "missing and none twice.  Standard output (-, the default) is at least once\n"
+           "across restarts.  With --into, rows go to TABLE (created if missing, append-only)\n"
+           "on the --dbname server, in the same transaction as the audit's cursor.\n\n"
+           "Options:\n"
+           "  --output FILE|-         JSON lines to FILE, or to standard output (default)\n"
+           "  --into TABLE            rows into TABLE ([schema.]name) instead\n"
+           "  --group NAME            audit group: lower-case letters, digits, _ (default\n"
+           "                          \"audit\"); each group is an independent trail\n"
+           "  --source CONNINFO       server with walq's tables and the slot (default:\n"
+           "                          --dbname, or the libpq environment)\n"
+           "  --dbname CONNINFO       server of --into's table, and the source unless\n"
+           "                          --source is given (default: libpq environment)\n"
+           "  --drain                 exit once every change committed before the start\n"
+           "                          is written\n"
+           "  --status-interval SEC   seconds between status updates (default 10)\n"
+           "  --verbose, --quiet      more or less logging\n\n"
+           "SIGTERM or SIGINT finishes the transaction being received, writes and confirms\n"
+           "what is whole and exits 0; a second signal exits at once.\n",
+           progname);
+}
+
+int walq__cli_audit(int argc, char **argv)
+{
+    enum {
+        O_OUTPUT = 256,
+        O_INTO,
+        O_GROUP,
+        O_SOURCE,
+        O_DBNAME,
+        O_DRAIN,
+        O_STATUS,
+        O_VERBOSE,
+        O_QUIET
+    };
+    static const struct option longopts[] = {{"output", required_argument, NULL, O_OUTPUT},
+                                             {"into", required_argument, NULL, O_INTO},
+                                             {"group", required_argument, NULL, O_GROUP},
+                                             {"source", required_argument, NULL, O_SOURCE},
+                                             {"dbname", required_argument, NULL, O_DBNAME},
+                                             {"drain", no_argument, NULL, O_DRAIN},
+                                             {"status-interval", required_argument, NULL, O_STATUS},
+                                             {"verbose", no_argument, NULL, O_VERBOSE},
+                                             {"quiet", no_argument, NULL, O_QUIET},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    walq__audit_options o;
+    const char *dbname = NULL;
+    walq__audit *a = NULL;
+    walq__audit_stats st;
+    struct sigaction sa;
+    int opt, rc;
+    int64_t t0;
+
+    memset(&o, 0, sizeof(o));
+    o.group = "audit";
+    o.status_interval = 10.0;
+    o.log = log_to_stderr;
+    o.log_level = WALQ_LOG_INFO;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case O_OUTPUT:
+            o.output = optarg;
+            break;
+        case O_INTO:
+            o.into = optarg;
+            break;
+        case O_GROUP:
+            o.group = optarg;
+            break;
+        case O_SOURCE:
+            o.source = optarg;
+            break;
+        case O_DBNAME:
+            dbname = optarg;
+            break;
+        case O_DRAIN:
+            o.drain = 1;
+            break;
+        case O_STATUS: {
+            char *end;
+
+            errno = 0;
+            o.status_interval = strtod(optarg, &end);
+            if (errno != 0 || end == optarg || *end != '\0' || !(o.status_interval > 0) ||
+                o.status_interval > 1e6) {
+                usage_error("--status-interval takes seconds above 0, not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        }
+        case O_VERBOSE:
+            o.log_level = WALQ_LOG_DEBUG;
+            break;
+        case O_QUIET:
+            o.log_level = WALQ_LOG_WARNING;
+            break;
+        case 'h':
+            help();
+            return 0;
+        default:
+            usage_error("%s", "invalid option for \"audit\"");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        usage_error("unexpected argument \"%s\"", argv[optind]);
+        return EXIT_USAGE;
+    }
+    o.target = dbname;
+    if (o.source == NULL)
+        o.source = dbname;
+
+    rc = walq__audit_open(&a, &o);
+    if (rc != 0) {
+        walq__cli_fail(rc);
+        return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
+    }
+    running_audit = a;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    t0 = walq__mono_us();
+    rc = walq__audit_run(a);
+    walq__audit_stats_get(a, &st);
+    running_audit = NULL;
+    walq__audit_free(a);
+    if (rc != 0) {
+        walq__cli_fail(rc);
+        return 1;
+    }
+    if (o.log_level >= WALQ_LOG_INFO) {
+        double secs = (double)(walq__mono_us() - t0) / 1e6;
+
+        fprintf(stderr,
+                "%s: audit \"%s\": %llu changes in %llu transactions written in %.2f s "
+                "(%.0f changes/s), %llu %s\n",
+                progname, o.group, (unsigned long long)st.changes,
+                (unsigned long long)st.transactions, secs,
+                secs > 0 ? (double)st.changes / secs : 0.0, (unsigned long long)st.flushes,
+                o.into ? "commits" : "flushes");
+    }
+    return 0;
+}
