@@ -127,14 +127,7 @@ static const char *const plugin_options[] = {"format-version",
 
 int walq__audit_group_valid(const char *group)
 {
-    size_t n = 0;
-
-    if (group == NULL || *group == '\0')
-        return 0;
-    for (const char *p = group; *p; p++, n++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return 0;
-    return n <= WALQ__AUDIT_GROUP_MAX;
+    return walq__name_valid(group, WALQ__AUDIT_GROUP_MAX);
 }
 
 /* An unquoted identifier that PostgreSQL keeps as it is: [a-z_][a-z0-9_$]*, 63 bytes. */

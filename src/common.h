@@ -47,6 +47,12 @@ int64_t walq__wall_us(void);
  */
 int64_t walq__parse_duration_us(const char *text);
 
+/*
+ * A name that can be part of a replication slot's: 1 to max of a-z, 0-9
+ * and _.
+ */
+int walq__name_valid(const char *name, size_t max);
+
 char *walq__strdup(const char *s);
 char *walq__strndup(const char *s, size_t n);
 

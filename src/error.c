@@ -180,15 +180,20 @@ void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...)
     lg->fn(lg->arg, level, msg);
 }
 
-int walq_group_name_valid(const char *group)
+int walq__name_valid(const char *name, size_t max)
 {
     size_t n = 0;
 
-    if (group == NULL || *group == '\0')
+    if (name == NULL || *name == '\0')
         return 0;
-    for (const char *p = group; *p; p++, n++)
+    for (const char *p = name; *p; p++, n++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
             return 0;
+    return n <= max;
+}
+
+int walq_group_name_valid(const char *group)
+{
     /* Slot names hold 63 bytes, and the slot is "walq_" followed by the group. */
-    return n <= 58;
+    return walq__name_valid(group, 58);
 }

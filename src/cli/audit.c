@@ -25,32 +25,7 @@
 static walq__audit *running_audit;
 static volatile sig_atomic_t signals_seen;
 
-static void usage_error(const char *fmt, ...) WALQ__PRINTF(1, 2);
-
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "%s: ", progname);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry \"%s audit --help\" for more information.\n", progname);
-}
-
-static void log_to_stderr(void *arg, walq_log_level level, const char *msg)
-{
-    static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
-    char stamp[32];
-    time_t t = time(NULL);
-    struct tm tm;
-
-    (void)arg;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
-    fprintf(stderr, "%s ", stamp);
-    walq__cli_message(names[level], msg);
-}
+#define usage_error(...) walq__cli_usage("audit", NULL, __VA_ARGS__)
 
 static void on_stop_signal(int sig)
 {
@@ -126,7 +101,7 @@ int walq__cli_audit(int argc, char **argv)
     memset(&o, 0, sizeof(o));
     o.group = "audit";
     o.status_interval = 10.0;
-    o.log = log_to_stderr;
+    o.log = walq__cli_log;
     o.log_level = WALQ_LOG_INFO;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {

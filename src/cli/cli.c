@@ -1,6 +1,8 @@
 /* Error output shared by the walq program's commands. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/cli.h"
 #include "walq.h"
@@ -24,4 +26,30 @@ void walq__cli_fail(int rc)
     const char *msg = walq_last_error();
 
     walq__cli_message("ERROR", *msg ? msg : walq_strerror(rc));
+}
+
+void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", walq__progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry \"%s%s%s%s%s --help\" for more information.\n", walq__progname,
+            command ? " " : "", command ? command : "", sub ? " " : "", sub ? sub : "");
+}
+
+void walq__cli_log(void *arg, walq_log_level level, const char *msg)
+{
+    static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+
+    (void)arg;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    fprintf(stderr, "%s ", stamp);
+    walq__cli_message(names[level], msg);
 }

@@ -23,19 +23,7 @@
 static const char *const job_statuses[] = {"queued", "running", "scheduled",
                                            "done",   "dead",    "cancelled"};
 
-static void usage_error(const char *cmd, const char *fmt, ...) WALQ__PRINTF(2, 3);
-
-static void usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "%s: ", progname);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry \"%s job%s%s --help\" for more information.\n", progname, cmd ? " " : "",
-            cmd ? cmd : "");
-}
+#define usage_error(sub, ...) walq__cli_usage("job", sub, __VA_ARGS__)
 
 /*
  * Prints the error of a failed statement.  An error raised on purpose by

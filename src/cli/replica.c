@@ -44,20 +44,9 @@ typedef struct replica_opts {
 
 typedef enum parse_result { PARSE_OK, PARSE_HELP, PARSE_BAD } parse_result;
 
-static void usage_error(const char *cmd, const char *fmt, ...) WALQ__PRINTF(2, 3);
+#define usage_error(sub, ...) walq__cli_usage("replica", sub, __VA_ARGS__)
+
 static void say(const char *fmt, ...) WALQ__PRINTF(1, 2);
-
-static void usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "%s: ", progname);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry \"%s replica%s%s --help\" for more information.\n", progname,
-            cmd ? " " : "", cmd ? cmd : "");
-}
 
 /* What was done, one line each, on standard error as `walq init` does. */
 static void say(const char *fmt, ...)

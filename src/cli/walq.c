@@ -27,32 +27,7 @@
 
 #define progname walq__progname
 
-static void usage_error(const char *fmt, ...) WALQ__PRINTF(1, 2);
-
-static void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fprintf(stderr, "%s: ", progname);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry \"%s --help\" for more information.\n", progname);
-}
-
-static void log_to_stderr(void *arg, walq_log_level level, const char *msg)
-{
-    static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
-    char stamp[32];
-    time_t t = time(NULL);
-    struct tm tm;
-
-    (void)arg;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
-    fprintf(stderr, "%s ", stamp);
-    walq__cli_message(names[level], msg);
-}
+#define usage_error(...) walq__cli_usage(NULL, NULL, __VA_ARGS__)
 
 /* ------------------------------------------------------------------ */
 
@@ -541,7 +516,7 @@ static int cmd_consume(int argc, char **argv)
 
     if (queues == NULL)
         return 1;
-    opts.log = log_to_stderr;
+    opts.log = walq__cli_log;
     while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
         const char *bad = NULL;
 
