@@ -97,8 +97,7 @@ static void write_out(int pairs)
     }
     for (long i = 0; i < nrecs; i++) {
         if (pairs)
-            fprintf(f, "%" PRId64 " %" PRId64 " %" PRId64 "\n", recs[i].id, recs[i].t1,
-                    recs[i].t2);
+            fprintf(f, "%" PRId64 " %" PRId64 " %" PRId64 "\n", recs[i].id, recs[i].t1, recs[i].t2);
         else
             fprintf(f, "%" PRId64 " %" PRId64 "\n", recs[i].id, recs[i].t1);
     }
@@ -254,7 +253,10 @@ static void on_log(void *a, walq_log_level level, const char *msg)
 {
     (void)a;
     fprintf(stderr, "walq-bench-latency walq: %s: %s\n",
-            level == WALQ_LOG_ERROR ? "ERROR" : level == WALQ_LOG_WARNING ? "WARNING" : "LOG", msg);
+            level == WALQ_LOG_ERROR     ? "ERROR"
+            : level == WALQ_LOG_WARNING ? "WARNING"
+                                        : "LOG",
+            msg);
 }
 
 static int consume_walq(void)
@@ -372,8 +374,7 @@ static int consume_poll(void)
             next.tv_nsec -= 1000000000;
             next.tv_sec++;
         }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR &&
-               !stop_flag)
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR && !stop_flag)
             ;
     }
     PQfinish(conn);
@@ -385,10 +386,9 @@ static int consume_poll(void)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: walq-bench-latency produce|walq|notify|poll [--table T] [--queue Q]\n"
-            "       [--group G] [--channel C] [--rate R] [--conns K] [--sync on|off]\n"
-            "       [--interval-ms M] [--count N] [--timeout S] --out FILE\n");
+    fprintf(stderr, "usage: walq-bench-latency produce|walq|notify|poll [--table T] [--queue Q]\n"
+                    "       [--group G] [--channel C] [--rate R] [--conns K] [--sync on|off]\n"
+                    "       [--interval-ms M] [--count N] [--timeout S] --out FILE\n");
     exit(2);
 }
 

@@ -154,8 +154,8 @@ typedef struct walq_options {
 #define WALQ_OPTIONS_INIT                                                                          \
     {                                                                                              \
         WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
-            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO, 0, \
-            1                                                                              \
+            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO,   \
+            0, 1                                                                                   \
     }
 
 typedef struct walq_consumer walq_consumer;

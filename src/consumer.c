@@ -27,7 +27,6 @@
 #include "schedule.h"
 #include "stream.h"
 
-
 /* Rows fetched from the backfill cursor at a time. */
 #define BACKFILL_PAGE 1000
 /* Stream messages handled before the loop looks at everything else again. */
@@ -293,13 +292,13 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
         if (n < 0 || (size_t)n >= sizeof(c->slot)) {
             rc = walq__error(WALQ_EINVAL,
                              "Slot names have at most 63 characters; choose a shorter group name.",
-                             "consumer group name \"%s\" is too long for %d partitions",
-                             c->group, c->partitions);
+                             "consumer group name \"%s\" is too long for %d partitions", c->group,
+                             c->partitions);
             walq_consumer_free(c);
             return rc;
         }
-        snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\" partition %d/%d: ",
-                 c->group, c->partition, c->partitions);
+        snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\" partition %d/%d: ", c->group,
+                 c->partition, c->partitions);
     }
     walq__heap_init(&c->ready, walq__ready_less);
     walq__heap_init(&c->timers, walq__timer_less);
@@ -735,7 +734,6 @@ static int connect_primary(walq_consumer *c)
     }
     return rc;
 }
-
 
 /* What a sql job's attempt came to, decided before its transaction commits. */
 typedef struct sql_result {
@@ -1722,8 +1720,7 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
         if (rc != 0)
             return rc;
     }
-    rc = walq__stream_create_slot_waiting(&c->st, c->slot, &consistent, snapshot,
-                                          sizeof(snapshot),
+    rc = walq__stream_create_slot_waiting(&c->st, c->slot, &consistent, snapshot, sizeof(snapshot),
                                           c->standby ? log_standby_snapshot : NULL, c);
     if (rc != 0)
         return rc;
@@ -2159,9 +2156,8 @@ static int loop(walq_consumer *c)
              * time nears; not while some wait for their record to commit,
              * or one of those could fall between the table and memory.
              */
-            if (rc == 0 && c->timers_offloaded && c->pconn && c->ack.n == 0 &&
-                !c->ack.inflight && c->nsql == 0 &&
-                wall + c->horizon_us / 2 >= c->timers_until)
+            if (rc == 0 && c->timers_offloaded && c->pconn && c->ack.n == 0 && !c->ack.inflight &&
+                c->nsql == 0 && wall + c->horizon_us / 2 >= c->timers_until)
                 rc = load_timers(c, c->timers_until, wall + c->horizon_us);
             if (rc == 0 && c->backfilling && c->pconn && c->in_memory < (size_t)c->o.max_in_flight)
                 rc = backfill_page(c);

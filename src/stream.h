@@ -39,7 +39,6 @@ int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, uint64_t
 
 int walq__stream_drop_slot(walq__stream *s, const char *slot);
 
-
 /*
  * Starts streaming the slot from lsn with the plugin options (pairs of
  * name, value, NULL-terminated).  A slot held by another process is

@@ -33,8 +33,7 @@ START_TEST(matches_hashint8)
         uint32_t want = (uint32_t)server_hashes[i].hash;
 
         ck_assert_msg(walq__hash_int8(server_hashes[i].id) == want,
-                      "hash of %lld: got %lu, PostgreSQL says %lu",
-                      (long long)server_hashes[i].id,
+                      "hash of %lld: got %lu, PostgreSQL says %lu", (long long)server_hashes[i].id,
                       (unsigned long)walq__hash_int8(server_hashes[i].id), (unsigned long)want);
     }
 }
