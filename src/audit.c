@@ -643,22 +643,6 @@ void walq__audit_free(walq__audit *a)
     free(a);
 }
 
-/* Reconnect delays: 0.1 s doubling up to 3.2 s. */
-static int64_t backoff_delay(int failures)
-{
-    return (int64_t)100000 << (failures < 5 ? failures : 5);
-}
-
-/* Logs the last error without its hint, which is for people, not for retries. */
-static void warn_retry(walq__audit *a, int64_t delay)
-{
-    const char *msg = walq_last_error();
-    const char *hint = strstr(msg, "\nHINT:  ");
-
-    walq__warn(&a->log, "%.*s; reconnecting in %.1f s", hint ? (int)(hint - msg) : (int)strlen(msg),
-               msg, (double)delay / 1e6);
-}
-
 /* ------------------------------------------------------------------ */
 /* File and standard output                                            */
 
@@ -1060,8 +1044,8 @@ static int target_failed(walq__audit *a, int rc)
 
     if (rc != WALQ_ECONN)
         return rc;
-    delay = backoff_delay(a->target_failures++);
-    warn_retry(a, delay);
+    delay = walq__reconnect_delay_us(a->target_failures++);
+    walq__warn_retry(&a->log, delay);
     if (a->tconn != NULL)
         PQfinish(a->tconn);
     a->tconn = NULL;
@@ -1566,8 +1550,6 @@ static int setup(walq__audit *a)
 static int start_stream(walq__audit *a)
 {
     char lsn[WALQ__LSN_BUFSZ];
-    PGresult *res;
-    int64_t timeout_us = 0;
     int rc;
 
     if (a->st.conn == NULL) {
@@ -1579,13 +1561,7 @@ static int start_stream(walq__audit *a)
      * Status updates keep the walsender from timing us out: send them at
      * least twice per wal_sender_timeout.
      */
-    a->status_us = (int64_t)(a->o.status_interval * 1e6);
-    res = PQexec(a->st.conn, "SHOW wal_sender_timeout");
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-        timeout_us = walq__parse_duration_us(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    if (timeout_us > 0 && timeout_us / 2 < a->status_us)
-        a->status_us = timeout_us / 2;
+    a->status_us = walq__stream_status_interval(&a->st, (int64_t)(a->o.status_interval * 1e6));
     rc = walq__stream_start(&a->st, a->slot, a->last_end, plugin_options);
     if (rc != 0) {
         walq__stream_close(&a->st);
@@ -1600,9 +1576,9 @@ static int start_stream(walq__audit *a)
 
 static void stream_lost(walq__audit *a)
 {
-    int64_t delay = backoff_delay(a->stream_failures);
+    int64_t delay = walq__reconnect_delay_us(a->stream_failures);
 
-    warn_retry(a, delay);
+    walq__warn_retry(&a->log, delay);
     walq__stream_close(&a->st);
     a->stats.reconnects++;
     a->stream_failures++;
@@ -1801,11 +1777,6 @@ static int finish(walq__audit *a)
     return rc;
 }
 
-static int64_t min_deadline(int64_t a, int64_t b)
-{
-    return (a == 0 || (b != 0 && b < a)) ? b : a;
-}
-
 static int loop(walq__audit *a)
 {
     struct pollfd pfd[2];
@@ -1917,16 +1888,16 @@ static int loop(walq__audit *a)
             if (PQflush(a->st.conn) == 1)
                 pfd[n].events |= POLLOUT;
             n++;
-            wake_at = min_deadline(wake_at, a->next_status);
+            wake_at = walq__min_deadline(wake_at, a->next_status);
             if (a->o.drain)
-                wake_at = min_deadline(wake_at, a->next_ping);
+                wake_at = walq__min_deadline(wake_at, a->next_ping);
         } else {
-            wake_at = min_deadline(wake_at, a->stream_retry_at);
+            wake_at = walq__min_deadline(wake_at, a->stream_retry_at);
         }
         if (a->dirty)
-            wake_at = min_deadline(wake_at, a->dirty_since + FLUSH_DELAY_US);
+            wake_at = walq__min_deadline(wake_at, a->dirty_since + FLUSH_DELAY_US);
         if (a->kind == SINK_TABLE && a->tconn == NULL)
-            wake_at = min_deadline(wake_at, a->target_retry_at);
+            wake_at = walq__min_deadline(wake_at, a->target_retry_at);
         if (more)
             timeout_ms = 0;
         else if (wake_at == 0)

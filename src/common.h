@@ -80,4 +80,16 @@ void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...)
 #define walq__warn(lg, ...)  WALQ__LOG(lg, WALQ_LOG_WARNING, __VA_ARGS__)
 #define walq__err(lg, ...)   WALQ__LOG(lg, WALQ_LOG_ERROR, __VA_ARGS__)
 
+/* Delay before reconnecting after `failures` failures: 0.1 s doubling up to 3.2 s. */
+int64_t walq__reconnect_delay_us(int failures);
+
+/*
+ * Warns that the last error (walq_last_error(), without its hint, which is
+ * for people, not for retries) is retried in delay_us.
+ */
+void walq__warn_retry(const walq__log *lg, int64_t delay_us);
+
+/* The earlier of two deadlines, where 0 means none. */
+int64_t walq__min_deadline(int64_t a, int64_t b);
+
 #endif

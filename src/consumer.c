@@ -613,28 +613,13 @@ static void kill_all(walq_consumer *c)
 /* Acks                                                                */
 
 /* Reconnect delays: 0.1 s doubling up to 3.2 s. */
-static int64_t backoff_delay(int failures)
-{
-    return (int64_t)100000 << (failures < 5 ? failures : 5);
-}
-
-/* Logs the last error without its hint, which is for people, not for retries. */
-static void warn_retry(walq_consumer *c, int64_t delay)
-{
-    const char *msg = walq_last_error();
-    const char *hint = strstr(msg, "\nHINT:  ");
-
-    walq__warn(&c->log, "%.*s; reconnecting in %.1f s", hint ? (int)(hint - msg) : (int)strlen(msg),
-               msg, (double)delay / 1e6);
-}
-
 static void stream_lost(walq_consumer *c);
 
 static void primary_lost(walq_consumer *c)
 {
-    int64_t delay = backoff_delay(c->primary_failures);
+    int64_t delay = walq__reconnect_delay_us(c->primary_failures);
 
-    warn_retry(c, delay);
+    walq__warn_retry(&c->log, delay);
     if (c->ack.inflight) {
         /* Its result will never come: the batch is written again. */
         c->ack.inflight = 0;
@@ -1018,17 +1003,7 @@ static int start_stream(walq_consumer *c)
      * while a full consumer reads nothing: send them at least twice per
      * wal_sender_timeout.
      */
-    c->status_us = (int64_t)(c->o.status_interval * 1e6);
-    {
-        PGresult *res = PQexec(c->st.conn, "SHOW wal_sender_timeout");
-        int64_t timeout_us = 0;
-
-        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-            timeout_us = walq__parse_duration_us(PQgetvalue(res, 0, 0));
-        PQclear(res);
-        if (timeout_us > 0 && timeout_us / 2 < c->status_us)
-            c->status_us = timeout_us / 2;
-    }
+    c->status_us = walq__stream_status_interval(&c->st, (int64_t)(c->o.status_interval * 1e6));
     rc = walq__stream_start(&c->st, c->slot, c->last_end, plugin_options);
     if (rc != 0) {
         walq__stream_close(&c->st);
@@ -1055,9 +1030,9 @@ static void slot_lost(walq_consumer *c)
 
 static void stream_lost(walq_consumer *c)
 {
-    int64_t delay = backoff_delay(c->stream_failures);
+    int64_t delay = walq__reconnect_delay_us(c->stream_failures);
 
-    warn_retry(c, delay);
+    walq__warn_retry(&c->log, delay);
     walq__stream_close(&c->st);
     c->stats.reconnects++;
     c->stream_failures++;
@@ -2112,11 +2087,6 @@ static void final_status(walq_consumer *c)
     }
 }
 
-static int64_t min_deadline(int64_t a, int64_t b)
-{
-    return (a == 0 || (b != 0 && b < a)) ? b : a;
-}
-
 static int loop(walq_consumer *c)
 {
     struct pollfd *pfd;
@@ -2255,21 +2225,23 @@ static int loop(walq_consumer *c)
         if (c->h != NULL)
             n += c->h->ops->fds(c->h, pfd + n, npfd - (size_t)n, now, &wake_at);
         if (c->st.streaming)
-            wake_at = min_deadline(wake_at, c->next_status);
+            wake_at = walq__min_deadline(wake_at, c->next_status);
         if (c->ack.n > 0)
-            wake_at = min_deadline(wake_at, c->ack.oldest + (int64_t)c->o.ack_delay_ms * 1000);
+            wake_at =
+                walq__min_deadline(wake_at, c->ack.oldest + (int64_t)c->o.ack_delay_ms * 1000);
         if (c->nsql > 0)
-            wake_at = min_deadline(wake_at, c->sql_oldest + (int64_t)c->o.ack_delay_ms * 1000);
+            wake_at =
+                walq__min_deadline(wake_at, c->sql_oldest + (int64_t)c->o.ack_delay_ms * 1000);
         if (c->pconn == NULL)
-            wake_at = min_deadline(wake_at, c->primary_retry_at);
+            wake_at = walq__min_deadline(wake_at, c->primary_retry_at);
         if (!c->st.streaming && !c->backfilling)
-            wake_at = min_deadline(wake_at, c->stream_retry_at);
+            wake_at = walq__min_deadline(wake_at, c->stream_retry_at);
         if (c->o.drain && c->st.streaming)
-            wake_at = min_deadline(wake_at, c->next_ping);
+            wake_at = walq__min_deadline(wake_at, c->next_ping);
         if (c->timers.n > 0) {
             int64_t due = walq__heap_top(&c->timers)->run_at - wall;
 
-            wake_at = min_deadline(wake_at, now + (due > 0 ? due : 0));
+            wake_at = walq__min_deadline(wake_at, now + (due > 0 ? due : 0));
         }
         if ((c->backfilling && c->in_memory < (size_t)c->o.max_in_flight) ||
             (c->ready.n > 0 && !stopping && handler_has_room(c)))

@@ -197,3 +197,22 @@ int walq_group_name_valid(const char *group)
     /* Slot names hold 63 bytes, and the slot is "walq_" followed by the group. */
     return walq__name_valid(group, 58);
 }
+
+int64_t walq__reconnect_delay_us(int failures)
+{
+    return (int64_t)100000 << (failures < 5 ? failures : 5);
+}
+
+void walq__warn_retry(const walq__log *lg, int64_t delay_us)
+{
+    const char *msg = walq_last_error();
+    const char *hint = strstr(msg, "\nHINT:  ");
+
+    walq__warn(lg, "%.*s; reconnecting in %.1f s", hint ? (int)(hint - msg) : (int)strlen(msg), msg,
+               (double)delay_us / 1e6);
+}
+
+int64_t walq__min_deadline(int64_t a, int64_t b)
+{
+    return (a == 0 || (b != 0 && b < a)) ? b : a;
+}

@@ -288,3 +288,14 @@ void walq__stream_close(walq__stream *s)
     s->conn = NULL;
     s->streaming = 0;
 }
+
+int64_t walq__stream_status_interval(walq__stream *s, int64_t wanted_us)
+{
+    PGresult *res = PQexec(s->conn, "SHOW wal_sender_timeout");
+    int64_t timeout_us = 0;
+
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        timeout_us = walq__parse_duration_us(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return timeout_us > 0 && timeout_us / 2 < wanted_us ? timeout_us / 2 : wanted_us;
+}

@@ -59,6 +59,13 @@ int walq__stream_status(walq__stream *s, uint64_t write_lsn, uint64_t flush_lsn,
 
 int walq__stream_socket(const walq__stream *s);
 
+/*
+ * The interval between status updates: wanted_us, or half the server's
+ * wal_sender_timeout if that is shorter, so that a client that reads
+ * nothing for a while (a full consumer) is not timed out.
+ */
+int64_t walq__stream_status_interval(walq__stream *s, int64_t wanted_us);
+
 void walq__stream_close(walq__stream *s);
 
 #endif

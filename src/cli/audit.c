@@ -94,7 +94,6 @@ int walq__cli_audit(int argc, char **argv)
     const char *dbname = NULL;
     walq__audit *a = NULL;
     walq__audit_stats st;
-    struct sigaction sa;
     int opt, rc;
     int64_t t0;
 
@@ -163,12 +162,7 @@ int walq__cli_audit(int argc, char **argv)
         return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
     }
     running_audit = a;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    walq__cli_on_stop(on_stop_signal);
 
     t0 = walq__mono_us();
     rc = walq__audit_run(a);

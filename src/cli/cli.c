@@ -1,4 +1,5 @@
 /* Error output shared by the walq program's commands. */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -52,4 +53,16 @@ void walq__cli_log(void *arg, walq_log_level level, const char *msg)
     strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
     fprintf(stderr, "%s ", stamp);
     walq__cli_message(names[level], msg);
+}
+
+void walq__cli_on_stop(void (*fn)(int))
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fn;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }

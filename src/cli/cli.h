@@ -19,6 +19,12 @@ void walq__cli_fail(int rc);
  */
 void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...) WALQ__PRINTF(3, 4);
 
+/*
+ * Sends SIGTERM and SIGINT to fn (which stops the running command: drain on
+ * the first, at once on the second) and ignores SIGPIPE.
+ */
+void walq__cli_on_stop(void (*fn)(int));
+
 /* The log callback of the program's long-running commands: stamped lines on stderr. */
 void walq__cli_log(void *arg, walq_log_level level, const char *msg);
 

@@ -508,7 +508,6 @@ static int cmd_consume(int argc, char **argv)
     const char **queues = calloc((size_t)argc + 1, sizeof(*queues));
     size_t nqueues = 0;
     walq_consumer *c = NULL;
-    struct sigaction sa;
     walq_stats st;
     int opt, rc, status = 1;
     int64_t t0;
@@ -665,12 +664,7 @@ static int cmd_consume(int argc, char **argv)
         return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
     }
     running_consumer = c;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    walq__cli_on_stop(on_stop_signal);
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     t0 = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
