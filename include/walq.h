@@ -148,6 +148,12 @@ typedef struct walq_options {
      */
     int partition;
     int partitions;
+    /*
+     * Keep every outcome: make no horizon commands, so that the group's
+     * done jobs stay in walq.outcome_batches and walq.outcomes (storage then
+     * grows with every job) until a reader without it runs.
+     */
+    int keep_outcomes;
 } walq_options;
 
 #define WALQ_OPTIONS_VERSION 1
@@ -155,7 +161,7 @@ typedef struct walq_options {
     {                                                                                              \
         WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
             600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO,   \
-            0, 1                                                                                   \
+            0, 1, 0                                                                                \
     }
 
 typedef struct walq_consumer walq_consumer;

@@ -10,21 +10,36 @@
 #include "lsn.h"
 
 /*
- * One statement, hence one transaction: the outcomes are upserted, but a
- * final outcome already recorded (by an earlier life of this consumer that
- * ran the job too) is never overwritten, so each job's final outcome is
- * recorded once.  Jobs cancelled by an administrator are in the batch only
- * to let their transactions go: their outcome is in the table already.  The
- * dedup keys of jobs now finished in every group reading their queue are
- * released; the CTEs share one snapshot, so this group's new outcomes come
- * from RETURNING and only the other groups are looked up.  The cursor only
- * moves forward.
+ * One statement, hence one transaction.  Jobs done at their first attempt go
+ * into one row of walq.outcome_batches ($10, ascending ids, and $11, the
+ * greatest end LSN of their transactions).  A row an administrator made for
+ * one of them before this consumer saw it (cancelled, then retried: queued)
+ * is set done; rows are few, so the range scan of the primary key between
+ * the batch's first and last id finds them cheaply.  Every other outcome is
+ * upserted into walq.outcomes, but a final outcome already recorded (by an
+ * earlier life of this consumer that ran the job too) is never overwritten,
+ * so each job's final outcome is recorded once.  Jobs cancelled by an administrator
+ * are in the batch only to let their transactions go: their outcome is in
+ * the table already.  The dedup keys of jobs now finished in every group
+ * reading their queue are released; the CTEs share one snapshot, so this
+ * group's new outcomes come from RETURNING and only the other groups are
+ * looked up.  The cursor and the reader's horizon ($12) only move forward.
  */
 #define ACK_OUTCOMES                                                                               \
     "WITH o AS ("                                                                                  \
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"        \
     "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)" \
     "   WHERE status <> 'cancelled'"                                                               \
+    "), batch AS ("                                                                                \
+    "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn)"             \
+    "  SELECT $1, b[1], b[cardinality(b)], b, $11::pg_lsn"                                         \
+    "    FROM (SELECT $10::bigint[] AS b) x WHERE cardinality(b) > 0"                              \
+    "), fix AS ("                                                                                  \
+    "  UPDATE walq.outcomes t SET status = 'done', attempts = 1, last_error = NULL,"               \
+    "         run_at = NULL, updated_at = now()"                                                   \
+    "    FROM (SELECT $10::bigint[] AS b) x"                                                       \
+    "   WHERE t.group_name = $1 AND t.job_id BETWEEN b[1] AND b[cardinality(b)]"                   \
+    "     AND t.job_id = ANY (b) AND t.status IN ('queued', 'scheduled')"                          \
     "), up AS ("                                                                                   \
     "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"  \
     "                                  lsn)"                                                       \
@@ -36,7 +51,8 @@
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
 
 #define ACK_CURSOR                                                                                 \
-    ") UPDATE walq.readers SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn), updated_at = now()"  \
+    ") UPDATE walq.readers SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn),"                     \
+    "         done_below = greatest(done_below, $12::bigint), updated_at = now()"                  \
     "   WHERE slot_name = $9"
 
 static const char ack_sql[] = ACK_OUTCOMES ACK_CURSOR;
@@ -49,9 +65,8 @@ static const char ack_dedup_sql[] = ACK_OUTCOMES
     "   WHERE d.job_id = up.job_id AND up.status IN ('done', 'dead')"
     "     AND NOT EXISTS (SELECT 1 FROM walq.jobs j"
     "                       JOIN walq.groups g ON j.queue = ANY (g.queues) AND g.name <> $1"
-    "                       LEFT JOIN walq.outcomes x ON x.group_name = g.name AND x.job_id = j.id"
     "                      WHERE j.id = up.job_id"
-    "                        AND coalesce(x.status, 'queued') NOT IN ('done', 'dead', "
+    "                        AND walq.status_in(g.name, j.id) NOT IN ('done', 'dead', "
     "'cancelled'))" ACK_CURSOR;
 
 int walq__ack_add(walq__ack *a, walq__job *job)
@@ -91,57 +106,125 @@ static const char *status_name(walq__status st)
     return "queued";
 }
 
+/* Appends v in decimal: the batch formats thousands of ids. */
+static int put_i64(walq__buf *b, const char *sep, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    size_t seplen = *sep ? 1 : 0;
+
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *--p = '-';
+    if (walq__buf_reserve(b, seplen + (size_t)(tmp + sizeof(tmp) - p)) != 0)
+        return -1;
+    if (seplen)
+        b->data[b->len++] = *sep;
+    memcpy(b->data + b->len, p, (size_t)(tmp + sizeof(tmp) - p));
+    b->len += (size_t)(tmp + sizeof(tmp) - p);
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+
+    return (a > b) - (a < b);
+}
+
+/*
+ * Whether a job's outcome goes into the batch row: done at the first try,
+ * with no row in walq.outcomes that it must overwrite and no dedup key to
+ * release.
+ */
+static int batched(const walq__job *j)
+{
+    return j->pending == WALQ__ST_DONE && !j->has_row && !j->has_dedup;
+}
+
 /* Builds the batch's parameters; *sql is the statement to run them with. */
 static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
-                 const char *params[9], const char **sql)
+                 int64_t done_below, const char *params[WALQ__ACK_PARAMS], const char **sql)
 {
-    walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
+    walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
+                           &a->run_ats, &a->lsns,     &a->done_ids};
     char lsn[WALQ__LSN_BUFSZ];
+    uint64_t done_lsn = 0;
+    size_t ndone = 0, nrows = 0;
     int rc = 0, dedup = 0;
 
+    if (a->n > a->done_cap) {
+        int64_t *ids = realloc(a->done, a->n * sizeof(*ids));
+
+        if (ids == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        a->done = ids;
+        a->done_cap = a->n;
+    }
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++) {
         walq__buf_reset(arrays[i]);
         rc |= walq__buf_puts(arrays[i], "{");
     }
     for (size_t i = 0; i < a->n && rc == 0; i++) {
-        const walq__job *j = a->jobs[i];
-        const char *sep = i ? "," : "";
+        walq__job *j = a->jobs[i];
+        const char *sep = nrows ? "," : "";
 
+        if (batched(j)) {
+            a->done[ndone++] = j->id;
+            if (j->lsn > done_lsn)
+                done_lsn = j->lsn;
+            continue;
+        }
+        /* From now on the job has a row, which later outcomes update. */
+        j->has_row = 1;
+        nrows++;
         dedup |= j->has_dedup && (j->pending == WALQ__ST_DONE || j->pending == WALQ__ST_DEAD);
-        rc |= walq__buf_printf(&a->ids, "%s%lld", sep, (long long)j->id);
+        rc |= put_i64(&a->ids, sep, j->id);
         rc |= walq__buf_printf(&a->statuses, "%s%s", sep, status_name(j->pending));
-        rc |= walq__buf_printf(&a->attempts, "%s%d", sep, (int)j->attempts);
+        rc |= put_i64(&a->attempts, sep, j->attempts);
         rc |= walq__buf_puts(&a->errors, sep);
         rc |= walq__buf_array_elem(&a->errors, j->last_error);
         if (j->pending == WALQ__ST_SCHEDULED)
-            rc |= walq__buf_printf(&a->run_ats, "%s%lld", sep, (long long)j->run_at);
+            rc |= put_i64(&a->run_ats, sep, j->run_at);
         else
             rc |= walq__buf_printf(&a->run_ats, "%sNULL", sep);
         rc |= walq__buf_printf(&a->lsns, "%s%s", sep, walq__lsn_format(j->lsn, lsn));
     }
+    if (ndone > 1)
+        qsort(a->done, ndone, sizeof(*a->done), cmp_i64);
+    for (size_t i = 0; i < ndone && rc == 0; i++)
+        rc |= put_i64(&a->done_ids, i ? "," : "", a->done[i]);
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         rc |= walq__buf_puts(arrays[i], "}");
     if (rc != 0)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
 
     params[0] = group;
-    for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
+    for (size_t i = 0; i < 6; i++)
         params[i + 1] = arrays[i]->data;
     params[7] = walq__lsn_format(cursor, a->cursor_text);
     params[8] = slot;
+    params[9] = a->done_ids.data;
+    params[10] = walq__lsn_format(done_lsn, a->done_lsn_text);
+    snprintf(a->done_below_text, sizeof(a->done_below_text), "%lld", (long long)done_below);
+    params[11] = a->done_below_text;
     *sql = dedup ? ack_dedup_sql : ack_sql;
     return 0;
 }
 
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor)
+                    uint64_t cursor, int64_t done_below)
 {
-    const char *params[9], *sql;
+    const char *params[WALQ__ACK_PARAMS], *sql;
     PGresult *res;
-    int rc = build(a, group, slot, cursor, params, &sql);
+    int rc = build(a, group, slot, cursor, done_below, params, &sql);
 
     if (rc == 0)
-        rc = walq__query(primary, &res, "record outcomes", sql, 9, params);
+        rc = walq__query(primary, &res, "record outcomes", sql, WALQ__ACK_PARAMS, params);
     if (rc != 0)
         return rc;
     PQclear(res);
@@ -149,16 +232,16 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
 }
 
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor)
+                   uint64_t cursor, int64_t done_below)
 {
-    const char *params[9], *sql;
+    const char *params[WALQ__ACK_PARAMS], *sql;
     walq__job **jobs;
     size_t cap;
-    int rc = build(a, group, slot, cursor, params, &sql);
+    int rc = build(a, group, slot, cursor, done_below, params, &sql);
 
     if (rc != 0)
         return rc;
-    if (!PQsendQueryParams(primary, sql, 9, NULL, params, NULL, NULL, 0)) {
+    if (!PQsendQueryParams(primary, sql, WALQ__ACK_PARAMS, NULL, params, NULL, NULL, 0)) {
         char msg[512];
 
         return walq__error(walq__conn_failed(primary, NULL) ? WALQ_ECONN : WALQ_EQUERY, NULL,
@@ -177,6 +260,7 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     a->cap = cap;
     a->n = 0;
     a->sent_cursor = cursor;
+    a->sent_done_below = done_below;
     a->inflight = 1;
     return 0;
 }
@@ -240,8 +324,12 @@ void walq__ack_requeue(walq__ack *a)
 
 void walq__ack_free(walq__ack *a)
 {
-    walq__buf *arrays[] = {&a->ids, &a->statuses, &a->attempts, &a->errors, &a->run_ats, &a->lsns};
+    walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
+                           &a->run_ats, &a->lsns,     &a->done_ids};
 
+    free(a->done);
+    a->done = NULL;
+    a->done_cap = 0;
     free(a->jobs);
     free(a->sent);
     a->jobs = a->sent = NULL;

@@ -19,7 +19,10 @@ typedef struct walq__ack {
     size_t cap;
     int64_t oldest; /* monotonic time the first outcome of the batch arrived */
     walq__buf ids, statuses, attempts, errors, run_ats, lsns;
-    char cursor_text[32];
+    walq__buf done_ids; /* the batch row: jobs done at their first attempt */
+    int64_t *done;
+    size_t done_cap;
+    char cursor_text[32], done_lsn_text[32], done_below_text[32];
     /*
      * The batch of the statement in flight (walq__ack_send), while the next
      * one gathers in jobs.  At most one statement is in flight.
@@ -27,6 +30,7 @@ typedef struct walq__ack {
     walq__job **sent;
     size_t nsent, sentcap;
     uint64_t sent_cursor;
+    int64_t sent_done_below;
     int inflight;
 } walq__ack;
 
@@ -36,13 +40,17 @@ typedef struct walq__ack {
  */
 int walq__ack_add(walq__ack *a, walq__job *job);
 
+/* The ack statement's parameters. */
+#define WALQ__ACK_PARAMS 12
+
 /*
- * Writes the batch and the cursor in one statement.  The batch is left as it
+ * Writes the batch, the cursor and the reader's horizon (done_below: every
+ * job of the reader below it has an outcome) in one statement.  The batch is left as it
  * was: on success the caller walks a->jobs and empties it; on failure it can
  * try again later with more added.
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor);
+                    uint64_t cursor, int64_t done_below);
 
 /*
  * The same, without waiting: the statement is sent and the batch moves to
@@ -52,7 +60,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
  * Nothing else may use the connection while a->inflight.
  */
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor);
+                   uint64_t cursor, int64_t done_below);
 
 /* Collects the result if it is in: *finished then, and the statement's outcome. */
 int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished);

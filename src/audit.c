@@ -117,7 +117,7 @@ static const char *const plugin_options[] = {"format-version",
                                              "include-lsn",
                                              "1",
                                              "add-tables",
-                                             "walq.jobs,walq.outcomes",
+                                             "walq.jobs,walq.outcomes,walq.outcome_batches",
                                              "actions",
                                              "insert,update,delete",
                                              NULL};

@@ -100,7 +100,29 @@ struct walq_consumer {
     uint64_t drain_target;
     int64_t stream_retry_at, primary_retry_at;
     int stream_failures, primary_failures;
+
+    /*
+     * The outcome horizon (sql/005_outcome_horizon.sql): horizon commands
+     * seen in the stream and not yet passed by the cursor, the reader's
+     * horizon for the next ack, and the making of the next command.
+     */
+    struct {
+        uint64_t lsn;    /* end of the command's transaction */
+        int64_t last_id; /* every job up to it is in the stream before */
+    } marks[16];
+    size_t nmarks;
+    int64_t done_below;         /* every job of the reader below it has an outcome */
+    int64_t done_below_written; /* as far as the acks committed so far say */
+    int compact_due;            /* done_below_written moved: compact the outcomes */
+    int mark_pending;           /* walq.horizon_begin() answered; horizon_mark() next */
+    char mark_last_id[32];
+    char *mark_lockers;
+    uint64_t mark_activity; /* outcomes recorded when the last command was made */
+    int64_t next_mark;
 };
+
+/* How often a reader makes a horizon command while jobs flow. */
+#define MARK_INTERVAL_US 1000000
 
 static void set_errmsg(walq_consumer *c)
 {
@@ -797,6 +819,41 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------------------ */
+/* The outcome horizon                                                 */
+
+/* A horizon command arrived in the transaction being received. */
+static void note_mark(walq_consumer *c, int64_t last_id)
+{
+    if (c->cur == NULL)
+        return;
+    /* Full: the newest takes the last place, which only delays that one. */
+    if (c->nmarks == WALQ__ARRAY_SIZE(c->marks))
+        c->nmarks--;
+    c->marks[c->nmarks].lsn = c->cur_end;
+    c->marks[c->nmarks].last_id = last_id;
+    c->nmarks++;
+}
+
+/*
+ * Horizon commands the cursor has passed: every job up to theirs came before
+ * them in the stream, and has an outcome in this ack or an earlier one.
+ */
+static void pass_marks(walq_consumer *c)
+{
+    size_t k = 0;
+
+    while (k < c->nmarks && c->marks[k].lsn <= c->txq.safe_lsn) {
+        if (c->marks[k].last_id >= c->done_below)
+            c->done_below = c->marks[k].last_id + 1;
+        k++;
+    }
+    if (k > 0) {
+        memmove(c->marks, c->marks + k, (c->nmarks - k) * sizeof(c->marks[0]));
+        c->nmarks -= k;
+    }
+}
+
 /*
  * The ack statement in flight is finished (rc): on success its jobs are
  * recorded and the cursor it wrote is durable; on failure they go back into
@@ -822,6 +879,10 @@ static int acks_sent(walq_consumer *c, int rc)
     c->ack.nsent = 0;
     c->flush_failed = 0;
     c->durable = c->ack.sent_cursor;
+    if (c->ack.sent_done_below > c->done_below_written) {
+        c->done_below_written = c->ack.sent_done_below;
+        c->compact_due = 1;
+    }
     if (c->sync_end && c->durable >= c->sync_end)
         c->sync_end = 0;
     return 0;
@@ -842,7 +903,8 @@ static int send_acks(walq_consumer *c)
             job->txn = NULL;
         }
     }
-    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn);
+    pass_marks(c);
+    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->done_below);
 }
 
 /*
@@ -884,7 +946,9 @@ static int flush_acks(walq_consumer *c)
      * An empty batch is still written once after a resync, so that the
      * cursor records that the backlog is done even if it had no job.
      */
-    if (c->ack.n == 0 && nsql == 0 && !(c->sync_end && c->txq.safe_lsn >= c->sync_end))
+    pass_marks(c);
+    if (c->ack.n == 0 && nsql == 0 && !(c->sync_end && c->txq.safe_lsn >= c->sync_end) &&
+        c->done_below <= c->done_below_written)
         return 0;
     if (c->pconn == NULL)
         return WALQ_ECONN;
@@ -908,7 +972,8 @@ static int flush_acks(walq_consumer *c)
             job->txn = NULL;
         }
     }
-    rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn);
+    pass_marks(c);
+    rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->done_below);
     if (rc == 0 && nsql > 0)
         rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
     if (rc != 0)
@@ -940,6 +1005,10 @@ static int flush_acks(walq_consumer *c)
     c->ack.n = 0;
     c->flush_failed = 0;
     c->durable = c->txq.safe_lsn;
+    if (c->done_below > c->done_below_written) {
+        c->done_below_written = c->done_below;
+        c->compact_due = 1;
+    }
     if (c->sync_end && c->durable >= c->sync_end)
         c->sync_end = 0;
     return rc;
@@ -1193,6 +1262,7 @@ static int retry_job(walq_consumer *c, int64_t id)
     PQclear(res);
     if (job == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    job->has_row = 1;
     job->run_at = 0;
     job->lsn = c->cur_end;
     job->txn = c->cur;
@@ -1215,6 +1285,10 @@ static int on_command(walq_consumer *c, const walq__change *ch)
         return cancel_job(c, id->i);
     if (strcmp(action->str, "retry") == 0)
         return c->pconn ? retry_job(c, id->i) : WALQ_ECONN;
+    if (strcmp(action->str, "horizon") == 0) {
+        note_mark(c, id->i);
+        return 0;
+    }
     walq__warn(&c->log, "unknown command \"%s\" for job %lld ignored", action->str,
                (long long)id->i);
     return 0;
@@ -1358,6 +1432,131 @@ static int query1(PGconn *conn, PGresult **res, const char *what, const char *sq
     return walq__query(conn, res, what, sql, p1 ? 1 : 0, params);
 }
 
+static void mark_reset(walq_consumer *c)
+{
+    free(c->mark_lockers);
+    c->mark_lockers = NULL;
+    c->mark_pending = 0;
+}
+
+/*
+ * One step towards the group's next horizon command: step 1 reads the last
+ * job id and the transactions that may still hold ids up to it, step 2 (once
+ * they ended) inserts the command.  *made is set when it was inserted.
+ */
+static int mark_step(walq_consumer *c, int *made)
+{
+    PGresult *res;
+    int rc;
+
+    *made = 0;
+    if (!c->mark_pending) {
+        rc = walq__query(c->pconn, &res, "read the last job id",
+                         "SELECT last_id, lockers FROM walq.horizon_begin()", 0, NULL);
+        if (rc != 0)
+            return rc;
+        if (PQgetisnull(res, 0, 0)) {
+            PQclear(res); /* no job was ever published */
+            return 0;
+        }
+        snprintf(c->mark_last_id, sizeof(c->mark_last_id), "%s", PQgetvalue(res, 0, 0));
+        c->mark_lockers = walq__strdup(PQgetvalue(res, 0, 1));
+        PQclear(res);
+        if (c->mark_lockers == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        c->mark_pending = 1;
+    }
+    {
+        const char *params[3] = {c->group, c->mark_last_id, c->mark_lockers};
+
+        rc = walq__query(c->pconn, &res, "make a horizon command",
+                         "SELECT walq.horizon_mark($1, $2::bigint, $3::text[])", 3, params);
+    }
+    if (rc != 0)
+        return rc;
+    *made = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (*made)
+        mark_reset(c);
+    return 0;
+}
+
+static int compact(walq_consumer *c)
+{
+    PGresult *res;
+    int rc = query1(c->pconn, &res, "compact the outcomes", "SELECT walq.compact_outcomes($1)",
+                    c->group);
+
+    if (rc != 0)
+        return rc;
+    PQclear(res);
+    c->compact_due = 0;
+    return 0;
+}
+
+/*
+ * About once a second while outcomes are recorded: the next horizon command,
+ * and the compaction of what the last horizon passed.  Each is one short
+ * statement on the primary connection, after the ack in flight.
+ */
+static int horizon_tick(walq_consumer *c, int64_t now)
+{
+    uint64_t activity = c->stats.done + c->stats.dead + c->stats.retried;
+    int rc, made;
+
+    if (c->pconn == NULL || now < c->next_mark || c->o.keep_outcomes)
+        return 0;
+    c->next_mark = now + MARK_INTERVAL_US;
+    if (!c->compact_due && !c->mark_pending && activity == c->mark_activity)
+        return 0;
+    rc = settle_acks(c);
+    if (rc != 0 || c->pconn == NULL)
+        return rc;
+    if (c->compact_due) {
+        rc = compact(c);
+        if (rc != 0)
+            return rc;
+    }
+    if (c->mark_pending || activity != c->mark_activity) {
+        c->mark_activity = activity;
+        rc = mark_step(c, &made);
+        if (rc != 0)
+            return rc;
+        /* A producer's transaction still runs: look again soon. */
+        if (c->mark_pending)
+            c->next_mark = now + 50000;
+    }
+    return 0;
+}
+
+/*
+ * --drain: a horizon command before the end of what is drained, so that the
+ * drain ends with the outcomes it recorded compacted.  A producer's
+ * transaction left open delays it; after a few seconds the drain goes on
+ * without.
+ */
+static int mark_before_drain(walq_consumer *c)
+{
+    int64_t give_up = walq__mono_us() + 3000000;
+    int made = 0, rc;
+
+    while ((rc = mark_step(c, &made)) == 0 && c->mark_pending && !c->stop_req &&
+           walq__mono_us() < give_up)
+        nap(c, 20);
+    if (rc == 0 && c->mark_pending)
+        walq__info(&c->log, "a transaction publishing jobs is still open: this drain leaves its "
+                            "outcomes to the next horizon");
+    mark_reset(c);
+    return rc;
+}
+
+/* What the last acks let go is deleted before the process ends. */
+static void compact_at_exit(walq_consumer *c)
+{
+    if (c->compact_due && c->pconn != NULL && compact(c) != 0)
+        walq__warn(&c->log, "%s; the next consumer of the group compacts them", walq_last_error());
+}
+
 static int queues_literal(walq_consumer *c, walq__buf *b)
 {
     int rc = walq__buf_puts(b, "{");
@@ -1382,9 +1581,13 @@ static int load_skip(walq_consumer *c, uint64_t cursor)
     snprintf(k, sizeof(k), "%d", c->partition);
     snprintf(n, sizeof(n), "%d", c->partitions);
     rc = walq__query(c->pconn, &res, "read recorded outcomes",
-                     "SELECT job_id FROM walq.outcomes WHERE group_name = $1"
-                     "   AND (lsn > $2::pg_lsn OR (status = 'cancelled' AND lsn IS NULL))"
-                     "   AND ($4::int = 1 OR walq.partition_of(job_id, $4::int) = $3::int)"
+                     "SELECT job_id FROM ("
+                     "  SELECT job_id FROM walq.outcomes WHERE group_name = $1"
+                     "     AND (lsn > $2::pg_lsn OR (status = 'cancelled' AND lsn IS NULL))"
+                     "  UNION"
+                     "  SELECT unnest(job_ids) FROM walq.outcome_batches"
+                     "   WHERE group_name = $1 AND lsn > $2::pg_lsn) x (job_id)"
+                     " WHERE $4::int = 1 OR walq.partition_of(job_id, $4::int) = $3::int"
                      " ORDER BY job_id",
                      4, params);
     if (rc != 0)
@@ -1465,6 +1668,7 @@ static int load_timers(walq_consumer *c, int64_t after, int64_t until)
             PQclear(res);
             return walq__error(WALQ_ENOMEM, NULL, "out of memory");
         }
+        job->has_row = 1;
         rc = make_timer(c, job, job->attempts > 0);
         if (rc != 0) {
             forget(c, job);
@@ -1497,7 +1701,7 @@ static int load_timers(walq_consumer *c, int64_t after, int64_t until)
 static int backfill_page(walq_consumer *c)
 {
     PGresult *res, *known = NULL;
-    walq__buf ids = {0};
+    walq__buf ids = {0}, queues = {0};
     int rc, n;
     int64_t now_wall = walq__wall_us();
 
@@ -1523,33 +1727,52 @@ static int backfill_page(walq_consumer *c)
         walq__info(&c->log, "backlog read: %llu jobs", (unsigned long long)c->stats.received);
         return 0;
     }
-    /* The outcomes live on the primary, which may be another server. */
+    /*
+     * The outcomes live on the primary, which may be another server: the
+     * page's status there, one row per job in the page's (id) order.  Done
+     * is a row, a batch, or the group's horizon.
+     */
     rc = walq__buf_puts(&ids, "{");
     for (int i = 0; rc == 0 && i < n; i++)
         rc = walq__buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
     rc = rc ? rc : walq__buf_puts(&ids, "}");
+    rc = rc ? rc : walq__buf_puts(&queues, "{");
+    for (int i = 0; rc == 0 && i < n; i++) {
+        rc = walq__buf_puts(&queues, i ? "," : "");
+        rc = rc ? rc : walq__buf_array_elem(&queues, PQgetvalue(res, i, 1));
+    }
+    rc = rc ? rc : walq__buf_puts(&queues, "}");
     if (rc == 0) {
-        const char *params[2] = {c->group, ids.data};
+        const char *params[3] = {c->group, ids.data, queues.data};
 
-        rc = walq__query(c->pconn, &known, "check the backlog against recorded outcomes",
-                         "SELECT job_id FROM walq.outcomes"
-                         " WHERE group_name = $1 AND job_id = ANY ($2::bigint[])"
-                         "   AND status <> 'queued' ORDER BY job_id",
-                         2, params);
+        rc = walq__query(
+            c->pconn, &known, "check the backlog against recorded outcomes",
+            "SELECT coalesce(o.status,"
+            "                CASE WHEN (p.id < g.done_below AND p.queue = ANY (g.done_queues))"
+            "                          OR walq.done_in_batch($1, p.id) THEN 'done' END)"
+            "  FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY p (id, queue, n)"
+            "  JOIN walq.groups g ON g.name = $1"
+            "  LEFT JOIN walq.outcomes o ON o.group_name = $1 AND o.job_id = p.id"
+            " ORDER BY p.n",
+            3, params);
     }
     walq__buf_free(&ids);
+    walq__buf_free(&queues);
+    if (rc == 0 && PQntuples(known) != n) {
+        PQclear(known);
+        rc = walq__error(WALQ_ESERVER, NULL, "consumer group \"%s\" is missing", c->group);
+    }
     if (rc != 0) {
         PQclear(res);
         return rc;
     }
-    for (int i = 0, k = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {
         int64_t id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        int queued_row = strcmp(PQgetvalue(known, i, 0), "queued") == 0;
         walq__job *job;
 
-        /* Both lists are in id order. */
-        while (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) < id)
-            k++;
-        if (k < PQntuples(known) && strtoll(PQgetvalue(known, k, 0), NULL, 10) == id)
+        /* Recorded already, unless a retry queued it again. */
+        if (!PQgetisnull(known, i, 0) && !queued_row)
             continue;
         if (walq__idset_has(&c->live, id))
             continue;
@@ -1558,6 +1781,7 @@ static int backfill_page(walq_consumer *c)
             rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
             break;
         }
+        job->has_row = queued_row;
         job->lsn = c->bf_txn->end_lsn;
         job->txn = c->bf_txn;
         c->bf_txn->outstanding++;
@@ -1735,13 +1959,16 @@ static int resync(walq_consumer *c, const slot_info *si, uint64_t cursor)
 
         rc = walq__query(c->pconn, &res, "record the reader's new slot",
                          "UPDATE walq.readers SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
-                         " updated_at = now() WHERE slot_name = $1",
+                         " done_below = 0, updated_at = now() WHERE slot_name = $1",
                          3, params);
         PQclear(res);
     }
     walq__buf_free(&queues);
     if (rc != 0)
         return rc;
+    /* The reader's horizon starts afresh, for the queues it reads now. */
+    c->done_below = c->done_below_written = 0;
+    c->nmarks = 0;
     c->bf_txn = walq__txnq_open(&c->txq, consistent);
     if (c->bf_txn == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -2048,6 +2275,8 @@ static int setup(walq_consumer *c)
     }
     if (rc == 0)
         rc = load_timers(c, 0, walq__wall_us() + c->horizon_us);
+    if (rc == 0 && c->o.drain && !c->o.keep_outcomes)
+        rc = mark_before_drain(c);
     if (rc == 0 && c->o.drain) {
         rc = walq__query(c->sconn, &res, "read the server's WAL position",
                          "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
@@ -2073,7 +2302,8 @@ static int drained(const walq_consumer *c)
 {
     return !c->backfilling && c->sync_end == 0 && c->st.streaming && c->cur == NULL &&
            c->in_memory == 0 && c->retry_timers == 0 && c->ack.n == 0 && !c->ack.inflight &&
-           c->last_end >= c->drain_target && c->txq.head == NULL;
+           c->last_end >= c->drain_target && c->txq.head == NULL &&
+           c->done_below <= c->done_below_written;
 }
 
 /* The last word to the server: everything recorded is confirmed. */
@@ -2091,7 +2321,7 @@ static int loop(walq_consumer *c)
 {
     struct pollfd *pfd;
     size_t npfd = 3 + (c->h ? c->h->ops->max_fds(c->h) : 0);
-    int rc = 0, stream_pfd = -1;
+    int rc = 0, stream_pfd = -1, ack_pfd = -1;
 
     pfd = calloc(npfd, sizeof(*pfd));
     if (pfd == NULL)
@@ -2152,16 +2382,24 @@ static int loop(walq_consumer *c)
                 }
             }
             rc = dispatch(c, now);
+            if (rc == 0 && !c->backfilling)
+                rc = horizon_tick(c, now);
+            if (rc == WALQ_ECONN) {
+                primary_lost(c);
+                rc = 0;
+            }
             if (rc != 0)
                 break;
         }
+        pass_marks(c);
         if (c->pconn != NULL &&
             ((c->ack.n > 0 && (c->ack.n >= (size_t)c->o.batch_size ||
                                now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
                                (stopping && handler_running(c) == 0))) ||
              (c->nsql > 0 && (c->nsql >= (size_t)c->o.batch_size ||
                               now - c->sql_oldest >= (int64_t)c->o.ack_delay_ms * 1000)) ||
-             (c->sync_end && c->txq.safe_lsn >= c->sync_end))) {
+             (c->sync_end && c->txq.safe_lsn >= c->sync_end) ||
+             c->done_below > c->done_below_written)) {
             rc = flush_acks(c);
             if (rc == WALQ_ECONN) {
                 primary_lost(c);
@@ -2187,10 +2425,12 @@ static int loop(walq_consumer *c)
                 rc = WALQ_ESLOT;
                 break;
             }
+            compact_at_exit(c);
             final_status(c);
             break;
         }
         if (c->o.drain && drained(c)) {
+            compact_at_exit(c);
             final_status(c);
             walq__info(&c->log, "drained: every job committed before the start has an outcome");
             break;
@@ -2218,7 +2458,9 @@ static int loop(walq_consumer *c)
                 pfd[n].events |= POLLOUT;
             n++;
         }
+        ack_pfd = -1;
         if (c->ack.inflight && c->pconn != NULL) {
+            ack_pfd = n;
             pfd[n].fd = PQsocket(c->pconn);
             pfd[n++].events = POLLIN;
         }
@@ -2289,8 +2531,8 @@ static int loop(walq_consumer *c)
                 break;
             }
         }
-        /* The ack statement in flight, if its result is in. */
-        if (c->ack.inflight && c->pconn != NULL) {
+        /* The ack statement in flight, if its result is in (the socket said so). */
+        if (c->ack.inflight && c->pconn != NULL && ack_pfd >= 0 && pfd[ack_pfd].revents != 0) {
             int finished;
 
             rc = walq__ack_poll(&c->ack, c->pconn, &finished);
@@ -2347,6 +2589,8 @@ static void reset_memory(walq_consumer *c)
     c->nskip = 0;
     c->cur_inserts = c->resume_skip = 0;
     c->skip_cur = 0;
+    c->nmarks = 0;
+    mark_reset(c);
 }
 
 static void close_all(walq_consumer *c)
@@ -2401,6 +2645,7 @@ void walq_consumer_free(walq_consumer *c)
     free(c->sqlq);
     free(c->sql);
     free(c->skip);
+    free(c->mark_lockers);
     free(c->source);
     free(c->primary);
     free(c->group);

@@ -41,6 +41,7 @@ typedef struct walq_job {
     walq__job_state state;
     int retry_timer; /* in the timer heap for a retry, not its own run_at */
     int has_dedup;   /* holds a dedup key, which its final outcome releases */
+    int has_row;     /* walq.outcomes has a row for it, which its outcomes update */
     size_t heap_idx;
     /* The outcome waiting for the next ack transaction. */
     walq__status pending;

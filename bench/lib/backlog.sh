@@ -30,6 +30,10 @@ bench_pg_start "wal_sender_timeout = 60s"
 walq init >/dev/null
 walq consume --group bench --queue bench --drain --noop --quiet
 
+outcome_bytes_sql="SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'walq' AND c.relkind = 'r' AND c.relname LIKE 'outcome%'"
+
 # sizes WHEN: every table of schema walq: bytes with indexes and TOAST,
 # live and dead tuples.  Outcome storage is every table whose name starts
 # with "outcome" (partitions or rotated tables included).
@@ -46,9 +50,7 @@ sizes() {
                   JOIN pg_namespace n ON n.oid = c.relnamespace
                   LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
                  WHERE n.nspname = 'walq' AND c.relkind = 'r'")
-    result "size.$when.outcomes_all" 1 "$(q "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'walq' AND c.relkind = 'r' AND c.relname LIKE 'outcome%'")"
+    result "size.$when.outcomes_all" 1 "$(q "$outcome_bytes_sql")"
     result "size.$when.schema" 1 "$(q "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'walq' AND c.relkind = 'r'")"
@@ -114,6 +116,14 @@ timer=$BG_PID
 if wait_for_child=$(timeout 10 bash -c "until pgrep -P $timer; do sleep 0.05; done"); then
     rss_sampler "$wait_for_child" "$WORK/drain.rss"
 fi
+# The outcome storage while the backlog drains, every second.
+# shellcheck disable=SC2016  # expanded by the sampler's shell
+bg bash -c 'while kill -0 "$1" 2>/dev/null; do
+                "$2" -X -At -c "$3" 2>/dev/null
+                sleep 1
+            done' storage-sampler "$timer" "$PGTEST_BINDIR/psql" "$outcome_bytes_sql" \
+    >"$WORK/drain.storage"
+storage_sampler=$BG_PID
 bg_wait "$timer" 900
 t1=$(now)
 c1=$(server_cpu_ms)
@@ -130,3 +140,13 @@ if walq_slot_recreated walq_bench; then
     result slot_recreated 1 1
 fi
 sizes after
+bg_wait "$storage_sampler" 10
+result storage.peak 1 "$(sort -n "$WORK/drain.storage" | tail -n 1)"
+# What is left per job: outcome rows and batch entries (dead jobs would
+# stay; this run has none).
+result records.after 1 "$(q "SELECT (SELECT count(*) FROM walq.outcomes)
+                                  + (SELECT coalesce(sum(cardinality(job_ids)), 0)
+                                       FROM walq.outcome_batches)")"
+# The space the deleted rows held is reused once vacuumed (autovacuum would).
+q "VACUUM walq.outcomes, walq.outcome_batches" >/dev/null
+result size.vacuumed.outcomes_all 1 "$(q "$outcome_bytes_sql")"

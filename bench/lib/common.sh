@@ -131,14 +131,15 @@ slot_advance() {
 # each round starts alike.  Best effort: the storage is walq's to shape.
 truncate_outcomes() {
     local err
-    if ! err=$(q "TRUNCATE walq.outcomes" 2>&1); then
-        note "could not empty walq.outcomes between rounds ($err); rounds will differ"
+    if ! err=$(q "TRUNCATE walq.outcomes, walq.outcome_batches" 2>&1); then
+        note "could not empty walq's outcome storage between rounds ($err); rounds will differ"
     fi
 }
 
 # walq_done_count GROUP: jobs the group recorded done.
 walq_done_count() {
-    q "SELECT count(*) FROM walq.outcomes WHERE group_name = '$1' AND status = 'done'" 2>/dev/null ||
+    q "SELECT count(*) FROM walq.job_status WHERE consumer_group = '$1' AND status = 'done'" \
+        2>/dev/null ||
         echo "-"
 }
 

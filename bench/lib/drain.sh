@@ -109,7 +109,7 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
         note "walq dropped and recreated slot walq_$group: it read the backlog from the table"
         result walq.slot_recreated "$round" 1
     fi
-    vacuum_cost walq "$round" walq.outcomes
+    vacuum_cost walq "$round" "walq.outcomes, walq.outcome_batches"
 
     for variant in $variants; do
         case $variant in

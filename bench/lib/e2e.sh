@@ -102,7 +102,11 @@ walq_round() {
     }
     run_e2e walq "$round" \
         "SELECT (SELECT coalesce(max(id), $base) FROM walq.jobs WHERE queue = '$group')
-                - coalesce((SELECT max(job_id) FROM walq.outcomes WHERE group_name = '$group'), $base)"
+                - coalesce(greatest(
+                      (SELECT max(job_id) FROM walq.outcomes WHERE group_name = '$group'),
+                      (SELECT max(last_id) FROM walq.outcome_batches WHERE group_name = '$group'),
+                      (SELECT nullif(done_below, 0) - 1 FROM walq.groups WHERE name = '$group')),
+                    $base)"
     result walq.client_cpu "$round" "$(fdiv "$(proc_cpu_ms "$consumer")" $((jobs / 1000)) %.2f)"
     kill -TERM "$consumer"
     bg_wait "$consumer" 60

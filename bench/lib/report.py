@@ -403,8 +403,18 @@ def section_backlog():
                      cell("backlog", "dead.after." + n, 0, spread=False)])
     table(["table", "MiB before", "MiB after", "live rows after", "dead rows after"], rows)
     print()
-    print("  sizes: pg_total_relation_size (indexes and TOAST included); bounded storage needs")
-    print("  rotation or partitions of the outcomes, which this run shows or not.")
+    print("  sizes: pg_total_relation_size (indexes and TOAST included); outcome storage: every")
+    print("  table whose name starts with outcome (walq.outcomes, walq.outcome_batches).")
+    print()
+    left = med("backlog", "records.after")
+    peak = med("backlog", "storage.peak")
+    vac = med("backlog", "size.vacuumed.outcomes_all")
+    mib = lambda x: "-" if x is None else fmt(x / 1048576, 1)
+    print(f"  outcome storage: at most {mib(peak)} MiB while the backlog drained (sampled every")
+    print(f"  second), {mib(vac)} MiB after a VACUUM of the outcome tables")
+    print()
+    target_line("outcome records left after 1M jobs", f"{fmt(left, 0)}",
+                "0", verdict(left, "<=", 0))
     print()
 
 

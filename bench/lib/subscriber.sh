@@ -74,7 +74,7 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
         c1=$(server_cpu_ms)
         r1=$(server_cpu_ms "$PGTEST_DIR_REPLICA/data")
         consumed=$((jobs * ngroups))
-        done_jobs=$(q "SELECT count(*) FROM walq.outcomes WHERE group_name LIKE '${queue}\\_g%'
+        done_jobs=$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group LIKE '${queue}\\_g%'
                         AND status = 'done'")
         [ "$done_jobs" = "$consumed" ] || note "round $round, $ngroups groups: $done_jobs of $consumed recorded"
         result "g$ngroups.primary_cpu" "$round" "$(fdiv $((c1 - c0)) $((consumed / 1000)) %.2f)"

@@ -271,10 +271,11 @@ static int valid_status(const char *s)
 }
 
 /*
- * Jobs the group has recorded come from walq.outcomes, so that the dead
- * ones, say, are found through their index rather than by looking at every
- * job; queued jobs include those with no outcome, which only the view has.
- * Both queries give what walq.job_status gives.
+ * Jobs dead, cancelled or scheduled come from walq.outcomes, so that they
+ * are found through its index rather than by looking at every job; queued
+ * jobs include those with no outcome, and done ones are mostly in batches or
+ * below the group's horizon, which only the view has.  Both queries give
+ * what walq.job_status gives.
  */
 static const char list_outcomes_sql[] =
     "SELECT o.job_id, j.queue, o.group_name, o.status, o.attempts,"
@@ -296,7 +297,7 @@ static const char list_view_sql[] =
     " WHERE ($1::text IS NULL OR s.status = $1)"
     "   AND ($2::text IS NULL OR s.queue = $2)"
     "   AND ($3::text IS NULL OR s.consumer_group = $3)"
-    " ORDER BY s.updated_at DESC, s.job_id LIMIT $4::bigint";
+    " ORDER BY s.updated_at DESC NULLS LAST, s.job_id LIMIT $4::bigint";
 
 static int job_list(int argc, char **argv)
 {
@@ -395,8 +396,9 @@ static int job_list(int argc, char **argv)
     params[2] = group;
     params[3] = limit;
     rc = walq__query(conn, &res, "list the jobs",
-                     status != NULL && strcmp(status, "queued") != 0 ? list_outcomes_sql
-                                                                     : list_view_sql,
+                     status != NULL && strcmp(status, "queued") != 0 && strcmp(status, "done") != 0
+                         ? list_outcomes_sql
+                         : list_view_sql,
                      4, params);
     if (rc != 0) {
         walq__cli_fail(rc);

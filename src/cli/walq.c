@@ -428,6 +428,9 @@ static void consume_help(void)
            "                          partition walq.partition_of(j, N)\n"
            "  --concurrency N         handlers running at once (default 1)\n"
            "  --drain                 exit once the jobs committed before the start are done\n"
+           "  --keep-outcomes         keep every outcome in walq.outcome_batches and\n"
+           "                          walq.outcomes instead of compacting the done ones\n"
+           "                          below the group's horizon\n"
            "  --noop                  record every job done without running anything\n"
            "  --coprocess             run --concurrency long-lived PROGRAMs that take jobs\n"
            "                          as JSON lines on stdin and reply on stdout\n"
@@ -477,7 +480,8 @@ static int cmd_consume(int argc, char **argv)
         O_ACKDELAY,
         O_COPROC,
         O_COPROC_INFLIGHT,
-        O_PARTITION
+        O_PARTITION,
+        O_KEEP
     };
     static const struct option longopts[] = {
         {"group", required_argument, NULL, O_GROUP},
@@ -485,6 +489,7 @@ static int cmd_consume(int argc, char **argv)
         {"partition", required_argument, NULL, O_PARTITION},
         {"concurrency", required_argument, NULL, O_CONC},
         {"drain", no_argument, NULL, O_DRAIN},
+        {"keep-outcomes", no_argument, NULL, O_KEEP},
         {"noop", no_argument, NULL, O_NOOP},
         {"coprocess", no_argument, NULL, O_COPROC},
         {"coprocess-inflight", required_argument, NULL, O_COPROC_INFLIGHT},
@@ -539,6 +544,9 @@ static int cmd_consume(int argc, char **argv)
         case O_CONC:
             if (parse_int(optarg, 1, 4096, &opts.concurrency))
                 bad = "--concurrency takes a whole number from 1 to 4096";
+            break;
+        case O_KEEP:
+            opts.keep_outcomes = 1;
             break;
         case O_DRAIN:
             opts.drain = 1;

@@ -56,7 +56,7 @@ assert_eq "$(q "SELECT count(*) FROM pg_replication_slots")" 0 "no slot is left 
 RECV=$PGTEST_BINDIR/pg_recvlogical
 # shellcheck disable=SC2054  # the commas are wal2json's list of tables and actions
 PLUGIN_OPTS=(-o format-version=2 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1
-    -o add-tables=walq.jobs,walq.outcomes -o actions=insert,update,delete)
+    -o add-tables=walq.jobs,walq.outcomes,walq.outcome_batches -o actions=insert,update,delete)
 FILE=$WORK/audit.jsonl
 # The table trail reads the slot on database postgres and writes to auditdb.
 TABLE_ARGS=(--group tbl --into trail.changes --source "dbname=postgres" --dbname "dbname=auditdb")
@@ -180,7 +180,7 @@ assert_match "$(cat "$WORK/audit.log")" 'WARNING:  audit "audit": .*reconnecting
 bg "$WALQ_BIN" consume --group w --queue work --concurrency 2 --backoff-min 0.05 \
     --backoff-max 0.1 --drain -- "$h" 2>>"$WORK/consumer.log"
 cpid=$BG_PID
-wait_for '[ "$(q "SELECT count(*) FROM walq.outcomes")" -ge 20 ]' 60 "20 outcomes"
+wait_for '[ "$(q "SELECT count(*) FROM ($(recorded_sql w)) r")" -ge 20 ]' 60 "20 outcomes"
 assert_eq "$(q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE datname = 'auditdb' AND application_name = 'walq audit'")" 1 \
     "the table audit's connection to auditdb terminated"
@@ -190,7 +190,8 @@ pass "kill -9 number $KILLS of the file audit while outcomes are recorded"
 start_file_audit
 bg_wait "$cpid" 120
 assert_eq "$BG_RC" 0 "the consumer drained"
-assert_eq "$(q "SELECT status, count(*) FROM walq.outcomes GROUP BY 1 ORDER BY 1" | tr '\n' ' ')" \
+assert_eq "$(q "SELECT status, count(*) FROM walq.job_status WHERE consumer_group = 'w'
+                 GROUP BY 1 ORDER BY 1" | tr '\n' ' ')" \
     "dead|3 done|206 scheduled|1 " "outcomes: 206 done, 3 dead, 1 scheduled"
 
 dead=$(q "SELECT min(job_id) FROM walq.outcomes WHERE status = 'dead'")

@@ -30,6 +30,6 @@ wait_for '[ "$(done_count capi)" -eq 250 ]' 20 "the live jobs are done"
 kill -TERM "$pid"
 bg_wait "$pid" 20
 assert_eq "$BG_RC" 0 "SIGTERM stops the example with status 0"
-assert_eq "$(q "SELECT count(*), count(DISTINCT job_id) FROM walq.outcomes WHERE group_name = 'capi'")" \
+assert_eq "$(q "SELECT count(*), count(DISTINCT job_id) FROM ($(recorded_sql capi)) r")" \
     "251|251" "one outcome per job"
 pass all

@@ -14,7 +14,7 @@ pg_start
 walq init
 
 count() {
-    q "SELECT count(*) FROM walq.outcomes WHERE group_name = '$1' AND status = '$2'"
+    q "SELECT count(*) FROM ($(recorded_sql "$1")) r WHERE r.status = '$2'"
 }
 backoff=(--backoff-min 0.01 --backoff-max 0.05)
 
@@ -28,7 +28,7 @@ kill -TERM "$p"
 bg_wait "$p" 20
 assert_eq "$BG_RC" 0 "the consumer exits 0 on SIGTERM"
 assert_all_done cp '^bulk$' 2000
-assert_eq "$(q "SELECT max(attempts) FROM walq.outcomes WHERE group_name = 'cp'")" 1 \
+assert_eq "$(q "SELECT max(attempts) FROM walq.job_status WHERE consumer_group = 'cp'")" 1 \
     "every job done at its first attempt"
 assert_eq "$(wc -l <"$WORK/bulk.log")" 2000 "the workers ran 2000 jobs"
 assert_eq "$(cut -d' ' -f1 "$WORK/bulk.log" | sort -u | wc -l)" 2000 "each job ran once"
@@ -81,9 +81,10 @@ err=$(q "SELECT last_error FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job
           WHERE o.group_name = 'cf' AND o.status = 'dead' LIMIT 1")
 assert_match "$err" '^job [0-9]+ asked to fail$' "last_error is the worker's error ($err)"
 assert_all_done_but() {
-    q "SELECT count(*), count(DISTINCT o.job_id), max(o.attempts)
-         FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id
-        WHERE o.group_name = '$1' AND j.payload ? 'n' AND o.status = 'done'"
+    q "SELECT count(*), count(DISTINCT o.job_id), max(s.attempts)
+         FROM ($(recorded_sql "$1")) o JOIN walq.jobs j ON j.id = o.job_id
+         JOIN walq.job_status s ON s.job_id = o.job_id AND s.consumer_group = '$1'
+        WHERE j.payload ? 'n' AND o.status = 'done'"
 }
 assert_eq "$(assert_all_done_but cf)" "50|50|1" "the other 50 jobs each done once, at once"
 
@@ -96,8 +97,8 @@ assert_match "$err" \
     '^coprocess worker [12] \(pid [0-9]+\) exited with exit status 1 while running the job$' \
     "last_error says the worker exited ($err)"
 res=$(q "SELECT count(*), count(DISTINCT o.job_id)
-           FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id
-          WHERE o.group_name = 'cc' AND j.payload ? 'n' AND o.status = 'done'")
+           FROM ($(recorded_sql cc)) o JOIN walq.jobs j ON j.id = o.job_id
+          WHERE j.payload ? 'n' AND o.status = 'done'")
 assert_eq "$res" "300|300" "the other 300 jobs each done once"
 assert_eq "$(count cc dead)" 2 "nothing else is dead"
 assert_eq "$(cut -d' ' -f1 "$WORK/crashing.log" | sort -u | wc -l)" 300 "each ordinary job ran"

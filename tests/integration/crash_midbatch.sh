@@ -40,7 +40,7 @@ psql() { "$PGTEST_BINDIR/psql" -X -At -q -v ON_ERROR_STOP=1 "\$@" 2>/dev/null; }
 sizes=(1 40 7 120 3 60 1 25 90 2)
 i=0 sent=0
 while [ ! -e "$WORK/stop" ]; do
-    done=\$(psql -c "SELECT count(*) FROM walq.outcomes WHERE group_name = '$GROUP'") || done=
+    done=\$(psql -c "SELECT count(*) FROM ($(recorded_sql "$GROUP")) r") || done=
     if [ -z "\$done" ] || [ \$((sent - done)) -gt $BACKLOG ]; then
         sleep 0.2
         continue
@@ -64,7 +64,7 @@ echo 0 >"$WORK/sent"
 published() { q "SELECT count(*) FROM walq.jobs WHERE queue = '$QUEUE'"; }
 handled() { sort -u "$WORK/ran.log" | wc -l; }
 
-bg "$WALQ_BIN" consume --group "$GROUP" --queue "$QUEUE" --concurrency 4 \
+bg "$WALQ_BIN" consume --keep-outcomes --group "$GROUP" --queue "$QUEUE" --concurrency 4 \
     --ack-delay-ms 1000 --batch-size 500 -- "$h" 2>"$WORK/consumer.log"
 pid=$BG_PID
 wait_for "slot_active walq_$GROUP" 30 "the consumer to stream"
@@ -123,7 +123,7 @@ bg_wait "$pid" 60
 assert_eq "$BG_RC" 0 "SIGTERM after two crashes and a restart: exit 0"
 
 n=$(published)
-capture walq_timeout 120 consume --group "$GROUP" --queue "$QUEUE" --concurrency 4 --drain -- "$h"
+capture walq_timeout 120 consume --keep-outcomes --group "$GROUP" --queue "$QUEUE" --concurrency 4 --drain -- "$h"
 printf '%s\n' "$CAP_ERR" >>"$WORK/consumer.log"
 [ "$CAP_RC" -eq 0 ] || fail "--drain exited $CAP_RC: $CAP_ERR"
 pass "--drain exits 0"

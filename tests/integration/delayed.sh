@@ -83,8 +83,8 @@ status_count() {
 
 # done_once: how many of the jobs dl recorded done after one attempt.
 done_once() {
-    q "SELECT count(*) FROM walq.outcomes
-        WHERE group_name = 'dl' AND job_id IN ($IDS) AND status = 'done' AND attempts = 1"
+    q "SELECT count(*) FROM walq.job_status
+        WHERE consumer_group = 'dl' AND job_id IN ($IDS) AND status = 'done' AND attempts = 1"
 }
 
 ran_count() {

@@ -68,6 +68,7 @@ assert_eq "$(q "SELECT string_agg(column_name, ',' ORDER BY ordinal_position)
                 WHERE table_schema = 'walq' AND table_name = 'outcomes'
                   AND data_type IN ('jsonb', 'json', 'bytea')")" "" \
     "walq.outcomes stores no payload"
-per_job=$(q "SELECT pg_relation_size('walq.outcomes') / greatest(count(*), 1) FROM walq.outcomes")
-pass "walq.outcomes: about $per_job bytes per (group, job) row"
+per_job=$(q "SELECT (pg_total_relation_size('walq.outcomes')
+                     + pg_total_relation_size('walq.outcome_batches')) / $((N * 3))")
+pass "outcome storage: about $per_job bytes per (group, job) now"
 pass "all"

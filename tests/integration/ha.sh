@@ -26,10 +26,10 @@ held_by() {
         $1 == "ha" { print $k, $(k + 1), $(k + 2) }'
 }
 
-bg "$WALQ_BIN" consume --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/a.log"
+bg "$WALQ_BIN" consume --keep-outcomes --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/a.log"
 a=$BG_PID
 wait_for "slot_active walq_ha" 30 "the first consumer to stream"
-bg "$WALQ_BIN" consume --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/b.log"
+bg "$WALQ_BIN" consume --keep-outcomes --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/b.log"
 b=$BG_PID
 wait_for 'grep -q "standing by" "$WORK/b.log"' 20 "the second consumer to stand by"
 assert_match "$(cat "$WORK/b.log")" "held by [^ ]+ pid $a, backend pid [0-9]+; standing by" \
@@ -37,7 +37,7 @@ assert_match "$(cat "$WORK/b.log")" "held by [^ ]+ pid $a, backend pid [0-9]+; s
 assert_match "$(held_by)" "pid $a\$" "walq status: the slot is held by the first consumer (pid $a)"
 
 # A third one, stopped while it stands by, exits 0 at once.
-bg "$WALQ_BIN" consume --group ha --queue ha --noop 2>"$WORK/c.log"
+bg "$WALQ_BIN" consume --keep-outcomes --group ha --queue ha --noop 2>"$WORK/c.log"
 c=$BG_PID
 wait_for 'grep -q "standing by" "$WORK/c.log"' 20 "the third consumer to stand by"
 kill -TERM "$c"
@@ -60,7 +60,7 @@ assert_match "$(held_by)" "pid $b\$" "walq status: now held by the second consum
 # Fencing: the holder freezes and loses its sessions (a network partition,
 # say); a standby takes over; the old holder comes back, sees that the reader
 # moved on (its epoch), drops what it had in memory and stands by.
-bg "$WALQ_BIN" consume --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/d.log"
+bg "$WALQ_BIN" consume --keep-outcomes --group ha --queue ha --concurrency 4 -- "$h" 2>"$WORK/d.log"
 d=$BG_PID
 wait_for 'grep -q "standing by" "$WORK/d.log"' 20 "a third consumer to stand by"
 publish_sql ha $((N / 15))

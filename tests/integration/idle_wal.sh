@@ -85,7 +85,7 @@ echo "the unread slot: $(mb "$unread") MB behind"
 [ "$unread" -ge $((200 * MB)) ] || fail "the unread slot is only $(mb "$unread") MB behind"
 pass "a slot nobody reads holds the whole traffic back"
 
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes WHERE group_name = 'idle'")" 0 \
+assert_eq "$(q "SELECT count(*) FROM ($(recorded_sql idle)) r")" 0 \
     "group idle recorded nothing: none of the traffic was its"
 slot_active walq_idle || fail "slot walq_idle is not active after the traffic"
 kill -TERM "$pid"

@@ -26,7 +26,7 @@ publish_sql k $((N / 2))
 
 kill9_at() {
     local target=$1 pid done_before
-    bg "$WALQ_BIN" consume --group k9 --queue k --concurrency 4 -- "$h"
+    bg "$WALQ_BIN" consume --keep-outcomes --group k9 --queue k --concurrency 4 -- "$h"
     pid=$BG_PID
     wait_for '[ "$(done_count k9)" -ge '"$target"' ]' 60 "$target jobs done"
     kill -KILL "$pid"
@@ -45,7 +45,7 @@ for _ in $(seq 1 10); do
 done
 kill9_at 1100
 
-walq_timeout 120 consume --group k9 --queue k --concurrency 4 --drain -- "$h"
+walq_timeout 120 consume --keep-outcomes --group k9 --queue k --concurrency 4 --drain -- "$h"
 pass "--drain after two kill -9 exits 0"
 
 assert_all_done k9 '^k$' "$N"

@@ -84,7 +84,7 @@ consumer_gone() {
 }
 
 start_consumer() {
-    bg "$WALQ_BIN" consume --group "$GROUP" --queue "$QUEUE" --concurrency 4 -- "$h" \
+    bg "$WALQ_BIN" consume --keep-outcomes --group "$GROUP" --queue "$QUEUE" --concurrency 4 -- "$h" \
         2>>"$WORK/consumer.log"
     pid=$BG_PID
 }
@@ -126,7 +126,7 @@ bg_wait "$pid" 10
 pass "kill -9 number $((KILLS + 1)) with $(done_count "$GROUP") of $N jobs done"
 wait_for consumer_gone 20 "the killed consumer's slot and session to be released"
 
-capture walq_timeout 240 consume --group "$GROUP" --queue "$QUEUE" --concurrency 4 --drain -- "$h"
+capture walq_timeout 240 consume --keep-outcomes --group "$GROUP" --queue "$QUEUE" --concurrency 4 --drain -- "$h"
 printf '%s\n' "$CAP_ERR" >>"$WORK/consumer.log"
 [ "$CAP_RC" -eq 0 ] || fail "--drain exited $CAP_RC: $CAP_ERR"
 pass "--drain after $((KILLS + 1)) kill -9 exits 0 ($((SECONDS - start)) s since the first start)"

@@ -24,7 +24,7 @@ touch "$WORK/ran.log"
 declare -A reader
 
 start_reader() { # K N
-    bg "$WALQ_BIN" consume --group p --queue pq --partition "$1/$2" --concurrency 2 \
+    bg "$WALQ_BIN" consume --keep-outcomes --group p --queue pq --partition "$1/$2" --concurrency 2 \
         --backoff-min 0.05 --backoff-max 0.1 -- "$h" "$1"
     reader[$1]=$BG_PID
 }
@@ -76,7 +76,7 @@ for k in 0 1 2; do
 done
 
 # Another partitioning while the group runs is refused, naming the reader.
-capture "$WALQ_BIN" consume --group p --queue pq --partition 0/2 --drain -- "$h" 0
+capture "$WALQ_BIN" consume --keep-outcomes --group p --queue pq --partition 0/2 --drain -- "$h" 0
 assert_eq "$CAP_RC" 1 "--partition 0/2 while 3 readers run: exit 1"
 assert_match "$CAP_ERR" 'still read as partition [0-2] of 3' "the error names the running partitioning"
 assert_match "$CAP_ERR" 'HINT: +Stop every reader' "with a hint"
@@ -86,7 +86,7 @@ assert_match "$CAP_ERR" 'HINT: +Stop every reader' "with a hint"
 for k in 0 1 2; do stop_reader "$k"; done
 publish_sql pq 150
 for k in 0 1; do
-    walq_timeout 60 consume --group p --queue pq --partition "$k/2" --drain \
+    walq_timeout 60 consume --keep-outcomes --group p --queue pq --partition "$k/2" --drain \
         --backoff-min 0.05 --backoff-max 0.1 -- "$h" "$k"
 done
 assert_eq "$(q "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots")" \
@@ -102,7 +102,7 @@ assert_eq "$wrong" 0 "after the change, jobs run in their partition of 2"
 
 # Bad partitions are usage errors.
 for bad in 3/3 -1/2 1/0 x 1/2/3 0/1025; do
-    capture "$WALQ_BIN" consume --group p --queue pq --partition "$bad" --noop
+    capture "$WALQ_BIN" consume --keep-outcomes --group p --queue pq --partition "$bad" --noop
     assert_eq "$CAP_RC" 2 "--partition $bad is a usage error"
 done
 pass "all"

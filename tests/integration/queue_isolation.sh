@@ -19,7 +19,9 @@ publish_sql c 50
 
 walq_timeout 60 consume --group ga --queue a --concurrency 2 --drain -- "$h"
 assert_all_done ga '^a$' 100
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes WHERE group_name <> 'ga'")" 0 "only ga has outcomes"
+assert_eq "$(q "SELECT (SELECT count(*) FROM walq.outcomes WHERE group_name <> 'ga')
+                      + (SELECT count(*) FROM walq.outcome_batches WHERE group_name <> 'ga')")" 0 \
+    "only ga has outcomes"
 assert_eq "$(grep -c '^ga a ' "$WORK/ran.log")" 100 "ga's handler saw queue a only"
 
 walq_timeout 60 consume --group gb --queue b --concurrency 2 --drain -- "$h"

@@ -41,7 +41,7 @@ bg "$WALQ_BIN" consume --group rc --queue crash --concurrency 2 "${backoff[@]}" 
 p3=$BG_PID
 
 count() {
-    q "SELECT count(*) FROM walq.outcomes WHERE group_name = '$1' AND status = '$2'"
+    q "SELECT count(*) FROM ($(recorded_sql "$1")) r WHERE r.status = '$2'"
 }
 wait_for '[ "$(count rf done)" -eq 10 ]' 40 "10 flaky jobs done"
 wait_for '[ "$(count rb dead)" -eq 5 ]' 40 "5 broken jobs dead"

@@ -24,7 +24,7 @@ publish_some() {
     done
 }
 
-bg "$WALQ_BIN" consume --group sr --queue r --concurrency 4 -- "$h"
+bg "$WALQ_BIN" consume --keep-outcomes --group sr --queue r --concurrency 4 -- "$h"
 pid=$BG_PID
 wait_for "slot_active walq_sr" 20 "the consumer to stream"
 
@@ -50,6 +50,6 @@ assert_all_done sr '^r$' 1500
 assert_eq "$(sort -u "$WORK/ran.log" | wc -l)" 1500 "every job ran"
 pass "handler runs: $(wc -l <"$WORK/ran.log") for 1500 jobs"
 
-walq_timeout 30 consume --group sr --queue r --drain -- "$h"
+walq_timeout 30 consume --keep-outcomes --group sr --queue r --drain -- "$h"
 assert_all_done sr '^r$' 1500
 pass "all"

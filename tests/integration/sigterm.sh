@@ -31,12 +31,12 @@ assert_eq "$BG_RC" 0 "SIGTERM while jobs run: exit 0"
 started=$(wc -l <"$WORK/started.log")
 assert_eq "$(wc -l <"$WORK/finished.log")" "$started" "every running handler finished ($started)"
 [ "$started" -lt 20 ] || fail "all jobs ran before SIGTERM took effect; the test proves nothing"
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes WHERE group_name = 'st' AND status = 'done'")" "$started" \
+assert_eq "$(done_count st)" "$started" \
     "the jobs that ran are recorded done"
 pg_psql -c "CREATE TABLE started (id bigint)"
 pg_psql -c "\\copy started FROM '$WORK/started.log'"
-assert_eq "$(q "SELECT count(*) FROM started s JOIN walq.outcomes o
-                   ON o.job_id = s.id AND o.group_name = 'st' AND o.status = 'done'")" "$started" \
+assert_eq "$(q "SELECT count(*) FROM started s JOIN ($(recorded_sql st)) o
+                   ON o.job_id = s.id AND o.status = 'done'")" "$started" \
     "exactly those jobs are done"
 
 walq_timeout 60 consume --group st --queue t --concurrency 4 --drain -- "$slow"
@@ -66,7 +66,7 @@ kill -TERM "$pid"
 start=$SECONDS
 bg_wait "$pid" 10
 pass "a second SIGTERM exits in $((SECONDS - start))s without waiting for 30s handlers (status $BG_RC)"
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes WHERE group_name = 'st2' AND status = 'done'")" 0 \
+assert_eq "$(done_count st2)" 0 \
     "interrupted jobs are not recorded done"
 walq_timeout 60 consume --group st2 --queue t2 --drain -- "$fast"
 assert_all_done st2 '^t2$' 4

@@ -22,7 +22,7 @@ HANDLER
 # drain GROUP QUEUE: runs the group until its jobs are done; the consumer's
 # log goes to $WORK/GROUP.log and stays in CAP_ERR.
 drain() {
-    capture walq_timeout 120 consume --group "$1" --queue "$2" --concurrency 4 --drain -- "$h"
+    capture walq_timeout 120 consume --keep-outcomes --group "$1" --queue "$2" --concurrency 4 --drain -- "$h"
     printf '%s\n' "$CAP_ERR" >>"$WORK/$1.log"
     [ "$CAP_RC" -eq 0 ] || fail "group $1: --drain exited $CAP_RC: $CAP_ERR"
 }

@@ -15,7 +15,7 @@ read -r payload
 echo "\$WALQ_JOB_ID" >>"$WORK/ran.log"
 HANDLER
 )
-bg "$WALQ_BIN" consume --group live --queue l --concurrency 2 -- "$h" 2>"$WORK/consumer.err"
+bg "$WALQ_BIN" consume --keep-outcomes --group live --queue l --concurrency 2 -- "$h" 2>"$WORK/consumer.err"
 pid=$BG_PID
 wait_for "slot_active walq_live" 30 "the consumer streams"
 publish_sql l 300

@@ -73,8 +73,8 @@ atomic() {
     res=$(q "SELECT count(*) FILTER (WHERE o.job_id IS NULL), count(*) FILTER (WHERE r.job_id IS NULL),
                     count(*)
                FROM results r
-               FULL JOIN (SELECT job_id FROM walq.outcomes
-                           WHERE group_name = '$GROUP' AND status = 'done') o ON o.job_id = r.job_id")
+               FULL JOIN (SELECT job_id FROM ($(recorded_sql "$GROUP")) x
+                           WHERE x.status = 'done') o ON o.job_id = r.job_id")
     [ "${res%|*}" = "0|0" ] ||
         fail "$1: results and outcomes disagree (rows without a done outcome | done without a row | all: $res)"
     pass "$1: ${res##*|} result rows, one for each job done"
@@ -172,15 +172,15 @@ for i in $(seq 1 30); do
         echo "{\"n\": $i, \"bad\": false}"
     fi
 done | walq publish --max-attempts 2 sb >/dev/null
-count_sb() { q "SELECT count(*) FROM walq.outcomes WHERE group_name = 'sbg' AND status = '$1'"; }
+count_sb() { q "SELECT count(*) FROM ($(recorded_sql sbg)) r WHERE r.status = '$1'"; }
 wait_for '[ "$(count_sb done)" -eq 27 ] && [ "$(count_sb dead)" -eq 3 ]' 30 "27 jobs done and 3 dead"
 kill -TERM "$pid"
 bg_wait "$pid" 20
 assert_eq "$BG_RC" 0 "SIGTERM: exit 0"
 
-assert_eq "$(q "SELECT count(*), min(o.attempts), max(o.attempts) FROM walq.outcomes o
+assert_eq "$(q "SELECT count(*), min(o.attempts), max(o.attempts) FROM walq.job_status o
                   JOIN walq.jobs j ON j.id = o.job_id
-                 WHERE o.group_name = 'sbg' AND o.status = 'done' AND j.payload->>'bad' = 'false'")" \
+                 WHERE o.consumer_group = 'sbg' AND o.status = 'done' AND j.payload->>'bad' = 'false'")" \
     "27|1|1" "the good jobs of the batch are done at the first attempt"
 assert_eq "$(q "SELECT count(*), min(o.attempts), max(o.attempts) FROM walq.outcomes o
                   JOIN walq.jobs j ON j.id = o.job_id

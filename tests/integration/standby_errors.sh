@@ -21,5 +21,6 @@ assert_match "$CAP_ERR" 'HINT: +Read from the primary, from a standby running Po
     "the hint names the three ways out"
 assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'")" 0 \
     "no logical slot on the primary"
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes")" 0 "nothing recorded"
+assert_eq "$(q "SELECT (SELECT count(*) FROM walq.outcomes)
+                      + (SELECT count(*) FROM walq.outcome_batches)")" 0 "nothing recorded"
 pass "all"

@@ -20,7 +20,8 @@ publish_sql st 50 1
 walq_timeout 60 consume --group sg --queue st --concurrency 2 --backoff-min 0.01 --backoff-max 0.05 \
     --drain -- "$odd_fails"
 assert_eq "$(q "SELECT string_agg(status || ':' || n, ',' ORDER BY status)
-                 FROM (SELECT status, count(*) n FROM walq.outcomes WHERE group_name = 'sg' GROUP BY 1) s")" \
+                 FROM (SELECT status, count(*) n FROM walq.job_status WHERE consumer_group = 'sg'
+                        GROUP BY 1) s")" \
     "dead:25,done:25" "25 done and 25 dead (max_attempts 1)"
 assert_eq "$(q "SELECT cursor_lsn > '0/0' FROM walq.readers WHERE group_name = 'sg'")" t "the group's cursor moved"
 

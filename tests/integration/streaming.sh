@@ -40,7 +40,7 @@ bg_wait "$pid" 20
 assert_eq "$BG_RC" 0 "SIGTERM: the consumer exits 0"
 
 assert_all_done live '^s$' 305
-assert_eq "$(q "SELECT count(*) FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id
+assert_eq "$(q "SELECT count(*) FROM ($(recorded_sql live)) o JOIN walq.jobs j ON j.id = o.job_id
                  WHERE j.payload ? 'rolled'")" 0 "a rolled back insert is never seen"
 assert_eq "$(sort -u "$WORK/ran.log" | wc -l)" 305 "the handler saw 305 distinct jobs"
 assert_eq "$(wc -l <"$WORK/ran.log")" 305 "the handler ran once per job"

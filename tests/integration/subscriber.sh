@@ -144,7 +144,9 @@ pass "g1 and g2 processed $n jobs; the poison job is dead"
 assert_eq "$(walsenders)" 1 "two groups streaming: still one walsender on the primary"
 assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'wal2json' OR slot_name ~ '^walq_'")" 0 \
     "the primary holds no walq slot and no wal2json slot"
-assert_eq "$(q_on replica "SELECT count(*) FROM walq.outcomes")" 0 "no outcome was written on the replica"
+assert_eq "$(q_on replica "SELECT (SELECT count(*) FROM walq.outcomes)
+                              + (SELECT count(*) FROM walq.outcome_batches)")" 0 \
+    "no outcome was written on the replica"
 
 # Two more groups: more walsenders on the replica, none on the primary.
 consume g3 --queue work
