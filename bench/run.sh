@@ -86,7 +86,7 @@ trap 'rm -rf "$BENCH_TOOLS"' EXIT
 cflags=(-O2 -g -Wall -Wextra -std=c11)
 # shellcheck disable=SC2046  # pkg-config's words are meant to split
 cc "${cflags[@]}" -I"$root/include" "$root/bench/latency.c" "$build/libwalq.a" \
-    $(pkg-config --cflags --libs libpq json-c) -lm -o "$BENCH_TOOLS/walq-bench-latency"
+    $(pkg-config --cflags --libs libpq json-c yajl) -lm -o "$BENCH_TOOLS/walq-bench-latency"
 # shellcheck disable=SC2046
 cc "${cflags[@]}" "$root/bench/watch.c" $(pkg-config --cflags --libs libpq) \
     -o "$BENCH_TOOLS/walq-bench-watch"

@@ -1043,19 +1043,10 @@ fail:
 /* ------------------------------------------------------------------ */
 /* The stream                                                          */
 
-static const char *const plugin_options[] = {"format-version",
-                                             "2",
-                                             "include-xids",
-                                             "1",
-                                             "include-timestamp",
-                                             "1",
-                                             "include-lsn",
-                                             "1",
-                                             "add-tables",
-                                             "walq.jobs,walq.commands",
-                                             "actions",
-                                             "insert",
-                                             NULL};
+static const char *const plugin_options[] = {
+    "format-version", "2", "include-xids", "1", "include-timestamp", "1", "include-lsn", "1",
+    /* Jobs are read by column name and JSON kind. */
+    "include-types", "0", "add-tables", "walq.jobs,walq.commands", "actions", "insert", NULL};
 
 static int start_stream(walq_consumer *c)
 {

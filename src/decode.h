@@ -29,7 +29,11 @@ typedef enum walq__vkind {
 
 typedef struct walq__value {
     const char *name; /* column name */
-    const char *type; /* type name as wal2json prints it, e.g. "bigint" */
+    /*
+     * Type name as wal2json prints it, e.g. "bigint"; NULL when the plugin was
+     * asked for no types (include-types=0).
+     */
+    const char *type;
     walq__vkind kind;
     int b;           /* WALQ__V_BOOL */
     int64_t i;       /* WALQ__V_INT */

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
     build-essential cmake pkg-config
-    libpq-dev libjson-c-dev check
+    libpq-dev libjson-c-dev libyajl-dev check
     postgresql-15 postgresql-15-wal2json postgresql-client-15 python3
     procps util-linux coreutils iproute2
     # Compares the audit trail with pg_recvlogical's output (tests/integration/audit.sh).
