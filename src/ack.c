@@ -146,7 +146,36 @@ static int batched(const walq__job *j)
     return j->pending == WALQ__ST_DONE && !j->has_row && !j->has_dedup;
 }
 
-/* Builds the batch's parameters; *sql is the statement to run them with. */
+/*
+ * The two statements are prepared once per session: planning the CTEs
+ * costs the primary as much as running one with a small batch.  A new
+ * session (another PGconn, or the same address reused after a reconnect:
+ * the backend pid tells) prepares them again.
+ */
+static const char *const ack_names[2] = {"walq_ack", "walq_ack_dedup"};
+
+static int prepare(walq__ack *a, PGconn *primary)
+{
+    const char *sqls[2] = {ack_sql, ack_dedup_sql};
+
+    if (a->prepared_conn == primary && a->prepared_pid == PQbackendPID(primary))
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        PGresult *res;
+        int rc = walq__query_result(
+            primary, PQprepare(primary, ack_names[i], sqls[i], WALQ__ACK_PARAMS, NULL), &res,
+            "prepare the ack statement");
+
+        if (rc != 0)
+            return rc;
+        PQclear(res);
+    }
+    a->prepared_conn = primary;
+    a->prepared_pid = PQbackendPID(primary);
+    return 0;
+}
+
+/* Builds the batch's parameters; *sql is the name of the statement to run them with. */
 static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
                  int64_t done_below, const char *params[WALQ__ACK_PARAMS], const char **sql)
 {
@@ -212,7 +241,7 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
     params[10] = walq__lsn_format(done_lsn, a->done_lsn_text);
     snprintf(a->done_below_text, sizeof(a->done_below_text), "%lld", (long long)done_below);
     params[11] = a->done_below_text;
-    *sql = dedup ? ack_dedup_sql : ack_sql;
+    *sql = ack_names[dedup];
     return 0;
 }
 
@@ -221,10 +250,14 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
 {
     const char *params[WALQ__ACK_PARAMS], *sql;
     PGresult *res;
-    int rc = build(a, group, slot, cursor, done_below, params, &sql);
+    int rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = walq__query(primary, &res, "record outcomes", sql, WALQ__ACK_PARAMS, params);
+        rc = build(a, group, slot, cursor, done_below, params, &sql);
+    if (rc == 0)
+        rc = walq__query_result(
+            primary, PQexecPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0), &res,
+            "record outcomes");
     if (rc != 0)
         return rc;
     PQclear(res);
@@ -237,11 +270,13 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     const char *params[WALQ__ACK_PARAMS], *sql;
     walq__job **jobs;
     size_t cap;
-    int rc = build(a, group, slot, cursor, done_below, params, &sql);
+    int rc = prepare(a, primary);
 
+    if (rc == 0)
+        rc = build(a, group, slot, cursor, done_below, params, &sql);
     if (rc != 0)
         return rc;
-    if (!PQsendQueryParams(primary, sql, WALQ__ACK_PARAMS, NULL, params, NULL, NULL, 0)) {
+    if (!PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)) {
         char msg[512];
 
         return walq__error(walq__conn_failed(primary, NULL) ? WALQ_ECONN : WALQ_EQUERY, NULL,

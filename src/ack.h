@@ -32,6 +32,9 @@ typedef struct walq__ack {
     uint64_t sent_cursor;
     int64_t sent_done_below;
     int inflight;
+    /* The session the statements are prepared in. */
+    PGconn *prepared_conn;
+    int prepared_pid;
 } walq__ack;
 
 /*
