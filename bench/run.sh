@@ -131,8 +131,8 @@ failed=()
 for part in drain subscriber e2e latency backlog; do
     case ",$only," in *",$part,"*) ;; *) continue ;; esac
     if [ "$part" = e2e ]; then
-        # The e2e part runs the SKIP LOCKED worker in the configuration
-        # that drained fastest in this run (or the one given).
+        # The e2e part runs each SKIP LOCKED worker in the configuration
+        # that drained fastest in this run (or the ones given).
         if [ -z "${BENCH_SKIP_BEST:-}" ]; then
             BENCH_SKIP_BEST=$(python3 "$root/bench/lib/report.py" --best-skip "$BENCH_RESULTS")
         fi

@@ -18,7 +18,9 @@ set -euo pipefail
 
 BENCH_SECTION=e2e
 jobs=${BENCH_JOBS:-200000}
-read -r skip_variant skip_clients <<<"${BENCH_SKIP_BEST:-delete 4}"
+# The SKIP LOCKED workers to run: the best configuration of each variant in
+# part 1's drain ("delete 2,update 4"), or the ones given.
+IFS=, read -r -a skip_configs <<<"${BENCH_SKIP_BEST:-delete 2,update 4}"
 # pgqd calls pgq.ticker() every this many seconds (its default is 1).
 pgq_ticker_period=${BENCH_PGQ_TICKER_PERIOD:-0.1}
 export TEST_NAME=bench-e2e
@@ -116,7 +118,7 @@ walq_round() {
 }
 
 skip_round() {
-    local round=$1 table worker script
+    local round=$1 skip_variant=$2 skip_clients=$3 table worker script
     case $skip_variant in
     delete) table=bench.skip_jobs script=producer_skip.sql worker=worker_skip_delete.sql ;;
     update) table=bench.skip_jobs_u script=producer_skip_u.sql worker=worker_skip_update.sql ;;
@@ -138,7 +140,7 @@ skip_round() {
     until_sql() {
         echo "SELECT (SELECT id FROM $table ORDER BY id LIMIT 1) IS NULL"
     }
-    run_e2e skip "$round" "SELECT coalesce(max(id) - min(id) + 1, 0) FROM $table"
+    run_e2e "skip_$skip_variant" "$round" "SELECT coalesce(max(id) - min(id) + 1, 0) FROM $table"
     kill -TERM "$workers"
     bg_wait "$workers" 30
 }
@@ -175,13 +177,19 @@ pgq_round() {
     bg_wait "$ticker" 30
 }
 
-result skip.config 1 "$skip_variant $skip_clients"
+for cfg in "${skip_configs[@]}"; do
+    read -r v n <<<"$cfg"
+    result "skip_$v.clients" 1 "$n"
+done
 result pgq.ticker_period 1 "$pgq_ticker_period"
 for round in $(seq 1 "$BENCH_ROUNDS"); do
     q "CHECKPOINT" >/dev/null
     walq_round "$round"
-    q "CHECKPOINT" >/dev/null
-    skip_round "$round"
+    for cfg in "${skip_configs[@]}"; do
+        q "CHECKPOINT" >/dev/null
+        # shellcheck disable=SC2086  # "VARIANT CLIENTS"
+        skip_round "$round" $cfg
+    done
     q "CHECKPOINT" >/dev/null
     pgq_round "$round"
 done
