@@ -267,9 +267,11 @@ RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_variable
 BEGIN
+    -- A transaction that PREPAREs (two-phase commit) keeps its locks under
+    -- another name and no backend: any prepared one holding walq.jobs waits.
     IF EXISTS (SELECT 1 FROM pg_locks l
                 WHERE l.locktype = 'relation' AND l.relation = 'walq.jobs'::regclass
-                  AND l.virtualtransaction = ANY (lockers)) THEN
+                  AND (l.virtualtransaction = ANY (lockers) OR l.pid IS NULL)) THEN
         RETURN false;
     END IF;
     DELETE FROM walq.commands c WHERE c.group_name = horizon_mark.group_name
