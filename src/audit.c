@@ -1550,23 +1550,16 @@ static int setup(walq__audit *a)
 static int start_stream(walq__audit *a)
 {
     char lsn[WALQ__LSN_BUFSZ];
-    int rc;
-
-    if (a->st.conn == NULL) {
-        rc = walq__stream_connect(&a->st, a->source, "walq audit");
-        if (rc != 0)
-            return rc;
-    }
     /*
      * Status updates keep the walsender from timing us out: send them at
      * least twice per wal_sender_timeout.
      */
-    a->status_us = walq__stream_status_interval(&a->st, (int64_t)(a->o.status_interval * 1e6));
-    rc = walq__stream_start(&a->st, a->slot, a->last_end, plugin_options);
-    if (rc != 0) {
-        walq__stream_close(&a->st);
+    int rc =
+        walq__stream_open(&a->st, a->source, "walq audit", a->slot, a->last_end, plugin_options,
+                          (int64_t)(a->o.status_interval * 1e6), &a->status_us);
+
+    if (rc != 0)
         return rc;
-    }
     walq__info(&a->log, "streaming slot \"%s\" from %s", a->slot,
                walq__lsn_format(a->last_end, lsn));
     a->stream_failures = 0;

@@ -1051,24 +1051,17 @@ static const char *const plugin_options[] = {
 static int start_stream(walq_consumer *c)
 {
     char lsn[WALQ__LSN_BUFSZ];
-    int rc;
-
-    if (c->st.conn == NULL) {
-        rc = walq__stream_connect(&c->st, c->source, "walq consume");
-        if (rc != 0)
-            return rc;
-    }
     /*
      * Status updates are what keeps the walsender from timing us out, also
      * while a full consumer reads nothing: send them at least twice per
      * wal_sender_timeout.
      */
-    c->status_us = walq__stream_status_interval(&c->st, (int64_t)(c->o.status_interval * 1e6));
-    rc = walq__stream_start(&c->st, c->slot, c->last_end, plugin_options);
-    if (rc != 0) {
-        walq__stream_close(&c->st);
+    int rc =
+        walq__stream_open(&c->st, c->source, "walq consume", c->slot, c->last_end, plugin_options,
+                          (int64_t)(c->o.status_interval * 1e6), &c->status_us);
+
+    if (rc != 0)
         return rc;
-    }
     walq__info(&c->log, "streaming slot \"%s\" from %s", c->slot,
                walq__lsn_format(c->last_end, lsn));
     c->stream_failures = 0;

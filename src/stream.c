@@ -299,3 +299,21 @@ int64_t walq__stream_status_interval(walq__stream *s, int64_t wanted_us)
     PQclear(res);
     return timeout_us > 0 && timeout_us / 2 < wanted_us ? timeout_us / 2 : wanted_us;
 }
+
+int walq__stream_open(walq__stream *s, const char *conninfo, const char *appname, const char *slot,
+                      uint64_t lsn, const char *const *options, int64_t wanted_us,
+                      int64_t *status_us)
+{
+    int rc;
+
+    if (s->conn == NULL) {
+        rc = walq__stream_connect(s, conninfo, appname);
+        if (rc != 0)
+            return rc;
+    }
+    *status_us = walq__stream_status_interval(s, wanted_us);
+    rc = walq__stream_start(s, slot, lsn, options);
+    if (rc != 0)
+        walq__stream_close(s);
+    return rc;
+}

@@ -66,6 +66,15 @@ int walq__stream_socket(const walq__stream *s);
  */
 int64_t walq__stream_status_interval(walq__stream *s, int64_t wanted_us);
 
+/*
+ * What a reader does to (re)start its stream: connects unless connected,
+ * sets *status_us (walq__stream_status_interval of wanted_us) and starts
+ * the slot from lsn.  On failure the connection is closed.
+ */
+int walq__stream_open(walq__stream *s, const char *conninfo, const char *appname, const char *slot,
+                      uint64_t lsn, const char *const *options, int64_t wanted_us,
+                      int64_t *status_us);
+
 void walq__stream_close(walq__stream *s);
 
 #endif
