@@ -30,14 +30,14 @@
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"        \
     "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)" \
     "   WHERE status <> 'cancelled'"                                                               \
+    "), x AS (SELECT $10::bigint[] AS b"                                                           \
     "), batch AS ("                                                                                \
     "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn)"             \
-    "  SELECT $1, b[1], b[cardinality(b)], b, $11::pg_lsn"                                         \
-    "    FROM (SELECT $10::bigint[] AS b) x WHERE cardinality(b) > 0"                              \
+    "  SELECT $1, b[1], b[cardinality(b)], b, $11::pg_lsn FROM x WHERE cardinality(b) > 0"         \
     "), fix AS ("                                                                                  \
     "  UPDATE walq.outcomes t SET status = 'done', attempts = 1, last_error = NULL,"               \
     "         run_at = NULL, updated_at = now()"                                                   \
-    "    FROM (SELECT $10::bigint[] AS b) x"                                                       \
+    "    FROM x"                                                                                   \
     "   WHERE t.group_name = $1 AND t.job_id BETWEEN b[1] AND b[cardinality(b)]"                   \
     "     AND t.job_id = ANY (b) AND t.status IN ('queued', 'scheduled')"                          \
     "), up AS ("                                                                                   \

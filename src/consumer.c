@@ -1538,7 +1538,7 @@ static int mark_before_drain(walq_consumer *c)
 static void compact_at_exit(walq_consumer *c)
 {
     if (c->compact_due && c->pconn != NULL && compact(c) != 0)
-        walq__warn(&c->log, "%s; the next consumer of the group compacts them", walq_last_error());
+        walq__warn(&c->log, "%s; the group's next horizon compacts them", walq_last_error());
 }
 
 static int queues_literal(walq_consumer *c, walq__buf *b)
