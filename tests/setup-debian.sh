@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages walq needs to build, test and run its demo.
+# Installs the Debian packages walq needs to build, test and run its demo,
+# and any named as arguments (bench/setup.sh names the benchmarks' own).
 # Quick and silent when everything is there; otherwise apt-get (as root, or
 # through sudo), with `apt-get update` only when something is missing.
 set -euo pipefail
@@ -14,6 +15,7 @@ packages=(
     # Validates docker-compose.yml (tests/integration/compose_config.sh);
     # without its recommends, so no Docker engine comes with it.
     docker-compose
+    "$@"
 )
 
 missing=()
