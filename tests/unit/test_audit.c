@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "audit.h"
+#include "audit_format.h"
 #include "decode.h"
 #include "walq.h"
 
