@@ -8,9 +8,7 @@
 #define WALQ_AUDIT_H
 
 #include <signal.h>
-#include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 
 #include "common.h"
 
@@ -59,20 +57,5 @@ void walq__audit_stop(walq__audit *a, int immediate);
 void walq__audit_stats_get(const walq__audit *a, walq__audit_stats *out);
 
 void walq__audit_free(walq__audit *a);
-
-/* Where the whole transactions of an audit file end. */
-typedef struct walq__audit_tail {
-    off_t keep;           /* bytes of whole transactions; the rest is cut */
-    uint64_t end_lsn;     /* end LSN of the last whole transaction; 0: none */
-    size_t dropped_lines; /* complete lines of an unfinished transaction past keep */
-    off_t size;           /* the file's size as found */
-} walq__audit_tail;
-
-/*
- * Reads the end of an audit file (open for reading, path for messages) and
- * finds the end of its last whole transaction.  Reads only the last lines.
- * WALQ_EINVAL when the file does not end like an audit trail.
- */
-int walq__audit_read_tail(int fd, const char *path, walq__audit_tail *out);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "audit.h"
 #include "audit_format.h"
+#include "audit_sink.h"
 #include "decode.h"
 #include "walq.h"
 
