@@ -148,12 +148,66 @@ static int read_line(rscan *r, off_t start, off_t end, line_info *li)
     return 0;
 }
 
+/*
+ * The last line, at *first, is change k of a transaction that did not
+ * finish: its first line is k - 1 lines up.  *first receives where that is.
+ */
+static int unfinished_start(rscan *r, const line_info *last, off_t *first)
+{
+    off_t end = 0;
+    line_info li;
+    int rc;
+
+    for (int64_t i = 1; i < last->index; i++) {
+        if (*first == 0)
+            return walq__error(WALQ_EINVAL, BAD_FILE_HINT,
+                               "output file \"%s\" does not end like a walq audit trail: its last "
+                               "transaction has fewer lines than its last index, %lld",
+                               r->path, (long long)last->index);
+        end = *first - 1;
+        rc = line_start(r, end, first);
+        if (rc != 0)
+            return rc;
+    }
+    if (last->index == 1)
+        return 0;
+    rc = read_line(r, *first, end, &li);
+    if (rc != 0)
+        return rc;
+    if (li.index != 1 || li.end_lsn != last->end_lsn || li.last)
+        return walq__error(WALQ_EINVAL, BAD_FILE_HINT,
+                           "output file \"%s\" does not end like a walq audit trail: the lines "
+                           "of its last transaction are not numbered 1 to %lld",
+                           r->path, (long long)last->index);
+    return 0;
+}
+
+/* The line before an unfinished transaction, which starts at first > 0, ends the one before. */
+static int unfinished_after(rscan *r, off_t first, const line_info *last, uint64_t *end_lsn)
+{
+    off_t prev;
+    line_info li;
+    int rc = line_start(r, first - 1, &prev);
+
+    if (rc == 0)
+        rc = read_line(r, prev, first - 1, &li);
+    if (rc != 0)
+        return rc;
+    if (!li.last || li.end_lsn >= last->end_lsn)
+        return walq__error(WALQ_EINVAL, BAD_FILE_HINT,
+                           "output file \"%s\" does not end like a walq audit trail: the line "
+                           "before its unfinished transaction does not end a transaction",
+                           r->path);
+    *end_lsn = li.end_lsn;
+    return 0;
+}
+
 int walq__audit_read_tail(int fd, const char *path, walq__audit_tail *out)
 {
     rscan *r;
     struct stat sb;
-    off_t tail, first, first_end, prev;
-    line_info last, li;
+    off_t tail, first;
+    line_info last;
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -172,10 +226,9 @@ int walq__audit_read_tail(int fd, const char *path, walq__audit_tail *out)
     rc = line_start(r, sb.st_size, &tail);
     if (rc != 0 || tail == 0)
         goto done;
-    first_end = tail - 1;
-    rc = line_start(r, first_end, &first);
+    rc = line_start(r, tail - 1, &first);
     if (rc == 0)
-        rc = read_line(r, first, first_end, &last);
+        rc = read_line(r, first, tail - 1, &last);
     if (rc != 0)
         goto done;
     if (last.last) {
@@ -183,53 +236,13 @@ int walq__audit_read_tail(int fd, const char *path, walq__audit_tail *out)
         out->end_lsn = last.end_lsn;
         goto done;
     }
-    /*
-     * The last line is change k of a transaction that did not finish: its
-     * first line is k - 1 lines up, and the line before that ends the
-     * previous transaction.
-     */
-    for (int64_t i = 1; i < last.index; i++) {
-        if (first == 0) {
-            rc = walq__error(WALQ_EINVAL, BAD_FILE_HINT,
-                             "output file \"%s\" does not end like a walq audit trail: its last "
-                             "transaction has fewer lines than its last index, %lld",
-                             path, (long long)last.index);
-            goto done;
-        }
-        first_end = first - 1;
-        rc = line_start(r, first_end, &first);
-        if (rc != 0)
-            goto done;
-    }
-    if (last.index > 1) {
-        rc = read_line(r, first, first_end, &li);
-        if (rc != 0)
-            goto done;
-        if (li.index != 1 || li.end_lsn != last.end_lsn || li.last) {
-            rc = walq__error(WALQ_EINVAL, BAD_FILE_HINT,
-                             "output file \"%s\" does not end like a walq audit trail: the lines "
-                             "of its last transaction are not numbered 1 to %lld",
-                             path, (long long)last.index);
-            goto done;
-        }
-    }
+    rc = unfinished_start(r, &last, &first);
+    if (rc != 0)
+        goto done;
     out->keep = first;
     out->dropped_lines = (size_t)last.index;
-    if (first > 0) {
-        rc = line_start(r, first - 1, &prev);
-        if (rc == 0)
-            rc = read_line(r, prev, first - 1, &li);
-        if (rc != 0)
-            goto done;
-        if (!li.last || li.end_lsn >= last.end_lsn) {
-            rc = walq__error(WALQ_EINVAL, BAD_FILE_HINT,
-                             "output file \"%s\" does not end like a walq audit trail: the line "
-                             "before its unfinished transaction does not end a transaction",
-                             path);
-            goto done;
-        }
-        out->end_lsn = li.end_lsn;
-    }
+    if (first > 0)
+        rc = unfinished_after(r, first, &last, &out->end_lsn);
 
 done:
     free(r);
@@ -292,6 +305,24 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
+/* Cuts what follows the file's last whole transaction, and says so. */
+static int cut_tail(walq__audit_sink *s, const walq__audit_tail *tail)
+{
+    if (ftruncate(s->fd, tail->keep) != 0 || fsync(s->fd) != 0)
+        return walq__error(WALQ_ESYS, NULL, "could not cut output file \"%s\": %s", s->output,
+                           strerror(errno));
+    if (tail->dropped_lines > 0)
+        walq__info(s->log,
+                   "output file \"%s\": cut %lld bytes (%zu line%s of an unfinished "
+                   "transaction) after its last whole transaction; they come again",
+                   s->output, (long long)(tail->size - tail->keep), tail->dropped_lines,
+                   tail->dropped_lines == 1 ? "" : "s");
+    else
+        walq__info(s->log, "output file \"%s\": cut %lld bytes of a line left unfinished",
+                   s->output, (long long)(tail->size - tail->keep));
+    return 0;
+}
+
 /*
  * Opens the output file, takes its lock, and cuts what follows its last
  * whole transaction.  *cursor receives that transaction's end LSN.
@@ -331,22 +362,10 @@ static int open_file(walq__audit_sink *s, uint64_t *cursor)
     if (!existed && (rc = fsync_dir_of(s->output)) != 0)
         return rc;
     rc = walq__audit_read_tail(s->fd, s->output, &tail);
+    if (rc == 0 && tail.keep < tail.size)
+        rc = cut_tail(s, &tail);
     if (rc != 0)
         return rc;
-    if (tail.keep < tail.size) {
-        if (ftruncate(s->fd, tail.keep) != 0 || fsync(s->fd) != 0)
-            return walq__error(WALQ_ESYS, NULL, "could not cut output file \"%s\": %s", s->output,
-                               strerror(errno));
-        if (tail.dropped_lines > 0)
-            walq__info(s->log,
-                       "output file \"%s\": cut %lld bytes (%zu line%s of an unfinished "
-                       "transaction) after its last whole transaction; they come again",
-                       s->output, (long long)(tail.size - tail.keep), tail.dropped_lines,
-                       tail.dropped_lines == 1 ? "" : "s");
-        else
-            walq__info(s->log, "output file \"%s\": cut %lld bytes of a line left unfinished",
-                       s->output, (long long)(tail.size - tail.keep));
-    }
     s->written = s->boundary = tail.keep;
     s->written_end = *cursor = tail.end_lsn;
     if (tail.end_lsn != 0)
@@ -575,24 +594,34 @@ static int table_check(walq__audit_sink *s, uint64_t *cursor)
     return 0;
 }
 
-/* Connects to the table's server and creates what is missing there. */
-static int open_table(walq__audit_sink *s, uint64_t *cursor)
+static int create_cursor_table(walq__audit_sink *s)
 {
     walq__buf sql = {0};
-    int rc, exists = 0;
+    int rc;
 
-    *cursor = 0;
-    rc = walq__connect(&s->tconn, s->target, WALQ__CONN_SQL, "walq audit");
-    if (rc != 0)
-        return rc;
-    rc = walq__exec(s->tconn, "set up the session",
-                    "SET synchronous_commit = on; SET client_min_messages = warning");
-    if (rc == 0)
-        rc = walq__exec(s->tconn, "begin creating the audit table", "BEGIN");
-    if (rc != 0)
-        return rc;
-    rc = walq__exec(s->tconn, "lock the audit set-up",
-                    "SELECT pg_advisory_xact_lock(" SETUP_LOCK ")");
+    if (walq__buf_printf(&sql,
+                         "CREATE TABLE IF NOT EXISTS %s ("
+                         " table_name text NOT NULL,"
+                         " group_name text NOT NULL,"
+                         " end_lsn pg_lsn NOT NULL,"
+                         " updated_at timestamptz NOT NULL DEFAULT now(),"
+                         " PRIMARY KEY (table_name, group_name))",
+                         s->cursor_q) != 0) {
+        walq__buf_free(&sql);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    rc = walq__exec(s->tconn, "create the audit cursor table", sql.data);
+    walq__buf_free(&sql);
+    return rc;
+}
+
+/* In the set-up transaction: the table, made append-only, and the cursor table. */
+static int create_missing(walq__audit_sink *s)
+{
+    int exists = 0;
+    int rc = walq__exec(s->tconn, "lock the audit set-up",
+                        "SELECT pg_advisory_xact_lock(" SETUP_LOCK ")");
+
     if (rc == 0)
         rc = resolve_table(s, &exists);
     if (rc == 0 && !exists) {
@@ -607,18 +636,25 @@ static int open_table(walq__audit_sink *s, uint64_t *cursor)
         if (rc == 0)
             walq__info(s->log, "created the append-only table \"%s\"", s->table_key);
     }
-    if (rc == 0 && walq__buf_printf(&sql,
-                                    "CREATE TABLE IF NOT EXISTS %s ("
-                                    " table_name text NOT NULL,"
-                                    " group_name text NOT NULL,"
-                                    " end_lsn pg_lsn NOT NULL,"
-                                    " updated_at timestamptz NOT NULL DEFAULT now(),"
-                                    " PRIMARY KEY (table_name, group_name))",
-                                    s->cursor_q) != 0)
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    return rc == 0 ? create_cursor_table(s) : rc;
+}
+
+/* Connects to the table's server and creates what is missing there. */
+static int open_table(walq__audit_sink *s, uint64_t *cursor)
+{
+    int rc;
+
+    *cursor = 0;
+    rc = walq__connect(&s->tconn, s->target, WALQ__CONN_SQL, "walq audit");
+    if (rc != 0)
+        return rc;
+    rc = walq__exec(s->tconn, "set up the session",
+                    "SET synchronous_commit = on; SET client_min_messages = warning");
     if (rc == 0)
-        rc = walq__exec(s->tconn, "create the audit cursor table", sql.data);
-    walq__buf_free(&sql);
+        rc = walq__exec(s->tconn, "begin creating the audit table", "BEGIN");
+    if (rc != 0)
+        return rc;
+    rc = create_missing(s);
     if (rc == 0)
         rc = walq__exec(s->tconn, "commit the audit table", "COMMIT");
     if (rc != 0) {
