@@ -1,9 +1,13 @@
-/* Unit tests of the audit trail's lines: names, times, JSON, and reading a file's end. */
+/*
+ * Unit tests of the audit trail's lines (names, times, JSON), of reading a
+ * file's end, and of the file sink in a directory of its own.
+ */
 #include <check.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "audit.h"
@@ -295,6 +299,350 @@ START_TEST(tail_of_a_long_unfinished_transaction)
 }
 END_TEST
 
+/* ---- the file sink ---- */
+
+/* A directory of its own for each test, removed with what is in it. */
+static char sink_dir[64];
+static char sink_path[128];
+
+static void sink_dir_make(void)
+{
+    snprintf(sink_dir, sizeof(sink_dir), "/tmp/walq-test-sink.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(sink_dir));
+    snprintf(sink_path, sizeof(sink_path), "%s/audit.jsonl", sink_dir);
+}
+
+static void sink_dir_remove(void)
+{
+    unlink(sink_path);
+    rmdir(sink_dir);
+}
+
+/* What was logged since it was last emptied, a line per message. */
+static char logged[4096];
+
+static void log_to_buffer(void *arg, walq_log_level level, const char *msg)
+{
+    size_t n = strlen(logged);
+
+    (void)arg;
+    (void)level;
+    snprintf(logged + n, sizeof(logged) - n, "%s\n", msg);
+}
+
+static const walq__log test_log = {log_to_buffer, NULL, WALQ_LOG_DEBUG, ""};
+
+static void sink_open_file(walq__audit_sink *s, uint64_t *cursor)
+{
+    walq__audit_sink_config c = {.output = sink_path, .group = "audit", .log = &test_log};
+
+    logged[0] = '\0';
+    walq__audit_sink_init(s, &c);
+    ck_assert_int_eq(walq__audit_sink_open(s, cursor), 0);
+    ck_assert_int_eq(s->kind, WALQ__AUDIT_SINK_FILE);
+}
+
+/* Change index of the transaction that ends at end_lsn, with pad bytes of payload. */
+static void sink_emit(walq__audit_sink *s, uint64_t end_lsn, size_t index, size_t pad, int last)
+{
+    static char payload[4096];
+    walq__audit_txn t = {7, end_lsn - 0x30, end_lsn, 0};
+    walq__value v = {.name = "payload", .kind = WALQ__V_STR, .str = payload};
+    walq__change ch = {.action = WALQ__ACT_INSERT,
+                       .lsn = end_lsn - 0x40,
+                       .schema = "walq",
+                       .table = "jobs",
+                       .columns = &v,
+                       .ncolumns = 1};
+    json_object *o;
+
+    ck_assert_uint_lt(pad, sizeof(payload));
+    memset(payload, 'x', pad);
+    payload[pad] = '\0';
+    v.len = pad;
+    ck_assert_int_eq(walq__audit_change_json(&o, &t, &ch, index), 0);
+    ck_assert_int_eq(walq__audit_sink_emit(s, o, last), 0);
+    json_object_put(o);
+}
+
+/* A whole transaction of n changes. */
+static void sink_txn(walq__audit_sink *s, uint64_t end_lsn, size_t n, size_t pad)
+{
+    for (size_t i = 1; i <= n; i++)
+        sink_emit(s, end_lsn, i, pad, i == n);
+    walq__audit_sink_end_txn(s, end_lsn, n);
+}
+
+static off_t file_size(void)
+{
+    struct stat sb;
+
+    ck_assert_int_eq(stat(sink_path, &sb), 0);
+    return sb.st_size;
+}
+
+static size_t file_lines(void)
+{
+    FILE *f = fopen(sink_path, "r");
+    size_t n = 0;
+    int ch;
+
+    ck_assert_ptr_nonnull(f);
+    while ((ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
+START_TEST(file_sink_flushes_whole_transactions)
+{
+    walq__audit_sink s;
+    walq__audit_sink_counts n;
+    uint64_t cursor = 1;
+    int64_t now;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0);
+    ck_assert(walq__audit_sink_ready(&s));
+    ck_assert_int_eq(walq__audit_sink_deadline(&s), 0);
+
+    sink_txn(&s, 0x200, 3, 10);
+    ck_assert(walq__audit_sink_pending(&s));
+    ck_assert(walq__audit_sink_can_flush(&s));
+    /* Not yet due: a flush waits a little for more. */
+    now = walq__mono_us();
+    ck_assert(!walq__audit_sink_flush_due(&s, now));
+    ck_assert_int_gt(walq__audit_sink_deadline(&s), now);
+    ck_assert(walq__audit_sink_flush_due(&s, walq__audit_sink_deadline(&s)));
+    ck_assert_int_eq(file_size(), 0); /* buffered until the flush */
+
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert(!walq__audit_sink_pending(&s));
+    ck_assert_int_eq(walq__audit_sink_deadline(&s), 0);
+    ck_assert_uint_eq(file_lines(), 3);
+    walq__audit_sink_counts_get(&s, &n);
+    ck_assert_uint_eq(n.transactions, 1);
+    ck_assert_uint_eq(n.changes, 3);
+    ck_assert_uint_eq(n.flushes, 1);
+    ck_assert(!walq__audit_sink_lost(&s));
+
+    /* A transaction with no changes in the sink is nothing to flush. */
+    walq__audit_sink_end_txn(&s, 0x300, 0);
+    ck_assert(!walq__audit_sink_pending(&s));
+    walq__audit_sink_close(&s);
+    /* The counts outlive the close: they are the run's stats. */
+    walq__audit_sink_counts_get(&s, &n);
+    ck_assert_uint_eq(n.changes, 3);
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_reopens_at_its_last_transaction)
+{
+    walq__audit_sink s;
+    uint64_t cursor;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    sink_txn(&s, 0x200, 2, 10);
+    sink_txn(&s, 0x300, 1, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    walq__audit_sink_close(&s);
+
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0x300);
+    ck_assert_ptr_nonnull(strstr(logged, "ends with the transaction that ends at 0/300"));
+    sink_txn(&s, 0x400, 1, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert_uint_eq(file_lines(), 4);
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_is_locked)
+{
+    walq__audit_sink s, t;
+    walq__audit_sink_config c = {.output = sink_path, .group = "audit"};
+    uint64_t cursor;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    walq__audit_sink_init(&t, &c);
+    ck_assert_int_eq(walq__audit_sink_open(&t, &cursor), WALQ_EBUSY);
+    ck_assert_ptr_nonnull(strstr(walq_last_error(), "could not lock output file"));
+    walq__audit_sink_close(&t);
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_cuts_a_buffered_transaction)
+{
+    walq__audit_sink s;
+    uint64_t cursor;
+    off_t whole;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    sink_txn(&s, 0x200, 2, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    whole = file_size();
+    /* Two changes of the next one, still in the buffer, and more whole ones before. */
+    sink_txn(&s, 0x300, 1, 10);
+    sink_emit(&s, 0x400, 1, 10, 0);
+    sink_emit(&s, 0x400, 2, 10, 0);
+    ck_assert_int_eq(walq__audit_sink_cut(&s), 0);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert_uint_eq(file_lines(), 3);
+    ck_assert_int_gt(file_size(), whole);
+    walq__audit_sink_close(&s);
+
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0x300);
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+/* More than the sink buffers, so that part of it is in the file already. */
+#define BIG_TXN_CHANGES 600
+
+START_TEST(file_sink_cuts_a_written_transaction)
+{
+    walq__audit_sink s;
+    uint64_t cursor;
+    off_t whole;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    sink_txn(&s, 0x200, 2, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    whole = file_size();
+    for (size_t i = 1; i <= BIG_TXN_CHANGES; i++)
+        sink_emit(&s, 0x300, i, 3000, 0);
+    ck_assert_int_gt(file_size(), whole);
+    ck_assert_int_eq(walq__audit_sink_cut(&s), 0);
+    /* The cut itself is made durable. */
+    ck_assert(walq__audit_sink_pending(&s));
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert_int_eq(file_size(), whole);
+    ck_assert_uint_eq(file_lines(), 2);
+
+    /* The transaction comes again, whole this time. */
+    sink_txn(&s, 0x300, 3, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert_uint_eq(file_lines(), 5);
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_recovers_its_tail)
+{
+    walq__audit_sink s;
+    walq__audit_sink_config quiet = {.output = sink_path, .group = "audit"};
+    uint64_t cursor;
+    off_t whole;
+    char expect[256];
+    FILE *f;
+
+    sink_dir_make();
+    sink_open_file(&s, &cursor);
+    sink_txn(&s, 0x200, 2, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    whole = file_size();
+    /* Closed in the middle of a transaction, as by kill -9: no cut. */
+    for (size_t i = 1; i <= BIG_TXN_CHANGES; i++)
+        sink_emit(&s, 0x300, i, 3000, 0);
+    ck_assert_int_gt(file_size(), whole);
+    walq__audit_sink_close(&s);
+
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0x200);
+    ck_assert_int_eq(file_size(), whole);
+    walq__audit_sink_close(&s);
+    snprintf(expect, sizeof(expect), "output file \"%s\": cut ", sink_path);
+    ck_assert_ptr_nonnull(strstr(logged, expect));
+    ck_assert_ptr_nonnull(strstr(logged, " lines of an unfinished transaction) after its last "
+                                         "whole transaction; they come again\n"));
+    ck_assert_ptr_nonnull(strstr(logged, "ends with the transaction that ends at 0/200"));
+
+    /* A line cut short is cut too, and said so. */
+    f = fopen(sink_path, "a");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"lsn\":\"0/1\",\"end_l", f);
+    fclose(f);
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0x200);
+    ck_assert_int_eq(file_size(), whole);
+    ck_assert_ptr_nonnull(strstr(logged, "cut 19 bytes of a line left unfinished\n"));
+    walq__audit_sink_close(&s);
+
+    /* Without a logger, the same in silence. */
+    f = fopen(sink_path, "a");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"lsn\"", f);
+    fclose(f);
+    logged[0] = '\0';
+    walq__audit_sink_init(&s, &quiet);
+    ck_assert_int_eq(walq__audit_sink_open(&s, &cursor), 0);
+    ck_assert_uint_eq(cursor, 0x200);
+    ck_assert_int_eq(file_size(), whole);
+    ck_assert_str_eq(logged, "");
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_refuses_a_foreign_file)
+{
+    walq__audit_sink s;
+    walq__audit_sink_config c = {.output = sink_path, .group = "audit"};
+    uint64_t cursor;
+    FILE *f;
+
+    sink_dir_make();
+    f = fopen(sink_path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("hello\n", f);
+    fclose(f);
+    walq__audit_sink_init(&s, &c);
+    ck_assert_int_eq(walq__audit_sink_open(&s, &cursor), WALQ_EINVAL);
+    ck_assert_ptr_nonnull(strstr(walq_last_error(), "does not end like a walq audit trail"));
+    walq__audit_sink_close(&s);
+    ck_assert_int_eq(file_size(), 6); /* left as it was */
+
+    /* A file ahead of the source was written from another server. */
+    unlink(sink_path);
+    sink_open_file(&s, &cursor);
+    ck_assert_int_eq(walq__audit_sink_from_elsewhere(&s, 0x300, 0x200), WALQ_EINVAL);
+    ck_assert_ptr_nonnull(strstr(walq_last_error(), "ends at 0/300, beyond the source's WAL "
+                                                    "position 0/200"));
+    walq__audit_sink_close(&s);
+    sink_dir_remove();
+}
+END_TEST
+
+START_TEST(file_sink_of_a_device_is_a_stream)
+{
+    walq__audit_sink s;
+    walq__audit_sink_config c = {.output = "/dev/null", .group = "audit", .log = &test_log};
+    uint64_t cursor = 1;
+
+    walq__audit_sink_init(&s, &c);
+    ck_assert_int_eq(walq__audit_sink_open(&s, &cursor), 0);
+    ck_assert_uint_eq(cursor, 0);
+    ck_assert_int_eq(s.kind, WALQ__AUDIT_SINK_STREAM);
+    ck_assert_ptr_nonnull(strstr(logged, "is not a regular file"));
+    sink_txn(&s, 0x200, 2, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    walq__audit_sink_close(&s);
+}
+END_TEST
+
 static Suite *audit_suite(void)
 {
     Suite *s = suite_create("audit");
@@ -312,6 +660,16 @@ static Suite *audit_suite(void)
     tcase_add_test(tc, tail_cuts_a_first_unfinished_transaction);
     tcase_add_test(tc, tail_of_a_foreign_file);
     tcase_add_test(tc, tail_of_a_long_unfinished_transaction);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("file sink");
+    tcase_add_test(tc, file_sink_flushes_whole_transactions);
+    tcase_add_test(tc, file_sink_reopens_at_its_last_transaction);
+    tcase_add_test(tc, file_sink_is_locked);
+    tcase_add_test(tc, file_sink_cuts_a_buffered_transaction);
+    tcase_add_test(tc, file_sink_cuts_a_written_transaction);
+    tcase_add_test(tc, file_sink_recovers_its_tail);
+    tcase_add_test(tc, file_sink_refuses_a_foreign_file);
+    tcase_add_test(tc, file_sink_of_a_device_is_a_stream);
     suite_add_tcase(s, tc);
     return s;
 }
