@@ -1,17 +1,29 @@
-# Writes OUT, a C file holding every migration in SQL_DIR, in name order, as
-# a string.
-file(GLOB FILES ${SQL_DIR}/[0-9]*.sql)
-list(SORT FILES)
+# Writes OUT, a C file holding every migration in SQL_DIR and every
+# repeatable file in SQL_DIR/repeatable, each in name order, as strings.
 set(body "/* Generated from sql/ by cmake/embed_sql.cmake; do not edit. */\n#include \"db.h\"\n\n")
-set(table "const walq__migration walq__migrations[] = {\n")
 set(i 0)
-foreach(f IN LISTS FILES)
-  get_filename_component(name ${f} NAME)
-  file(READ ${f} hex HEX)
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
-  string(APPEND body "static const char migration_${i}[] = {${bytes}0x00};\n")
-  string(APPEND table "    {\"${name}\", migration_${i}},\n")
-  math(EXPR i "${i} + 1")
-endforeach()
-string(APPEND table "    {0, 0}\n};\n")
-file(WRITE ${OUT} "${body}\n${table}")
+
+# embed(ARRAY GLOB): appends the files matching GLOB to body and their table,
+# named ARRAY, to tables.
+function(embed array pattern)
+  file(GLOB files ${pattern})
+  list(SORT files)
+  set(table "const walq__migration ${array}[] = {\n")
+  foreach(f IN LISTS files)
+    get_filename_component(name ${f} NAME)
+    file(READ ${f} hex HEX)
+    string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+    string(APPEND body "static const char sql_${i}[] = {${bytes}0x00};\n")
+    string(APPEND table "    {\"${name}\", sql_${i}},\n")
+    math(EXPR i "${i} + 1")
+  endforeach()
+  string(APPEND table "    {0, 0}\n};\n")
+  set(body "${body}" PARENT_SCOPE)
+  set(i ${i} PARENT_SCOPE)
+  set(tables "${tables}\n${table}" PARENT_SCOPE)
+endfunction()
+
+embed(walq__migrations "${SQL_DIR}/[0-9]*.sql")
+embed(walq__repeatables "${SQL_DIR}/repeatable/*.sql")
+
+file(WRITE ${OUT} "${body}${tables}")

@@ -2,6 +2,8 @@
 -- slot and cursor.  A group that is not partitioned has one reader,
 -- partition 0 of 1.  The group keeps what its readers share (the name the
 -- outcomes are recorded under, the queues); the reader keeps where it is.
+-- Applied by `walq init` inside one transaction; can also be run with psql.
+-- The readers' functions are in sql/repeatable/40_readers.sql.
 
 CREATE TABLE walq.readers (
     group_name  text        NOT NULL REFERENCES walq.groups (name) ON DELETE CASCADE,
@@ -40,33 +42,3 @@ ALTER TABLE walq.groups ADD CHECK (partitions BETWEEN 1 AND 1024);
 
 COMMENT ON TABLE walq.readers IS
     'One row per reader of a consumer group (one per partition): its slot and cursor.';
-
--- The partition of a job in a group split over `partitions` readers.  The
--- consumer computes the same in C (PostgreSQL's hashint8, taken unsigned).
-CREATE FUNCTION walq.partition_of(job_id bigint, partitions integer)
-RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT ((hashint8(job_id)::bigint & 4294967295) % partitions)::integer
-$$;
-
--- Each reader is held by one process at a time: the one whose session holds
--- this advisory lock (the key is the reader's slot name).  A consumer that
--- dies loses its session and with it the lock, which a waiting consumer of
--- the same reader then takes.
-CREATE FUNCTION walq.lock_reader(slot_name text)
-RETURNS boolean
-LANGUAGE sql VOLATILE STRICT AS $$
-    SELECT pg_try_advisory_lock(2037741434, hashtext(slot_name))
-$$;
-
--- The backend holding a reader, or NULL when no process holds it.
-CREATE FUNCTION walq.reader_lock_pid(slot_name text)
-RETURNS integer
-LANGUAGE sql STABLE STRICT AS $$
-    SELECT l.pid FROM pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-       AND l.classid = 2037741434::bigint::oid
-       AND l.objid = (hashtext(slot_name)::bigint & 4294967295)::oid
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-     LIMIT 1
-$$;

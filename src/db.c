@@ -184,8 +184,11 @@ int walq__exec(PGconn *conn, const char *what, const char *sql)
     char msg[1024];
     int code;
 
-    /* The simple protocol, unlike walq__query, takes several statements. */
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+    /*
+     * The simple protocol, unlike walq__query, takes several statements.  A
+     * migration that is only comments is an empty query.
+     */
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) {
         PQclear(res);
         return 0;
     }
@@ -193,6 +196,25 @@ int walq__exec(PGconn *conn, const char *what, const char *sql)
     code = walq__conn_failed(conn, res) ? WALQ_ECONN : WALQ_EQUERY;
     PQclear(res);
     return walq__error(code, NULL, "could not %s: %s", what, msg);
+}
+
+/*
+ * The repeatable files are applied on every run, after the migrations: each
+ * replaces the functions, views and triggers it defines with their current
+ * definition, so an old body never outlives the program that changed it.
+ */
+static int apply_repeatables(PGconn *conn)
+{
+    for (const walq__migration *r = walq__repeatables; r->name != NULL; r++) {
+        char what[160];
+        int rc;
+
+        snprintf(what, sizeof(what), "apply repeatable file \"%s\"", r->name);
+        rc = walq__exec(conn, what, r->sql);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
 int walq__schema_init(PGconn *conn, int *applied)
@@ -243,6 +265,9 @@ int walq__schema_init(PGconn *conn, int *applied)
         res = NULL;
         count++;
     }
+    rc = apply_repeatables(conn);
+    if (rc != 0)
+        goto fail;
     rc = walq__exec(conn, "commit the schema", "COMMIT");
     if (rc != 0)
         return rc;

@@ -15,6 +15,12 @@ typedef struct walq__migration {
 /* Every migration in sql/, in order, ending with {NULL, NULL}. */
 extern const walq__migration walq__migrations[];
 
+/*
+ * Every file in sql/repeatable/ (the functions, views and triggers), in
+ * order, ending with {NULL, NULL}.
+ */
+extern const walq__migration walq__repeatables[];
+
 /* What a connection is for; decides the parameters added to the conninfo. */
 typedef enum walq__conn_kind { WALQ__CONN_SQL = 0, WALQ__CONN_REPLICATION = 1 } walq__conn_kind;
 
@@ -51,7 +57,10 @@ int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql,
 /* The message of a failed result or connection, without the trailing newline. */
 const char *walq__pg_message(PGconn *conn, const PGresult *res, char *buf, size_t len);
 
-/* Applies the migrations not yet applied; *applied receives their count. */
+/*
+ * Applies the migrations not yet applied, then every repeatable file, in one
+ * transaction; *applied receives the count of migrations.
+ */
 int walq__schema_init(PGconn *conn, int *applied);
 
 /* Fails with a hint to run `walq init` when the schema is missing or old. */

@@ -1,0 +1,181 @@
+-- Administration of single jobs: retry and cancel (`walq job retry`,
+-- `walq job cancel`).  Applied by `walq init` on every run, after the
+-- numbered migrations.  Both insert into walq.commands, which running
+-- consumers read from their replication stream.
+
+-- The groups a job is administered in: the one named, which must exist and
+-- read the job's queue, or every group that reads it, of which there must be
+-- one.  Shared by walq.retry_job and walq.cancel_job so their errors match.
+CREATE OR REPLACE FUNCTION walq.job_groups(job walq.jobs, group_name text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    groups text[];
+BEGIN
+    IF job_groups.group_name IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM walq.groups g WHERE g.name = job_groups.group_name) THEN
+            RAISE EXCEPTION 'consumer group "%" does not exist', job_groups.group_name
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'A group exists once "walq consume" has run for it; '
+                             '"walq status" lists the groups.';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM walq.groups g
+                        WHERE g.name = job_groups.group_name AND job.queue = ANY (g.queues)) THEN
+            RAISE EXCEPTION 'consumer group "%" does not read queue "%" of job %',
+                            job_groups.group_name, job.queue, job.id
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Name a group that reads the queue, or no group to act in every '
+                             'group that does.';
+        END IF;
+        RETURN ARRAY[job_groups.group_name];
+    END IF;
+    SELECT array_agg(g.name ORDER BY g.name) INTO groups
+      FROM walq.groups g WHERE job.queue = ANY (g.queues);
+    IF groups IS NULL THEN
+        RAISE EXCEPTION 'no consumer group reads queue "%" of job %', job.queue, job.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Jobs are retried and cancelled in consumer groups; start one with '
+                         '"walq consume --group NAME --queue ' || job.queue || '" first.';
+    END IF;
+    RETURN groups;
+END
+$$;
+
+-- A job's row, or an error saying that it does not exist.
+CREATE OR REPLACE FUNCTION walq.job_row(job_id bigint)
+RETURNS walq.jobs
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    job walq.jobs;
+BEGIN
+    SELECT * INTO job FROM walq.jobs j WHERE j.id = job_row.job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', job_row.job_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'walq.job_status (or "walq job list") shows the jobs.';
+    END IF;
+    RETURN job;
+END
+$$;
+
+-- Puts a dead or cancelled job back in the queue of the given group, or of
+-- every group reading its queue where it is dead or cancelled, and returns
+-- how many groups that was.  The consumers of those groups run it again at
+-- once, with its attempts counted from zero.  A job with no row in
+-- walq.outcomes is done (batch or horizon) or queued, as walq.status_in says.
+--
+-- The row locks make a concurrent retry, cancel or ack of the same job wait;
+-- the status is checked again on the row that was locked.  The consumer's
+-- ack never overwrites a final outcome, so a dead outcome stays dead until
+-- this changes it.  The job is unfinished again, so it needs its dedup key
+-- back.  Another job may have taken it meanwhile; two unfinished jobs with
+-- one key would break the promise the key makes, so the retry fails instead.
+CREATE OR REPLACE FUNCTION walq.retry_job(job_id bigint, group_name text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    job walq.jobs := walq.job_row(retry_job.job_id);
+    groups text[] := walq.job_groups(job, retry_job.group_name);
+    retried text[];
+    holder bigint;
+BEGIN
+    WITH up AS (
+        UPDATE walq.outcomes o
+           SET status = 'queued', attempts = 0, last_error = NULL, run_at = NULL,
+               updated_at = now()
+         WHERE o.group_name = ANY (groups) AND o.job_id = job.id
+           AND o.status IN ('dead', 'cancelled')
+        RETURNING o.group_name
+    ) SELECT array_agg(up.group_name ORDER BY up.group_name) INTO retried FROM up;
+
+    IF retried IS NULL THEN
+        IF cardinality(groups) = 1 THEN
+            RAISE EXCEPTION 'job % is % in group "%", not dead or cancelled', job.id,
+                            walq.status_in(groups[1], job.id), groups[1]
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Only a dead or cancelled job can be retried.';
+        END IF;
+        RAISE EXCEPTION 'job % is not dead or cancelled in any consumer group', job.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'It is ' || walq.job_statuses(job.id, groups) || '.',
+                  HINT = 'Only a dead or cancelled job can be retried.';
+    END IF;
+
+    IF job.dedup_key IS NOT NULL THEN
+        holder := walq.claim_dedup_key(job.queue, job.dedup_key, job.id);
+        IF holder <> job.id THEN
+            RAISE EXCEPTION 'dedup key "%" of job % is now held by job %, which has not finished',
+                            job.dedup_key, job.id, holder
+                USING ERRCODE = 'unique_violation',
+                      HINT = format('Cancel job %s or wait until it finishes, then retry job %s.',
+                                    holder, job.id);
+        END IF;
+    END IF;
+
+    INSERT INTO walq.commands (group_name, job_id, action)
+    SELECT g, job.id, 'retry' FROM unnest(retried) AS g;
+    RETURN cardinality(retried);
+END
+$$;
+
+-- Cancels a job that has not run yet (queued or scheduled) in the given
+-- group, or in every group reading its queue where it has not run yet, and
+-- returns how many groups that was.  A cancelled job never runs in those
+-- groups unless it is retried.  A job that is done without a row (batch or
+-- horizon) is not cancelled.
+--
+-- A group that has not recorded the job yet gets a new row, with no LSN
+-- since no transaction of the stream brought it.  ON CONFLICT locks an
+-- existing row and checks the status on its latest version, so an ack that
+-- recorded the job done meanwhile wins, and the cancel skips it.  Cancelling
+-- may finish the job, as an ack does; its dedup key is then free.
+-- walq.job_finished, called from a statement of its own, sees the outcomes
+-- written before it.
+CREATE OR REPLACE FUNCTION walq.cancel_job(job_id bigint, group_name text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    job walq.jobs := walq.job_row(cancel_job.job_id);
+    groups text[] := walq.job_groups(job, cancel_job.group_name);
+    cancelled text[];
+    st text;
+BEGIN
+    WITH up AS (
+        INSERT INTO walq.outcomes AS o (group_name, job_id, status, attempts, lsn)
+        SELECT g, job.id, 'cancelled', 0, NULL FROM unnest(groups) AS g
+         WHERE walq.status_in(g, job.id) <> 'done'
+        ON CONFLICT (group_name, job_id) DO UPDATE
+           SET status = 'cancelled', run_at = NULL, updated_at = now()
+         WHERE o.status IN ('queued', 'scheduled')
+        RETURNING o.group_name
+    ) SELECT array_agg(up.group_name ORDER BY up.group_name) INTO cancelled FROM up;
+
+    IF cancelled IS NULL THEN
+        IF cardinality(groups) = 1 THEN
+            st := walq.status_in(groups[1], job.id);
+            RAISE EXCEPTION 'job % is % in group "%"', job.id,
+                            CASE WHEN st = 'running' THEN 'running'
+                                 ELSE 'already ' || st END,
+                            groups[1]
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Only a queued or scheduled job can be cancelled.';
+        END IF;
+        RAISE EXCEPTION 'job % is not queued or scheduled in any consumer group', job.id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'It is ' || walq.job_statuses(job.id, groups) || '.',
+                  HINT = 'Only a queued or scheduled job can be cancelled.';
+    END IF;
+
+    INSERT INTO walq.commands (group_name, job_id, action)
+    SELECT g, job.id, 'cancel' FROM unnest(cancelled) AS g;
+
+    IF job.dedup_key IS NOT NULL AND walq.job_finished(job.id) THEN
+        DELETE FROM walq.dedup_keys d
+         WHERE d.queue = job.queue AND d.dedup_key = job.dedup_key AND d.job_id = job.id;
+    END IF;
+    RETURN cardinality(cancelled);
+END
+$$;

@@ -1,0 +1,31 @@
+-- The sql handler: a statement run for each job inside the consumer's ack
+-- transaction, so that its effects commit exactly once, with the outcome.
+-- Applied by `walq init` on every run, after the numbered migrations.
+
+-- Runs stmt once per job with $1 = payload and $2 = job id, each in its own
+-- subtransaction so that one job's error fails that job alone.  Returns one
+-- row per job, in order, with the error message of a failed one.  A job that
+-- already has a final outcome in the group is not run again: after a crash
+-- the consumer may hand it over twice, the effects must not happen twice.
+CREATE OR REPLACE FUNCTION walq.run_sql(group_name text, stmt text, job_ids bigint[],
+                                        payloads jsonb[])
+RETURNS TABLE (job_id bigint, error text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(job_ids, 1), 0) LOOP
+        job_id := job_ids[i];
+        error := NULL;
+        IF NOT EXISTS (SELECT 1 FROM walq.outcomes o
+                        WHERE o.group_name = run_sql.group_name AND o.job_id = job_ids[i]
+                          AND o.status IN ('done', 'dead', 'cancelled')) THEN
+            BEGIN
+                EXECUTE stmt USING payloads[i], job_ids[i];
+            EXCEPTION WHEN OTHERS THEN
+                error := SQLERRM || ' (SQLSTATE ' || SQLSTATE || ')';
+            END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
