@@ -1,5 +1,6 @@
 # Writes OUT, a C file holding every migration in SQL_DIR and every
-# repeatable file in SQL_DIR/repeatable, each in name order, as strings.
+# repeatable file in SQL_DIR/repeatable, each in name order, as strings, and
+# the checksum of the repeatable set.
 set(body "/* Generated from sql/ by cmake/embed_sql.cmake; do not edit. */\n#include \"db.h\"\n\n")
 set(i 0)
 
@@ -25,5 +26,18 @@ endfunction()
 
 embed(walq__migrations "${SQL_DIR}/[0-9]*.sql")
 embed(walq__repeatables "${SQL_DIR}/repeatable/*.sql")
+
+# What `sha256sum *.sql | sha256sum` prints in sql/repeatable (LC_ALL=C), so
+# that the checksum recorded in walq.repeatables can be made by hand too.
+file(GLOB files ${SQL_DIR}/repeatable/*.sql)
+list(SORT files)
+set(listing "")
+foreach(f IN LISTS files)
+  get_filename_component(name ${f} NAME)
+  file(SHA256 ${f} sum)
+  string(APPEND listing "${sum}  ${name}\n")
+endforeach()
+string(SHA256 checksum "${listing}")
+string(APPEND tables "\nconst char walq__repeatables_checksum[] = \"${checksum}\";\n")
 
 file(WRITE ${OUT} "${body}${tables}")

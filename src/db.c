@@ -198,23 +198,59 @@ int walq__exec(PGconn *conn, const char *what, const char *sql)
     return walq__error(code, NULL, "could not %s: %s", what, msg);
 }
 
+/* The newest migration this program has. */
+static const char *newest_migration(void)
+{
+    const walq__migration *last = walq__migrations;
+
+    while (last[1].name != NULL)
+        last++;
+    return last->name;
+}
+
+/*
+ * Whether the database records a numbered migration after this program's
+ * newest ($1): a newer walq migrated it, and its definitions are newer than
+ * this program's.
+ */
+#define NEWER_MIGRATION_SQL                                                                        \
+    "EXISTS (SELECT 1 FROM walq.migrations WHERE name ~ '^[0-9]+_' AND name COLLATE \"C\" > $1)"
+
 /*
  * The repeatable files are applied on every run, after the migrations: each
  * replaces the functions, views and triggers it defines with their current
  * definition, so an old body never outlives the program that changed it.
+ * A database that a newer walq migrated keeps that walq's definitions,
+ * which this program's could undo.
  */
 static int apply_repeatables(PGconn *conn)
 {
+    const char *newest[1] = {newest_migration()};
+    const char *checksum[1] = {walq__repeatables_checksum};
+    PGresult *res;
+    int rc, newer;
+
+    rc = walq__query(conn, &res, "read applied migrations", "SELECT " NEWER_MIGRATION_SQL, 1,
+                     newest);
+    if (rc != 0)
+        return rc;
+    newer = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (newer)
+        return 0;
     for (const walq__migration *r = walq__repeatables; r->name != NULL; r++) {
         char what[160];
-        int rc;
 
         snprintf(what, sizeof(what), "apply repeatable file \"%s\"", r->name);
         rc = walq__exec(conn, what, r->sql);
         if (rc != 0)
             return rc;
     }
-    return 0;
+    rc = walq__query(conn, &res, "record the repeatable files",
+                     "INSERT INTO walq.repeatables (checksum) VALUES ($1) ON CONFLICT DO NOTHING",
+                     1, checksum);
+    PQclear(res);
+    return rc;
 }
 
 int walq__schema_init(PGconn *conn, int *applied)
@@ -285,19 +321,23 @@ fail:
 int walq__schema_check(PGconn *conn)
 {
     PGresult *res;
-    const walq__migration *last = walq__migrations;
-    const char *params[1];
+    const char *params[2] = {newest_migration(), walq__repeatables_checksum};
     int rc;
 
-    while (last[1].name != NULL)
-        last++;
-    params[0] = last->name;
-    /* Checked in two steps: the second query fails if the table is missing. */
-    res = PQexec(conn, "SELECT to_regclass('walq.migrations') IS NOT NULL");
+    /*
+     * Checked in two steps: the second query fails if a table is missing.
+     * The functions are this program's, or newer: its repeatable set was
+     * applied once, or a newer walq has migrated the database since.
+     */
+    res = PQexec(conn, "SELECT to_regclass('walq.migrations') IS NOT NULL"
+                       " AND to_regclass('walq.repeatables') IS NOT NULL");
     if (PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
         PQclear(res);
-        res = PQexecParams(conn, "SELECT EXISTS (SELECT 1 FROM walq.migrations WHERE name = $1)", 1,
-                           NULL, params, NULL, NULL, 0);
+        res = PQexecParams(conn,
+                           "SELECT EXISTS (SELECT 1 FROM walq.migrations WHERE name = $1)"
+                           " AND (EXISTS (SELECT 1 FROM walq.repeatables WHERE checksum = $2)"
+                           "      OR " NEWER_MIGRATION_SQL ")",
+                           2, NULL, params, NULL, NULL, 0);
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char msg[512];

@@ -17,9 +17,11 @@ extern const walq__migration walq__migrations[];
 
 /*
  * Every file in sql/repeatable/ (the functions, views and triggers), in
- * order, ending with {NULL, NULL}.
+ * order, ending with {NULL, NULL}, and the checksum of the set recorded in
+ * walq.repeatables.
  */
 extern const walq__migration walq__repeatables[];
+extern const char walq__repeatables_checksum[];
 
 /* What a connection is for; decides the parameters added to the conninfo. */
 typedef enum walq__conn_kind { WALQ__CONN_SQL = 0, WALQ__CONN_REPLICATION = 1 } walq__conn_kind;
@@ -59,11 +61,16 @@ const char *walq__pg_message(PGconn *conn, const PGresult *res, char *buf, size_
 
 /*
  * Applies the migrations not yet applied, then every repeatable file, in one
- * transaction; *applied receives the count of migrations.
+ * transaction; *applied receives the count of migrations.  The repeatable
+ * files are left out when a newer walq has migrated the database.
  */
 int walq__schema_init(PGconn *conn, int *applied);
 
-/* Fails with a hint to run `walq init` when the schema is missing or old. */
+/*
+ * Fails with a hint to run `walq init` when the schema is missing or old:
+ * this program's newest migration is not recorded, or its repeatable set is
+ * not while no newer migration is.
+ */
 int walq__schema_check(PGconn *conn);
 
 /* Appends s to b quoted as an element of a PostgreSQL array literal. */
