@@ -318,25 +318,10 @@ static void sink_dir_remove(void)
     rmdir(sink_dir);
 }
 
-/* What was logged since it was last emptied, a line per message. */
-static char logged[4096];
-
-static void log_to_buffer(void *arg, walq_log_level level, const char *msg)
-{
-    size_t n = strlen(logged);
-
-    (void)arg;
-    (void)level;
-    snprintf(logged + n, sizeof(logged) - n, "%s\n", msg);
-}
-
-static const walq__log test_log = {log_to_buffer, NULL, WALQ_LOG_DEBUG, ""};
-
 static void sink_open_file(walq__audit_sink *s, uint64_t *cursor)
 {
-    walq__audit_sink_config c = {.output = sink_path, .group = "audit", .log = &test_log};
+    walq__audit_sink_config c = {.output = sink_path, .group = "audit"};
 
-    logged[0] = '\0';
     walq__audit_sink_init(s, &c);
     ck_assert_int_eq(walq__audit_sink_open(s, cursor), 0);
     ck_assert_int_eq(s->kind, WALQ__AUDIT_SINK_FILE);
@@ -453,7 +438,6 @@ START_TEST(file_sink_reopens_at_its_last_transaction)
 
     sink_open_file(&s, &cursor);
     ck_assert_uint_eq(cursor, 0x300);
-    ck_assert_ptr_nonnull(strstr(logged, "ends with the transaction that ends at 0/300"));
     sink_txn(&s, 0x400, 1, 10);
     ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
     ck_assert_uint_eq(file_lines(), 4);
@@ -543,10 +527,8 @@ END_TEST
 START_TEST(file_sink_recovers_its_tail)
 {
     walq__audit_sink s;
-    walq__audit_sink_config quiet = {.output = sink_path, .group = "audit"};
     uint64_t cursor;
     off_t whole;
-    char expect[256];
     FILE *f;
 
     sink_dir_make();
@@ -564,13 +546,8 @@ START_TEST(file_sink_recovers_its_tail)
     ck_assert_uint_eq(cursor, 0x200);
     ck_assert_int_eq(file_size(), whole);
     walq__audit_sink_close(&s);
-    snprintf(expect, sizeof(expect), "output file \"%s\": cut ", sink_path);
-    ck_assert_ptr_nonnull(strstr(logged, expect));
-    ck_assert_ptr_nonnull(strstr(logged, " lines of an unfinished transaction) after its last "
-                                         "whole transaction; they come again\n"));
-    ck_assert_ptr_nonnull(strstr(logged, "ends with the transaction that ends at 0/200"));
 
-    /* A line cut short is cut too, and said so. */
+    /* A line cut short is cut too. */
     f = fopen(sink_path, "a");
     ck_assert_ptr_nonnull(f);
     fputs("{\"lsn\":\"0/1\",\"end_l", f);
@@ -578,20 +555,14 @@ START_TEST(file_sink_recovers_its_tail)
     sink_open_file(&s, &cursor);
     ck_assert_uint_eq(cursor, 0x200);
     ck_assert_int_eq(file_size(), whole);
-    ck_assert_ptr_nonnull(strstr(logged, "cut 19 bytes of a line left unfinished\n"));
-    walq__audit_sink_close(&s);
 
-    /* Without a logger, the same in silence. */
-    f = fopen(sink_path, "a");
-    ck_assert_ptr_nonnull(f);
-    fputs("{\"lsn\"", f);
-    fclose(f);
-    logged[0] = '\0';
-    walq__audit_sink_init(&s, &quiet);
-    ck_assert_int_eq(walq__audit_sink_open(&s, &cursor), 0);
-    ck_assert_uint_eq(cursor, 0x200);
-    ck_assert_int_eq(file_size(), whole);
-    ck_assert_str_eq(logged, "");
+    /* And the trail goes on from there. */
+    sink_txn(&s, 0x300, 1, 10);
+    ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
+    ck_assert_uint_eq(file_lines(), 3);
+    walq__audit_sink_close(&s);
+    sink_open_file(&s, &cursor);
+    ck_assert_uint_eq(cursor, 0x300);
     walq__audit_sink_close(&s);
     sink_dir_remove();
 }
@@ -629,14 +600,13 @@ END_TEST
 START_TEST(file_sink_of_a_device_is_a_stream)
 {
     walq__audit_sink s;
-    walq__audit_sink_config c = {.output = "/dev/null", .group = "audit", .log = &test_log};
+    walq__audit_sink_config c = {.output = "/dev/null", .group = "audit"};
     uint64_t cursor = 1;
 
     walq__audit_sink_init(&s, &c);
     ck_assert_int_eq(walq__audit_sink_open(&s, &cursor), 0);
     ck_assert_uint_eq(cursor, 0);
     ck_assert_int_eq(s.kind, WALQ__AUDIT_SINK_STREAM);
-    ck_assert_ptr_nonnull(strstr(logged, "is not a regular file"));
     sink_txn(&s, 0x200, 2, 10);
     ck_assert_int_eq(walq__audit_sink_flush(&s), 0);
     walq__audit_sink_close(&s);
