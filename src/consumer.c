@@ -486,15 +486,15 @@ static void forget(walq_consumer *c, walq__job *job)
 /* Running jobs                                                        */
 
 /*
- * What an attempt's verdict means for the job: done, dead, or scheduled again
- * after a backoff.  Pure, so that the sql handler can decide before its
- * transaction commits and apply after.
+ * What an attempt's verdict means for the job: done, dead (at once when the
+ * handler gave up), or scheduled again after a backoff.  Pure, so that the
+ * sql handler can decide before its transaction commits and apply after.
  */
 static walq__status decide(walq_consumer *c, const walq__job *job, walq__verdict v, int64_t *run_at)
 {
     if (v == WALQ__VERDICT_DONE)
         return WALQ__ST_DONE;
-    if (job->attempts >= job->max_attempts)
+    if (v == WALQ__VERDICT_DEAD || job->attempts >= job->max_attempts)
         return WALQ__ST_DEAD;
     *run_at = walq__wall_us() +
               walq__backoff_us(job->attempts, c->o.backoff_min, c->o.backoff_max, &c->rng);

@@ -459,7 +459,7 @@ static void remove_flight(coproc_handler *c, cp_worker *w, size_t i)
 
 static int take_reply(coproc_handler *c, cp_worker *w, char *line, size_t len)
 {
-    json_object *root, *id = NULL, *ok = NULL, *error = NULL, *retry = NULL;
+    json_object *root, *id = NULL, *ok = NULL, *error = NULL, *retry = NULL, *dead = NULL;
     enum json_tokener_error jerr;
     const char *bad = NULL;
     char err[CP_MAX_ERROR + 1], ex[256];
@@ -515,8 +515,11 @@ static int take_reply(coproc_handler *c, cp_worker *w, char *line, size_t len)
     if (!json_object_get_boolean(ok)) {
         int want_retry =
             json_object_object_get_ex(root, "retry", &retry) && json_object_get_boolean(retry);
+        int want_dead =
+            json_object_object_get_ex(root, "dead", &dead) && json_object_get_boolean(dead);
 
-        v = want_retry ? WALQ__VERDICT_RETRY : WALQ__VERDICT_FAIL;
+        /* Giving up is the stronger request: "dead" wins over "retry". */
+        v = want_dead ? WALQ__VERDICT_DEAD : want_retry ? WALQ__VERDICT_RETRY : WALQ__VERDICT_FAIL;
         if (json_object_object_get_ex(root, "error", &error) &&
             !json_object_is_type(error, json_type_null)) {
             const char *s = json_object_get_string(error);
@@ -528,8 +531,9 @@ static int take_reply(coproc_handler *c, cp_worker *w, char *line, size_t len)
         }
         if (err[0] == '\0')
             snprintf(err, sizeof(err), "%s",
-                     want_retry ? "the coprocess worker asked for a retry"
-                                : "the coprocess worker reported a failure without an error");
+                     want_dead    ? "the coprocess worker gave up on the job"
+                     : want_retry ? "the coprocess worker asked for a retry"
+                                  : "the coprocess worker reported a failure without an error");
     }
     json_object_put(root);
     return c->base.done(c->base.arg, job, v, v == WALQ__VERDICT_DONE ? NULL : err);

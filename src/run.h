@@ -15,10 +15,15 @@
 
 #define WALQ__ERRTAIL 512
 
+/*
+ * What a handler reports of an attempt.  RETRY and FAIL both run the job
+ * again after the backoff until max_attempts; DEAD gives up at once.
+ */
 typedef enum walq__verdict {
     WALQ__VERDICT_DONE = 0,
     WALQ__VERDICT_RETRY, /* the handler asked for it */
-    WALQ__VERDICT_FAIL   /* any other exit, a signal or a timeout */
+    WALQ__VERDICT_FAIL,  /* any other exit, a signal or a timeout */
+    WALQ__VERDICT_DEAD   /* the handler gave up on the job (C API, coprocess reply) */
 } walq__verdict;
 
 typedef struct walq__proc {

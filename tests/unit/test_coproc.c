@@ -137,6 +137,12 @@ static const char *const worker = "while IFS= read -r l; do\n"
                                   "\"boom \\\\\"%s\\\\\"\"}\\n' \"$id\" \"$id\" ;;\n"
                                   "  *'\"retry\"'*) printf '{\"id\":%s,\"ok\":false,"
                                   "\"retry\":true}\\n' \"$id\" ;;\n"
+                                  "  *'\"dead\"'*) printf '{\"id\":%s,\"ok\":false,"
+                                  "\"dead\":true,\"error\":\"no such user\"}\\n' \"$id\" ;;\n"
+                                  "  *'\"giveup\"'*) printf '{\"id\":%s,\"ok\":false,"
+                                  "\"retry\":true,\"dead\":true}\\n' \"$id\" ;;\n"
+                                  "  *'\"alive\"'*) printf '{\"id\":%s,\"ok\":false,"
+                                  "\"dead\":false}\\n' \"$id\" ;;\n"
                                   "  *) printf '{\"id\":%s,\"ok\":true}\\n' \"$id\" ;;\n"
                                   "  esac\n"
                                   "done\n";
@@ -188,6 +194,27 @@ START_TEST(failures_and_retries_map_to_verdicts)
     ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_DONE);
     ck_assert_int_eq(rep.warnings, 3);
     ck_assert_ptr_nonnull(strstr(rep.lastwarn, "replied for job 99999"));
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
+START_TEST(dead_reply_gives_up_at_once)
+{
+    walq__handler *h = open_handler(worker, 1, 8, 0);
+
+    start(h, 1, "{\"dead\": true}");
+    start(h, 2, "{\"giveup\": true}");
+    start(h, 3, "{\"alive\": true}");
+    run_until(h, 3, 10);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_DEAD);
+    ck_assert_str_eq(rep.err[1], "no such user");
+    /* "dead" wins over "retry"; without an error, walq writes one. */
+    ck_assert_int_eq(rep.verdict[2], WALQ__VERDICT_DEAD);
+    ck_assert_str_eq(rep.err[2], "the coprocess worker gave up on the job");
+    /* "dead": false is an ordinary failure. */
+    ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_FAIL);
+    ck_assert_int_eq(rep.warnings, 0);
     h->ops->free(h);
     free_jobs();
 }
@@ -375,6 +402,7 @@ static Suite *coproc_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, jobs_spread_over_workers_and_finish);
     tcase_add_test(tc, failures_and_retries_map_to_verdicts);
+    tcase_add_test(tc, dead_reply_gives_up_at_once);
     tcase_add_test(tc, request_is_one_line_of_json);
     tcase_add_test(tc, crash_fails_jobs_in_flight_and_restarts);
     tcase_add_test(tc, timeout_kills_the_worker_and_fails_its_jobs);
