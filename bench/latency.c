@@ -238,20 +238,20 @@ static int produce(void)
 
 /* ---- walq, C API callback ------------------------------------------------ */
 
-static walq_verdict on_job(void *a, const walq_job *job, char *err, size_t errlen)
+static walq_verdict on_job(char *err, size_t errlen, const walq_job *job, void *payload)
 {
-    (void)a;
     (void)err;
     (void)errlen;
+    (void)payload;
     record(walq_job_id(job), now_us(CLOCK_REALTIME), 0);
     if (nrecs >= arg.count)
         walq_consumer_stop(consumer, 0);
     return WALQ_JOB_DONE;
 }
 
-static void on_log(void *a, walq_log_level level, const char *msg)
+static void on_log(walq_log_level level, const char *msg, void *payload)
 {
-    (void)a;
+    (void)payload;
     fprintf(stderr, "walq-bench-latency walq: %s: %s\n",
             level == WALQ_LOG_ERROR     ? "ERROR"
             : level == WALQ_LOG_WARNING ? "WARNING"

@@ -1,7 +1,7 @@
 /*
  * A consumer written against the C API: it counts the words of each job's
  * payload and prints one line per job.  Jobs whose payload holds
- * "fail": true fail, to show retries.
+ * "fail": true fail, to show retries; "poison": true gives up at once.
  *
  *   walq-example-consumer GROUP QUEUE [--drain]
  *
@@ -22,22 +22,26 @@ static void on_signal(int sig)
     walq_consumer_stop(consumer, 0);
 }
 
-static void on_log(void *arg, walq_log_level level, const char *msg)
+static void on_log(walq_log_level level, const char *msg, void *payload)
 {
-    (void)arg;
+    (void)payload;
     fprintf(stderr, "%s: %s\n", level == WALQ_LOG_ERROR ? "error" : "log", msg);
 }
 
-static walq_verdict count_words(void *arg, const walq_job *job, char *err, size_t errlen)
+static walq_verdict count_words(char *err, size_t errlen, const walq_job *job, void *payload)
 {
     size_t len, words = 0;
     const char *p = walq_job_payload(job, &len);
     int in_word = 0;
 
-    (void)arg;
+    (void)payload;
     if (strstr(p, "\"fail\": true") != NULL) {
         snprintf(err, errlen, "payload asks to fail (attempt %d)", walq_job_attempt(job));
-        return WALQ_JOB_FAIL;
+        return WALQ_JOB_RETRY;
+    }
+    if (strstr(p, "\"poison\": true") != NULL) {
+        snprintf(err, errlen, "payload is poison: no attempt can succeed");
+        return WALQ_JOB_DEAD;
     }
     for (size_t i = 0; i < len; i++) {
         int space = p[i] == ' ' || p[i] == '\n' || p[i] == '\t';
@@ -67,8 +71,8 @@ int main(int argc, char **argv)
     opts.handler = WALQ_HANDLER_CALLBACK;
     opts.callback = count_words;
     opts.drain = argc > 3 && strcmp(argv[3], "--drain") == 0;
-    opts.backoff_min = 0.01;
-    opts.backoff_max = 0.1;
+    opts.backoff_min_ms = 10;
+    opts.backoff_max_ms = 100;
     opts.log = on_log;
     opts.log_level = WALQ_LOG_WARNING;
 

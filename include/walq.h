@@ -73,9 +73,9 @@ typedef enum walq_log_level {
 /*
  * Log callback.  msg is one line without a trailing newline, in PostgreSQL's
  * message style; a hint, when there is one, follows on a line that starts
- * with "HINT:  ".
+ * with "HINT:  ".  payload is the options' log_payload.
  */
-typedef void (*walq_log_fn)(void *arg, walq_log_level level, const char *msg);
+typedef void (*walq_log_fn)(walq_log_level level, const char *msg, void *payload);
 
 /* Which handler runs the jobs. */
 typedef enum walq_handler_kind {
@@ -86,11 +86,15 @@ typedef enum walq_handler_kind {
     WALQ_HANDLER_COPROCESS = 4 /* long-lived workers speaking JSON lines */
 } walq_handler_kind;
 
-/* What a handler says of one attempt. */
+/*
+ * What a handler says of one attempt.  (Value 2 was WALQ_JOB_FAIL in version
+ * 1 of the options, which meant what WALQ_JOB_RETRY means now; it is not
+ * used again.)
+ */
 typedef enum walq_verdict {
     WALQ_JOB_DONE = 0,  /* finished: recorded done */
-    WALQ_JOB_RETRY = 1, /* try again later (counts as an attempt) */
-    WALQ_JOB_FAIL = 2   /* failed: retried until max_attempts, then dead */
+    WALQ_JOB_RETRY = 1, /* the attempt failed: run again after the backoff, until max_attempts */
+    WALQ_JOB_DEAD = 3   /* give up now: recorded dead with the error, no further attempt */
 } walq_verdict;
 
 /* A job as a handler sees it; borrowed for the duration of the call. */
@@ -107,13 +111,17 @@ WALQ_EXTERN int walq_job_priority(const walq_job *job);
 /*
  * A C handler.  Called in the consumer's thread, one job at a time: keep it
  * short, or hand the work to threads of your own and use the exec or
- * coprocess handler instead.  On failure write a one-line reason into err.
+ * coprocess handler instead.  On failure write a one-line reason into err
+ * (errlen bytes, NUL included); it becomes the job's last_error.  payload is
+ * the options' callback_payload.
  */
-typedef walq_verdict (*walq_handler_fn)(void *arg, const walq_job *job, char *err, size_t errlen);
+typedef walq_verdict (*walq_handler_fn)(char *err, size_t errlen, const walq_job *job,
+                                        void *payload);
 
 /*
- * Options of a consumer.  Initialise with WALQ_OPTIONS_INIT and change what
- * you need; strings are copied by walq_consumer_open().
+ * Options of a consumer.  Initialise them with WALQ_OPTIONS_INIT or
+ * walq_options_init() and change what you need; strings are copied by
+ * walq_consumer_open().  Every duration is in milliseconds.
  */
 typedef struct walq_options {
     unsigned int version;
@@ -126,20 +134,20 @@ typedef struct walq_options {
     const char *const *argv;  /* exec handler: program and arguments, NULL-terminated */
     int concurrency;          /* handlers running at once */
     int drain;                /* stop once the backlog present at start is done */
-    double timeout;           /* seconds a handler may run; 0: no limit */
-    double backoff_min;       /* seconds before the first retry */
-    double backoff_max;       /* ceiling of the retry delay, seconds */
+    int64_t timeout_ms;       /* how long a handler may run; 0: no limit */
+    int64_t backoff_min_ms;   /* delay before the first retry */
+    int64_t backoff_max_ms;   /* ceiling of the retry delay */
     const char *sql;          /* sql handler: statement with $1 = payload, $2 = job id */
     walq_handler_fn callback; /* callback handler */
-    void *callback_arg;
-    int coprocess_inflight; /* coprocess handler: jobs in flight per worker */
-    int batch_size;         /* outcomes per ack transaction at most */
-    int ack_delay_ms;       /* longest an outcome waits for its ack transaction */
-    int max_in_flight;      /* jobs held in memory before the stream is paused */
-    double status_interval; /* seconds between standby status updates */
-    double timer_horizon;   /* seconds ahead that scheduled jobs are kept in memory */
+    void *callback_payload;
+    int coprocess_inflight;     /* coprocess handler: jobs in flight per worker */
+    int batch_size;             /* outcomes per ack transaction at most */
+    int64_t ack_delay_ms;       /* longest an outcome waits for its ack transaction */
+    int max_in_flight;          /* jobs held in memory before the stream is paused */
+    int64_t status_interval_ms; /* time between standby status updates */
+    int64_t timer_horizon_ms;   /* how far ahead scheduled jobs are kept in memory */
     walq_log_fn log;
-    void *log_arg;
+    void *log_payload;
     walq_log_level log_level;
     /*
      * A group split over several readers: this one takes the jobs whose id
@@ -156,13 +164,36 @@ typedef struct walq_options {
     int keep_outcomes;
 } walq_options;
 
-#define WALQ_OPTIONS_VERSION 1
+/*
+ * Version 2 made every duration an int64_t of milliseconds, put the payload
+ * of the callbacks last, and added WALQ_JOB_DEAD.  walq_consumer_open() still
+ * accepts version 1; see docs/c-api.md.
+ */
+#define WALQ_OPTIONS_VERSION 2
+
+/*
+ * The defaults, every field named in the order of the struct (so that C++20
+ * takes it too).
+ */
 #define WALQ_OPTIONS_INIT                                                                          \
     {                                                                                              \
-        WALQ_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, WALQ_HANDLER_EXEC, NULL, 1, 0, 0.0, 1.0,  \
-            600.0, NULL, NULL, NULL, 16, 1000, 10, 10000, 10.0, 60.0, NULL, NULL, WALQ_LOG_INFO,   \
-            0, 1, 0                                                                                \
+        .version = WALQ_OPTIONS_VERSION, .source = NULL, .primary = NULL, .group = NULL,           \
+        .queues = NULL, .nqueues = 0, .handler = WALQ_HANDLER_EXEC, .argv = NULL,                  \
+        .concurrency = 1, .drain = 0, .timeout_ms = 0, .backoff_min_ms = 1000,                     \
+        .backoff_max_ms = 600000, .sql = NULL, .callback = NULL, .callback_payload = NULL,         \
+        .coprocess_inflight = 16, .batch_size = 1000, .ack_delay_ms = 10, .max_in_flight = 10000,  \
+        .status_interval_ms = 10000, .timer_horizon_ms = 60000, .log = NULL, .log_payload = NULL,  \
+        .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0            \
     }
+
+/*
+ * Fills every field of opts with its default for version, which is the
+ * WALQ_OPTIONS_VERSION of the walq.h the caller was compiled with: the
+ * function form of WALQ_OPTIONS_INIT, for callers without designated
+ * initializers (C++ before C++20, other languages).  WALQ_EINVAL, with
+ * walq_last_error() saying why, for a version this library does not know.
+ */
+WALQ_EXTERN int walq_options_init(walq_options *opts, unsigned int version);
 
 typedef struct walq_consumer walq_consumer;
 
@@ -179,7 +210,9 @@ typedef struct walq_stats {
 
 /*
  * Validates the options and prepares a consumer; no connection is made yet.
- * On failure *out is NULL and walq_last_error() says why.
+ * Options of version 1 (the first walq.h) are accepted too, and their
+ * callbacks called as version 1 declared them.  On failure *out is NULL and
+ * walq_last_error() says why.
  */
 WALQ_EXTERN int walq_consumer_open(walq_consumer **out, const walq_options *opts);
 
@@ -199,7 +232,8 @@ WALQ_EXTERN void walq_consumer_stop(walq_consumer *c, int immediate);
 /* The message of the consumer's last failure, or "". Borrowed. */
 WALQ_EXTERN const char *walq_consumer_errmsg(const walq_consumer *c);
 
-WALQ_EXTERN void walq_consumer_stats(const walq_consumer *c, walq_stats *out);
+/* Copies the consumer's counters into *out. */
+WALQ_EXTERN void walq_consumer_stats(walq_stats *out, const walq_consumer *c);
 
 WALQ_EXTERN void walq_consumer_free(walq_consumer *c);
 

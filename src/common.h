@@ -56,16 +56,21 @@ int walq__name_valid(const char *name, size_t max);
 char *walq__strdup(const char *s);
 char *walq__strndup(const char *s, size_t n);
 
-/* Logger: a callback with a level threshold and a context prefix. */
+/*
+ * Logger: a callback with a level threshold and a context prefix.  A caller
+ * of version 1 of the options gave a callback that takes arg first: fn_v1,
+ * with fn NULL.
+ */
 typedef struct walq__log {
     walq_log_fn fn;
     void *arg;
     walq_log_level level;
     char prefix[96];
+    void (*fn_v1)(void *arg, walq_log_level level, const char *msg);
 } walq__log;
 
 /* The cheap check that comes before formatting a message. */
-#define walq__log_on(lg, lvl) ((lg)->fn != NULL && (lvl) <= (lg)->level)
+#define walq__log_on(lg, lvl) (((lg)->fn != NULL || (lg)->fn_v1 != NULL) && (lvl) <= (lg)->level)
 
 void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...) WALQ__PRINTF(3, 4);
 

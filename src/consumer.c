@@ -22,6 +22,7 @@
 #include "decode.h"
 #include "lsn.h"
 #include "handler.h"
+#include "options.h"
 #include "run.h"
 #include "route.h"
 #include "schedule.h"
@@ -65,6 +66,8 @@ struct walq_consumer {
     int flush_failed;  /* an ack transaction failed: hold confirmations back */
     int slot_gone;     /* the slot was lost while streaming: start over */
     int64_t status_us; /* status update interval, within the server's timeout */
+    /* The options' durations the loop uses, in microseconds. */
+    int64_t ack_delay_us, status_interval_us;
     /*
      * Scheduled jobs due before timers_until are all in memory; later ones
      * may live only in the table (timers_offloaded) and are loaded as their
@@ -151,8 +154,16 @@ const char *walq_consumer_errmsg(const walq_consumer *c)
     return c->errmsg;
 }
 
-void walq_consumer_stats(const walq_consumer *c, walq_stats *out)
+void walq_consumer_stats(walq_stats *out, const walq_consumer *c)
 {
+    /* A version-1 program calls it as (c, out); its out is writable. */
+    if (walq__v1_consumer_is(out)) {
+        const walq_consumer *v1_c = (const walq_consumer *)(const void *)out;
+        walq_stats *v1_out = (walq_stats *)(uintptr_t)c;
+
+        *v1_out = v1_c->stats;
+        return;
+    }
     *out = c->stats;
 }
 
@@ -183,99 +194,25 @@ static void free_strv(char **v)
     free(v);
 }
 
-/* A handler that cannot be found fails every job: say so before starting. */
-static int check_program(const char *prog)
-{
-    const char *path;
-    char buf[4096];
-
-    if (strchr(prog, '/') != NULL) {
-        if (access(prog, X_OK) == 0)
-            return 0;
-        return walq__error(WALQ_EINVAL, "Give the path of an executable program after \"--\".",
-                           "handler program \"%s\" is not executable: %s", prog, strerror(errno));
-    }
-    path = getenv("PATH");
-    if (path == NULL)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        struct stat sb;
-
-        snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, n ? path : ".", prog);
-        if (stat(buf, &sb) == 0 && S_ISREG(sb.st_mode) && access(buf, X_OK) == 0)
-            return 0;
-        path += n;
-        if (*path == ':')
-            path++;
-    }
-    return walq__error(WALQ_EINVAL, "Give the path of the program, or add its directory to PATH.",
-                       "handler program \"%s\" was not found in PATH", prog);
-}
-
 static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err);
 static void on_abandon(void *arg, walq__job *job);
 
 int walq_consumer_open(walq_consumer **out, const walq_options *opts)
 {
     walq_consumer *c;
+    walq__options conf;
     size_t argc = 0;
     int rc;
 
     *out = NULL;
-    if (opts == NULL || opts->version != WALQ_OPTIONS_VERSION)
-        return walq__error(WALQ_EINVAL, "Initialise the options with WALQ_OPTIONS_INIT.",
-                           "options have version %u, expected %d", opts ? opts->version : 0,
-                           WALQ_OPTIONS_VERSION);
-    if (!walq_group_name_valid(opts->group))
-        return walq__error(WALQ_EINVAL,
-                           "Use lower-case letters, digits and underscores, at most 58 of them.",
-                           "invalid consumer group name \"%s\"", opts->group ? opts->group : "");
-    if (opts->nqueues == 0)
-        return walq__error(WALQ_EINVAL, "Name at least one queue with --queue.",
-                           "consumer group \"%s\" has no queues", opts->group);
-    for (size_t i = 0; i < opts->nqueues; i++)
-        if (opts->queues[i] == NULL || opts->queues[i][0] == '\0')
-            return walq__error(WALQ_EINVAL, NULL, "queue names must not be empty");
-    if (opts->handler == WALQ_HANDLER_EXEC || opts->handler == WALQ_HANDLER_COPROCESS) {
-        if (opts->argv == NULL || opts->argv[0] == NULL)
-            return walq__error(WALQ_EINVAL, "Give the handler program after \"--\", or use --noop.",
-                               "no handler program given");
-        rc = check_program(opts->argv[0]);
-        if (rc != 0)
-            return rc;
+    rc = walq__options_load(&conf, opts);
+    if (rc != 0)
+        return rc;
+    /* From here on, the options in the current version's terms. */
+    opts = &conf.o;
+    if (opts->handler == WALQ_HANDLER_EXEC || opts->handler == WALQ_HANDLER_COPROCESS)
         while (opts->argv[argc])
             argc++;
-        if (opts->handler == WALQ_HANDLER_COPROCESS &&
-            (opts->coprocess_inflight < 1 || opts->coprocess_inflight > 100000))
-            return walq__error(WALQ_EINVAL, NULL,
-                               "coprocess_inflight must be between 1 and 100000, not %d",
-                               opts->coprocess_inflight);
-    } else if (opts->handler == WALQ_HANDLER_SQL) {
-        if (opts->sql == NULL || opts->sql[0] == '\0')
-            return walq__error(WALQ_EINVAL, "Give the statement with --sql.",
-                               "the sql handler needs a statement");
-    } else if (opts->handler == WALQ_HANDLER_CALLBACK) {
-        if (opts->callback == NULL)
-            return walq__error(WALQ_EINVAL, "Set the callback field of the options.",
-                               "the callback handler needs a function");
-    } else if (opts->handler != WALQ_HANDLER_NOOP) {
-        return walq__error(WALQ_EINVAL, NULL, "unknown handler kind %d", (int)opts->handler);
-    }
-    if (opts->partitions < 0 || opts->partitions > 1024 || opts->partition < 0 ||
-        opts->partition >= (opts->partitions > 0 ? opts->partitions : 1))
-        return walq__error(WALQ_EINVAL,
-                           "Give the partition as K/N with N from 1 to 1024 and K from 0 to N-1.",
-                           "invalid partition %d of %d", opts->partition, opts->partitions);
-    if (opts->concurrency < 1 || opts->concurrency > 4096)
-        return walq__error(WALQ_EINVAL, NULL, "concurrency must be between 1 and 4096, not %d",
-                           opts->concurrency);
-    if (opts->batch_size < 1 || opts->max_in_flight < 1 || opts->status_interval <= 0 ||
-        opts->timer_horizon < 0.1 || opts->timeout < 0 || opts->backoff_min < 0 ||
-        opts->backoff_max < opts->backoff_min || opts->ack_delay_ms < 0)
-        return walq__error(WALQ_EINVAL, NULL,
-                           "batch size, in-flight limit and status interval must be positive, "
-                           "and backoff_min at most backoff_max");
 
     c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -302,7 +239,8 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     c->partition = opts->partition;
     c->partitions = opts->partitions > 0 ? opts->partitions : 1;
     c->log.fn = opts->log;
-    c->log.arg = opts->log_arg;
+    c->log.fn_v1 = conf.log_v1;
+    c->log.arg = opts->log_payload;
     c->log.level = opts->log_level;
     if (c->partitions == 1) {
         snprintf(c->slot, sizeof(c->slot), "walq_%s", c->group);
@@ -325,17 +263,22 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     walq__heap_init(&c->ready, walq__ready_less);
     walq__heap_init(&c->timers, walq__timer_less);
     c->rng = (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32);
-    c->horizon_us = (int64_t)(opts->timer_horizon * 1e6);
+    /* The options count milliseconds, the loop microseconds. */
+    c->ack_delay_us = opts->ack_delay_ms * 1000;
+    c->status_interval_us = opts->status_interval_ms * 1000;
+    c->horizon_us = opts->timer_horizon_ms * 1000;
     switch (opts->handler) {
     case WALQ_HANDLER_EXEC:
-        rc = walq__handler_exec_new(&c->h, c->argv, opts->concurrency, opts->timeout);
+        rc = walq__handler_exec_new(&c->h, c->argv, opts->concurrency,
+                                    (double)opts->timeout_ms / 1e3);
         break;
     case WALQ_HANDLER_COPROCESS:
         rc = walq__handler_coproc_new(&c->h, c->argv, opts->concurrency, opts->coprocess_inflight,
-                                      opts->timeout);
+                                      (double)opts->timeout_ms / 1e3);
         break;
     case WALQ_HANDLER_CALLBACK:
-        rc = walq__handler_callback_new(&c->h, opts->callback, opts->callback_arg);
+        rc = walq__handler_callback_new(&c->h, opts->callback, conf.callback_v1,
+                                        opts->callback_payload);
         break;
     case WALQ_HANDLER_NOOP:
         rc = walq__handler_noop_new(&c->h);
@@ -354,6 +297,10 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
         c->h->arg = c;
         c->h->log = &c->log;
         c->h->group = c->group;
+    }
+    if (conf.version == 1 && (rc = walq__v1_consumer_add(c)) != 0) {
+        walq_consumer_free(c);
+        return rc;
     }
     *out = c;
     return 0;
@@ -496,8 +443,8 @@ static walq__status decide(walq_consumer *c, const walq__job *job, walq__verdict
         return WALQ__ST_DONE;
     if (v == WALQ__VERDICT_DEAD || job->attempts >= job->max_attempts)
         return WALQ__ST_DEAD;
-    *run_at = walq__wall_us() +
-              walq__backoff_us(job->attempts, c->o.backoff_min, c->o.backoff_max, &c->rng);
+    *run_at = walq__wall_us() + walq__backoff_us(job->attempts, (double)c->o.backoff_min_ms / 1e3,
+                                                 (double)c->o.backoff_max_ms / 1e3, &c->rng);
     return WALQ__ST_SCHEDULED;
 }
 
@@ -1056,9 +1003,8 @@ static int start_stream(walq_consumer *c)
      * while a full consumer reads nothing: send them at least twice per
      * wal_sender_timeout.
      */
-    int rc =
-        walq__stream_open(&c->st, c->source, "walq consume", c->slot, c->last_end, plugin_options,
-                          (int64_t)(c->o.status_interval * 1e6), &c->status_us);
+    int rc = walq__stream_open(&c->st, c->source, "walq consume", c->slot, c->last_end,
+                               plugin_options, c->status_interval_us, &c->status_us);
 
     if (rc != 0)
         return rc;
@@ -2376,14 +2322,13 @@ static int loop(walq_consumer *c)
                 break;
         }
         pass_marks(c);
-        if (c->pconn != NULL &&
-            ((c->ack.n > 0 && (c->ack.n >= (size_t)c->o.batch_size ||
-                               now - c->ack.oldest >= (int64_t)c->o.ack_delay_ms * 1000 ||
-                               (stopping && handler_running(c) == 0))) ||
-             (c->nsql > 0 && (c->nsql >= (size_t)c->o.batch_size ||
-                              now - c->sql_oldest >= (int64_t)c->o.ack_delay_ms * 1000)) ||
-             (c->sync_end && c->txq.safe_lsn >= c->sync_end) ||
-             c->done_below > c->done_below_written)) {
+        if (c->pconn != NULL && ((c->ack.n > 0 && (c->ack.n >= (size_t)c->o.batch_size ||
+                                                   now - c->ack.oldest >= c->ack_delay_us ||
+                                                   (stopping && handler_running(c) == 0))) ||
+                                 (c->nsql > 0 && (c->nsql >= (size_t)c->o.batch_size ||
+                                                  now - c->sql_oldest >= c->ack_delay_us)) ||
+                                 (c->sync_end && c->txq.safe_lsn >= c->sync_end) ||
+                                 c->done_below > c->done_below_written)) {
             rc = flush_acks(c);
             if (rc == WALQ_ECONN) {
                 primary_lost(c);
@@ -2453,11 +2398,9 @@ static int loop(walq_consumer *c)
         if (c->st.streaming)
             wake_at = walq__min_deadline(wake_at, c->next_status);
         if (c->ack.n > 0)
-            wake_at =
-                walq__min_deadline(wake_at, c->ack.oldest + (int64_t)c->o.ack_delay_ms * 1000);
+            wake_at = walq__min_deadline(wake_at, c->ack.oldest + c->ack_delay_us);
         if (c->nsql > 0)
-            wake_at =
-                walq__min_deadline(wake_at, c->sql_oldest + (int64_t)c->o.ack_delay_ms * 1000);
+            wake_at = walq__min_deadline(wake_at, c->sql_oldest + c->ack_delay_us);
         if (c->pconn == NULL)
             wake_at = walq__min_deadline(wake_at, c->primary_retry_at);
         if (!c->st.streaming && !c->backfilling)
@@ -2613,6 +2556,7 @@ void walq_consumer_free(walq_consumer *c)
 {
     if (c == NULL)
         return;
+    walq__v1_consumer_del(c);
     reset_memory(c);
     close_all(c);
     walq__heap_free(&c->ready);

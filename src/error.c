@@ -177,7 +177,10 @@ void walq__logf(const walq__log *lg, walq_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg + n, sizeof(msg) - n, fmt, ap);
     va_end(ap);
-    lg->fn(lg->arg, level, msg);
+    if (lg->fn_v1 != NULL)
+        lg->fn_v1(lg->arg, level, msg);
+    else
+        lg->fn(level, msg, lg->arg);
 }
 
 int walq__name_valid(const char *name, size_t max)

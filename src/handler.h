@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common.h"
+#include "options.h"
 #include "run.h"
 #include "schedule.h"
 
@@ -67,7 +68,12 @@ int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers
 /* noop: every job done at once. */
 int walq__handler_noop_new(walq__handler **out);
 
-/* callback: the C API's handler function, called in the consumer's thread. */
-int walq__handler_callback_new(walq__handler **out, walq_handler_fn fn, void *arg);
+/*
+ * callback: the C API's handler function, called in the consumer's thread
+ * with payload.  fn_v1, when fn is NULL, is a version-1 caller's function:
+ * payload first, and its verdict 2 (WALQ_JOB_FAIL) is a retry.
+ */
+int walq__handler_callback_new(walq__handler **out, walq_handler_fn fn, walq__handler_fn_v1 fn_v1,
+                               void *payload);
 
 #endif

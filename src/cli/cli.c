@@ -41,14 +41,14 @@ void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...)
             command ? " " : "", command ? command : "", sub ? " " : "", sub ? sub : "");
 }
 
-void walq__cli_log(void *arg, walq_log_level level, const char *msg)
+void walq__cli_log(walq_log_level level, const char *msg, void *payload)
 {
     static const char *const names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
     char stamp[32];
     time_t t = time(NULL);
     struct tm tm;
 
-    (void)arg;
+    (void)payload;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
     fprintf(stderr, "%s ", stamp);

@@ -26,6 +26,6 @@ void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...)
 void walq__cli_on_stop(void (*fn)(int));
 
 /* The log callback of the program's long-running commands: stamped lines on stderr. */
-void walq__cli_log(void *arg, walq_log_level level, const char *msg);
+void walq__cli_log(walq_log_level level, const char *msg, void *payload);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * `walq consume`: the command line in, a consumer of libwalq run until it
- * stops, a summary out.
+ * stops, a summary out.  Durations are seconds on the command line and
+ * milliseconds in walq_options.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -42,16 +43,21 @@ static void on_stop_signal(int sig)
         walq_consumer_stop(running_consumer, signals_seen > 1);
 }
 
-static int parse_seconds(const char *s, double *out)
+/* Seconds, as the command line takes them, into the milliseconds of the options. */
+static int parse_seconds(const char *s, double min, int min_ok, int64_t *ms)
 {
     char *end;
     double v;
 
     errno = 0;
     v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 1e7)
+    /* Written so that "nan" is refused too. */
+    if (errno != 0 || end == s || *end != '\0' || !(v >= min && v <= 1e7) || (!min_ok && v == min))
         return -1;
-    *out = v;
+    *ms = (int64_t)(v * 1000.0 + 0.5);
+    /* A positive duration stays positive: a short --timeout is not "no limit". */
+    if (*ms == 0 && v > 0)
+        *ms = 1;
     return 0;
 }
 
@@ -178,6 +184,7 @@ static int parse_args(consume_args *a, int argc, char **argv)
 
     while ((opt = getopt_long(argc, argv, "+h", consume_longopts, NULL)) != -1) {
         const char *bad = NULL;
+        int n;
 
         switch (opt) {
         case O_GROUP:
@@ -221,19 +228,19 @@ static int parse_args(consume_args *a, int argc, char **argv)
             o->sql = optarg;
             break;
         case O_HORIZON:
-            if (parse_seconds(optarg, &o->timer_horizon) || o->timer_horizon < 0.1)
+            if (parse_seconds(optarg, 0.1, 1, &o->timer_horizon_ms))
                 bad = "--timer-horizon takes seconds, at least 0.1";
             break;
         case O_TIMEOUT:
-            if (parse_seconds(optarg, &o->timeout))
+            if (parse_seconds(optarg, 0, 1, &o->timeout_ms))
                 bad = "--timeout takes seconds";
             break;
         case O_BMIN:
-            if (parse_seconds(optarg, &o->backoff_min))
+            if (parse_seconds(optarg, 0, 1, &o->backoff_min_ms))
                 bad = "--backoff-min takes seconds";
             break;
         case O_BMAX:
-            if (parse_seconds(optarg, &o->backoff_max))
+            if (parse_seconds(optarg, 0, 1, &o->backoff_max_ms))
                 bad = "--backoff-max takes seconds";
             break;
         case O_BATCH:
@@ -241,15 +248,17 @@ static int parse_args(consume_args *a, int argc, char **argv)
                 bad = "--batch-size takes a whole number from 1 to 100000";
             break;
         case O_ACKDELAY:
-            if (parse_int(optarg, 0, 60000, &o->ack_delay_ms))
+            if (parse_int(optarg, 0, 60000, &n))
                 bad = "--ack-delay-ms takes milliseconds from 0 to 60000";
+            else
+                o->ack_delay_ms = n;
             break;
         case O_INFLIGHT:
             if (parse_int(optarg, 1, 10000000, &o->max_in_flight))
                 bad = "--max-in-flight takes a whole number from 1 to 10000000";
             break;
         case O_STATUS:
-            if (parse_seconds(optarg, &o->status_interval) || o->status_interval <= 0)
+            if (parse_seconds(optarg, 0, 0, &o->status_interval_ms))
                 bad = "--status-interval takes seconds above 0";
             break;
         case O_SOURCE:
@@ -341,7 +350,7 @@ static void report(const consume_args *a, const walq_consumer *c, int rc, int64_
     }
     if (a->opts.log_level < WALQ_LOG_INFO)
         return;
-    walq_consumer_stats(c, &st);
+    walq_consumer_stats(&st, c);
     fprintf(stderr,
             "%s: group \"%s\": %llu received, %llu done, %llu retried, %llu dead in "
             "%.2f s (%.0f jobs/s)\n",

@@ -45,16 +45,16 @@ static void on_abandon(void *arg, walq__job *job)
     rep.abandoned[job->id]++;
 }
 
-static void on_log(void *arg, walq_log_level level, const char *msg)
+static void on_log(walq_log_level level, const char *msg, void *payload)
 {
-    (void)arg;
+    (void)payload;
     if (level == WALQ_LOG_WARNING) {
         rep.warnings++;
         snprintf(rep.lastwarn, sizeof(rep.lastwarn), "%s", msg);
     }
 }
 
-static walq__log test_log = {on_log, NULL, WALQ_LOG_WARNING, ""};
+static walq__log test_log = {.fn = on_log, .level = WALQ_LOG_WARNING};
 
 static walq__handler *open_handler(const char *script, int workers, int inflight, double timeout)
 {
