@@ -1,8 +1,8 @@
 /*
  * The run stage's interface.  Each kind of handler (exec, coprocess, C
- * callback, noop) implements these operations; the consumer only sees them.
- * The sql handler is different: it runs inside the ack transaction and lives
- * in the consumer's ack path.
+ * callback, sql, noop) implements these operations; the consumer only sees
+ * them.  The sql handler also runs its jobs inside the ack transaction,
+ * through the hook below.
  */
 #ifndef WALQ_HANDLER_H
 #define WALQ_HANDLER_H
@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <libpq-fe.h>
 
 #include "common.h"
 #include "options.h"
@@ -44,10 +45,34 @@ typedef struct walq__handler_ops {
     void (*free)(walq__handler *h);
 } walq__handler_ops;
 
+/*
+ * A handler whose jobs run inside the ack transaction (the sql handler):
+ * started jobs wait for it, and their effects commit with their outcomes.
+ */
+typedef struct walq__ack_hook {
+    /* Jobs waiting for the next ack transaction. */
+    size_t (*waiting)(walq__handler *h);
+    /* Should the ack transaction be written now for them? */
+    int (*due)(walq__handler *h, int64_t now);
+    /*
+     * Runs them inside the transaction open on conn, reporting each job's
+     * attempt through h->decided before the transaction commits.
+     */
+    int (*run)(walq__handler *h, PGconn *conn);
+    /* The transaction committed (their outcomes stand) or failed (they run again). */
+    void (*end)(walq__handler *h, int committed);
+} walq__ack_hook;
+
 struct walq__handler {
     const walq__handler_ops *ops;
+    const walq__ack_hook *in_ack; /* NULL but for the sql handler */
     /* Where finished jobs go; the consumer records the outcome. */
     int (*done)(void *arg, walq__job *job, walq__verdict v, const char *err);
+    /*
+     * Where jobs run inside the ack transaction go: the outcome joins the
+     * batch being written, and holds only if the transaction commits.
+     */
+    int (*decided)(void *arg, walq__job *job, walq__verdict v, const char *err);
     /* Where jobs of a kill_all go; their outcome is not recorded. */
     void (*abandon)(void *arg, walq__job *job);
     void *arg;
@@ -64,6 +89,13 @@ int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurren
  */
 int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,
                              double timeout);
+
+/*
+ * sql: the statement run per job inside the ack transaction, at most
+ * batch_size jobs in one, which waits at most delay_us for more.
+ */
+int walq__handler_sql_new(walq__handler **out, const char *group, const char *sql,
+                          int batch_size, int64_t delay_us);
 
 /* noop: every job done at once. */
 int walq__handler_noop_new(walq__handler **out);

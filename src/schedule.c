@@ -1,5 +1,6 @@
 /* Heaps, the transaction FIFO and retry backoff. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 #include "schedule.h"
@@ -328,4 +329,245 @@ int64_t walq__backoff_us(int attempt, double min_s, double max_s, uint64_t *rng)
     if (base < min_s)
         base = min_s;
     return (int64_t)(base * 1e6);
+}
+
+/* ------------------------------------------------------------------ */
+/* The schedule: admission, timers and the outcome of an attempt       */
+
+void walq__sched_init(walq__sched *s, const walq__sched_config *cfg, uint64_t seed)
+{
+    memset(s, 0, sizeof(*s));
+    s->cfg = *cfg;
+    s->rng = seed;
+    walq__heap_init(&s->ready, walq__ready_less);
+    walq__heap_init(&s->timers, walq__timer_less);
+}
+
+void walq__sched_clear(walq__sched *s)
+{
+    walq__job *job;
+
+    while ((job = walq__heap_pop(&s->ready)) != NULL)
+        walq__sched_forget(s, job);
+    while ((job = walq__heap_pop(&s->timers)) != NULL)
+        walq__sched_forget(s, job);
+    walq__idset_clear(&s->live);
+    s->in_memory = s->retry_timers = 0;
+}
+
+void walq__sched_free(walq__sched *s)
+{
+    walq__sched_clear(s);
+    walq__heap_free(&s->ready);
+    walq__heap_free(&s->timers);
+    walq__idset_free(&s->live);
+}
+
+walq__job *walq__sched_job(walq__sched *s, const walq__job_row *row)
+{
+    walq__job *job = calloc(1, sizeof(*job));
+
+    if (job == NULL)
+        return NULL;
+    job->id = row->id;
+    job->queue = walq__strdup(row->queue);
+    job->payload = walq__strndup(row->payload, row->payload_len);
+    job->payload_len = row->payload_len;
+    job->priority = row->priority;
+    job->max_attempts = row->max_attempts;
+    job->attempts = row->attempts;
+    job->run_at = row->run_at;
+    job->has_dedup = row->has_dedup;
+    job->pending_idx = -1;
+    job->seq = ++s->seq;
+    if (job->queue == NULL || job->payload == NULL || walq__idset_add(&s->live, row->id) != 0) {
+        walq__job_free(job);
+        return NULL;
+    }
+    return job;
+}
+
+int walq__sched_has(const walq__sched *s, int64_t id)
+{
+    return walq__idset_has(&s->live, id);
+}
+
+void walq__sched_forget(walq__sched *s, walq__job *job)
+{
+    walq__idset_del(&s->live, job->id);
+    walq__job_free(job);
+}
+
+void walq__sched_release(walq__sched *s, walq__job *job)
+{
+    s->in_memory--;
+    walq__sched_forget(s, job);
+}
+
+static int make_ready(walq__sched *s, walq__job *job)
+{
+    job->state = WALQ__JOB_READY;
+    s->in_memory++;
+    return walq__heap_push(&s->ready, job) ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
+}
+
+static int make_timer(walq__sched *s, walq__job *job, int retry)
+{
+    job->state = WALQ__JOB_TIMER;
+    job->retry_timer = retry;
+    if (retry)
+        s->retry_timers++;
+    return walq__heap_push(&s->timers, job) ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
+}
+
+/*
+ * A job scheduled for later than the timers in memory reach leaves memory
+ * once its record commits; the table has it.
+ */
+static void offload(walq__sched *s, walq__job *job)
+{
+    job->state = WALQ__JOB_ACKING;
+    s->timers_offloaded = 1;
+}
+
+int walq__sched_admit(walq__sched *s, walq__job *job, int64_t now_wall, int *record_scheduled)
+{
+    *record_scheduled = 0;
+    if (job->run_at > now_wall + 1000) {
+        *record_scheduled = 1;
+        if (job->run_at > s->timers_until) {
+            s->in_memory++; /* until the record commits */
+            offload(s, job);
+            return 0;
+        }
+        return make_timer(s, job, 0);
+    }
+    return make_ready(s, job);
+}
+
+int walq__sched_timer(walq__sched *s, walq__job *job)
+{
+    return make_timer(s, job, job->attempts > 0);
+}
+
+int walq__sched_promote(walq__sched *s, int64_t now_wall)
+{
+    walq__job *job;
+
+    while ((job = walq__heap_top(&s->timers)) != NULL && job->run_at <= now_wall) {
+        int rc;
+
+        walq__heap_pop(&s->timers);
+        if (job->retry_timer)
+            s->retry_timers--;
+        job->retry_timer = 0;
+        rc = make_ready(s, job);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+walq__job *walq__sched_next(walq__sched *s)
+{
+    return walq__heap_pop(&s->ready);
+}
+
+void walq__sched_unstart(walq__sched *s, walq__job *job)
+{
+    walq__sched_release(s, job);
+}
+
+walq__status walq__sched_decide(walq__sched *s, const walq__job *job, walq__verdict v,
+                                int64_t *run_at)
+{
+    if (v == WALQ__VERDICT_DONE)
+        return WALQ__ST_DONE;
+    if (v == WALQ__VERDICT_DEAD || job->attempts >= job->max_attempts)
+        return WALQ__ST_DEAD;
+    *run_at = walq__wall_us() + walq__backoff_us(job->attempts, (double)s->cfg.backoff_min_us / 1e6,
+                                                 (double)s->cfg.backoff_max_us / 1e6, &s->rng);
+    return WALQ__ST_SCHEDULED;
+}
+
+int walq__sched_settle(walq__sched *s, walq__job *job, walq__status st, int64_t run_at,
+                       const char *err)
+{
+    switch (st) {
+    case WALQ__ST_DONE:
+        job->state = WALQ__JOB_ACKING;
+        return 0;
+    case WALQ__ST_DEAD:
+        walq__warn(s->cfg.log, "job %lld is dead after %d attempt%s: %s", (long long)job->id,
+                   job->attempts, job->attempts == 1 ? "" : "s", err ? err : "");
+        job->state = WALQ__JOB_ACKING;
+        return 0;
+    default:
+        job->run_at = run_at;
+        walq__debug(s->cfg.log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
+                    job->attempts, err ? err : "");
+        if (run_at > s->timers_until) {
+            offload(s, job);
+            return 0;
+        }
+        s->in_memory--;
+        return make_timer(s, job, 1);
+    }
+}
+
+walq__job *walq__sched_find_waiting(walq__sched *s, int64_t id)
+{
+    walq__heap *heaps[2] = {&s->ready, &s->timers};
+
+    /* A linear look: commands are rare, and this keeps jobs free of an index. */
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < heaps[k]->n; i++)
+            if (heaps[k]->items[i]->id == id)
+                return heaps[k]->items[i];
+    return NULL;
+}
+
+void walq__sched_withdraw(walq__sched *s, walq__job *job)
+{
+    if (job->state == WALQ__JOB_TIMER) {
+        walq__heap_remove(&s->timers, job);
+        if (job->retry_timer)
+            s->retry_timers--;
+        s->in_memory++; /* counted again until its release is acked */
+    } else {
+        walq__heap_remove(&s->ready, job);
+    }
+    job->state = WALQ__JOB_ACKING;
+}
+
+int walq__sched_full(const walq__sched *s)
+{
+    return s->in_memory >= s->cfg.max_in_flight;
+}
+
+int64_t walq__sched_next_due(const walq__sched *s, int64_t now_mono, int64_t now_wall)
+{
+    const walq__job *top = walq__heap_top(&s->timers);
+    int64_t due;
+
+    if (top == NULL)
+        return 0;
+    due = top->run_at - now_wall;
+    return now_mono + (due > 0 ? due : 0);
+}
+
+void walq__sched_timers_loaded(walq__sched *s, int64_t until, int later_exist)
+{
+    s->timers_until = until;
+    s->timers_offloaded = later_exist;
+}
+
+int walq__sched_timers_wanted(const walq__sched *s, int64_t now_wall)
+{
+    return s->timers_offloaded && now_wall + s->cfg.timer_horizon_us / 2 >= s->timers_until;
+}
+
+int walq__sched_idle(const walq__sched *s)
+{
+    return s->in_memory == 0 && s->retry_timers == 0;
 }

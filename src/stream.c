@@ -16,6 +16,7 @@ int walq__stream_connect(walq__stream *s, const char *conninfo, const char *appn
     int rc;
 
     memset(s, 0, sizeof(*s));
+    s->appname = appname;
     rc = walq__connect(&s->conn, conninfo, WALQ__CONN_REPLICATION, appname);
     if (rc != 0)
         return rc;
@@ -63,11 +64,15 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
                            "apt-get install postgresql-15-wal2json).",
                            "could not %s replication slot \"%s\" on \"%s\": %s", action, slot,
                            s->server, msg);
-    if (strstr(msg, "is active for PID") != NULL || (state && strcmp(state, "55006") == 0))
-        return walq__error(WALQ_EBUSY,
-                           "Another walq consume of this group is running; stop it, or wait "
-                           "for it to exit.",
-                           "could not %s replication slot \"%s\": %s", action, slot, msg);
+    if (strstr(msg, "is active for PID") != NULL || (state && strcmp(state, "55006") == 0)) {
+        char hint[160];
+
+        snprintf(hint, sizeof(hint),
+                 "Another %s of this group is running; stop it, or wait for it to exit.",
+                 s->appname ? s->appname : "walq");
+        return walq__error(WALQ_EBUSY, hint, "could not %s replication slot \"%s\": %s", action,
+                           slot, msg);
+    }
     if (strstr(msg, "does not exist") != NULL || (state && strcmp(state, "42704") == 0))
         return walq__error(WALQ_ESLOT, NULL, "could not %s replication slot \"%s\": %s", action,
                            slot, msg);

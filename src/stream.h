@@ -16,6 +16,7 @@ typedef struct walq__stream {
     int streaming;    /* START_REPLICATION succeeded */
     char *buf;        /* last CopyData from libpq, freed on the next read */
     char server[128]; /* "host:port", for messages */
+    const char *appname; /* "walq consume", "walq audit": the program, for hints (borrowed) */
 } walq__stream;
 
 int walq__stream_connect(walq__stream *s, const char *conninfo, const char *appname);

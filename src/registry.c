@@ -1,0 +1,570 @@
+/* The consumer's statements: registry, reader, skips, timers, backlog, horizon, commands. */
+#include "registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "lsn.h"
+
+/* The text of a number, for a parameter. */
+typedef struct num_text {
+    char s[24];
+} num_text;
+
+static num_text num(long long v)
+{
+    num_text t;
+
+    snprintf(t.s, sizeof(t.s), "%lld", v);
+    return t;
+}
+
+static int queues_literal(const walq__registry *rg, walq__buf *b)
+{
+    int rc = walq__buf_puts(b, "{");
+
+    for (size_t i = 0; rc == 0 && i < rg->nqueues; i++) {
+        if (i)
+            rc = walq__buf_puts(b, ",");
+        if (rc == 0)
+            rc = walq__buf_array_elem(b, rg->queues[i]);
+    }
+    rc = rc ? rc : walq__buf_puts(b, "}");
+    return rc ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
+}
+
+/* Runs sql and discards its rows. */
+static int query_clear(PGconn *conn, const char *what, const char *sql, int nparams,
+                       const char *const *params)
+{
+    PGresult *res;
+    int rc = walq__query(conn, &res, what, sql, nparams, params);
+
+    if (rc == 0)
+        PQclear(res);
+    return rc;
+}
+
+int walq__reg_session(PGconn *primary)
+{
+    return walq__exec(primary, "set up the session",
+                      "SET synchronous_commit = on; SET application_name = 'walq consume'");
+}
+
+int walq__reg_check_sql(PGconn *primary, const char *sql)
+{
+    walq__buf text = {0};
+    PGresult *res;
+    char msg[1024];
+
+    if (walq__buf_printf(&text, "PREPARE walq_sql_check (jsonb, bigint) AS %s", sql) != 0)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    res = PQexec(primary, text.data);
+    walq__buf_free(&text);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        walq__pg_message(primary, res, msg, sizeof(msg));
+        PQclear(res);
+        return walq__error(WALQ_EINVAL,
+                           "The statement gets the payload as $1 (jsonb) and the job id as $2 "
+                           "(bigint).",
+                           "invalid sql handler statement: %s", msg);
+    }
+    PQclear(res);
+    return walq__exec(primary, "release the checked statement", "DEALLOCATE walq_sql_check");
+}
+
+/* ------------------------------------------------------------------ */
+/* The reader                                                          */
+
+int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, walq__reg_lock *out)
+{
+    const char *params[1] = {rg->slot};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(primary, &res, "take the reader's lock",
+                     "SELECT walq.lock_reader($1), walq.reader_lock_pid($1),"
+                     "       (SELECT coalesce(holder, '') || '|' || epoch FROM walq.readers"
+                     "         WHERE slot_name = $1)",
+                     1, params);
+    if (rc != 0)
+        return rc;
+    out->got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    out->epoch = -1;
+    out->who[0] = '\0';
+    if (!PQgetisnull(res, 0, 2)) {
+        const char *v = PQgetvalue(res, 0, 2), *bar = strrchr(v, '|');
+
+        out->epoch = strtoll(bar + 1, NULL, 10);
+        if (bar > v)
+            snprintf(out->who, sizeof(out->who), "%.*s, ", (int)(bar - v), v);
+    }
+    snprintf(out->who + strlen(out->who), sizeof(out->who) - strlen(out->who), "backend pid %s",
+             PQgetvalue(res, 0, 1));
+    PQclear(res);
+    return 0;
+}
+
+/*
+ * Readers of the group set up for another number of partitions: their slots
+ * are dropped and their rows deleted, unless one of them is still running.
+ * Runs inside the transaction that registers this reader.
+ */
+static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGconn *source,
+                                const char *np)
+{
+    const char *params[2] = {rg->group, np};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(primary, &res, "read the group's other readers",
+                     "SELECT slot_name, partition, partitions,"
+                     "       walq.reader_lock_pid(slot_name) IS NOT NULL"
+                     "  FROM walq.readers WHERE group_name = $1 AND partitions <> $2::int"
+                     "   FOR UPDATE",
+                     2, params);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (strcmp(PQgetvalue(res, i, 3), "t") == 0) {
+            rc = walq__error(WALQ_EBUSY,
+                             "Stop every reader of the group before starting it with another "
+                             "number of partitions.",
+                             "consumer group \"%s\" is still read as partition %s of %s (slot "
+                             "\"%s\")",
+                             rg->group, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+                             PQgetvalue(res, i, 0));
+            break;
+        }
+    }
+    for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+        const char *slot[1] = {PQgetvalue(res, i, 0)};
+
+        rc = query_clear(source, "drop a slot of the previous partitions",
+                         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                         " WHERE slot_name = $1",
+                         1, slot);
+        if (rc == 0)
+            rc = query_clear(primary, "forget a reader of the previous partitions",
+                             "DELETE FROM walq.readers WHERE slot_name = $1", 1, slot);
+        if (rc == 0)
+            walq__info(rg->log, "dropped slot \"%s\" of the group's previous partitioning",
+                       slot[0]);
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Inside the registering transaction: the group's row and this reader's. */
+static int register_rows(const walq__registry *rg, PGconn *primary, PGconn *source,
+                         const char *queues)
+{
+    num_text k = num(rg->partition), n = num(rg->partitions);
+    const char *group[3] = {rg->group, queues, n.s};
+    const char *reader[5] = {rg->group, k.s, n.s, rg->slot, queues};
+    int rc;
+
+    rc = query_clear(primary, "register the consumer group",
+                     "INSERT INTO walq.groups (name, queues, partitions)"
+                     " VALUES ($1, $2::text[], $3::int) ON CONFLICT (name) DO UPDATE"
+                     "   SET queues = excluded.queues, partitions = excluded.partitions,"
+                     "       updated_at = now()",
+                     3, group);
+    if (rc == 0)
+        rc = retire_other_readers(rg, primary, source, n.s);
+    if (rc == 0)
+        rc = query_clear(primary, "register the reader",
+                         "INSERT INTO walq.readers (group_name, partition, partitions, slot_name,"
+                         "                          queues)"
+                         " VALUES ($1, $2::int, $3::int, $4, $5::text[])"
+                         " ON CONFLICT (group_name, partition) DO NOTHING",
+                         5, reader);
+    return rc;
+}
+
+/*
+ * A cursor is a position in the source's WAL.  Another source (a subscriber
+ * instead of the primary, say) has other positions: the reader starts from
+ * nothing there, and resynchronizes.
+ */
+static int take_row(const walq__registry *rg, PGconn *primary, const char *queues,
+                    const char *source_id, walq__reg_reader *out)
+{
+    char holder[160], host[128] = "";
+    const char *params[4] = {rg->slot, holder, queues, source_id};
+    PGresult *res;
+    int rc;
+
+    gethostname(host, sizeof(host) - 1);
+    snprintf(holder, sizeof(holder), "%s pid %ld", *host ? host : "localhost", (long)getpid());
+    rc = walq__query(primary, &res, "take the reader over",
+                     "WITH old AS (SELECT source_id FROM walq.readers WHERE slot_name = $1)"
+                     " UPDATE walq.readers r SET epoch = epoch + 1, holder = $2,"
+                     "       held_since = now(), updated_at = now(), source_id = $4,"
+                     "       cursor_lsn = CASE WHEN old.source_id <> $4 THEN '0/0'"
+                     "                         ELSE cursor_lsn END,"
+                     "       sync_lsn = CASE WHEN old.source_id <> $4 THEN NULL"
+                     "                       ELSE sync_lsn END"
+                     "  FROM old WHERE r.slot_name = $1"
+                     " RETURNING epoch, cursor_lsn::text, coalesce(sync_lsn::text, ''),"
+                     "           NOT (queues @> $3::text[] AND queues <@ $3::text[]),"
+                     "           coalesce(old.source_id <> $4, false)",
+                     4, params);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return walq__error(WALQ_ESERVER, NULL, "reader with slot \"%s\" is missing", rg->slot);
+    }
+    out->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    walq__lsn_parse(PQgetvalue(res, 0, 1), &out->cursor);
+    if (walq__lsn_parse(PQgetvalue(res, 0, 2), &out->sync_lsn) != 0)
+        out->sync_lsn = UINT64_MAX;
+    out->queues_changed = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    out->source_changed = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *source,
+                        const char *source_id, walq__reg_reader *out)
+{
+    walq__buf queues = {0};
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    rc = queues_literal(rg, &queues);
+    if (rc == 0)
+        rc = walq__exec(primary, "begin registering the reader", "BEGIN");
+    if (rc == 0)
+        rc = register_rows(rg, primary, source, queues.data);
+    if (rc == 0)
+        rc = take_row(rg, primary, queues.data, source_id, out);
+    if (rc == 0)
+        rc = walq__exec(primary, "commit the reader", "COMMIT");
+    walq__buf_free(&queues);
+    if (rc != 0 && PQstatus(primary) == CONNECTION_OK)
+        PQclear(PQexec(primary, "ROLLBACK"));
+    return rc;
+}
+
+int walq__reg_new_slot(const walq__registry *rg, PGconn *primary, uint64_t consistent)
+{
+    char lsn[WALQ__LSN_BUFSZ];
+    walq__buf queues = {0};
+    int rc = queues_literal(rg, &queues);
+
+    if (rc == 0) {
+        const char *params[3] = {rg->slot, walq__lsn_format(consistent, lsn), queues.data};
+
+        rc = query_clear(primary, "record the reader's new slot",
+                         "UPDATE walq.readers SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
+                         " done_below = 0, updated_at = now() WHERE slot_name = $1",
+                         3, params);
+    }
+    walq__buf_free(&queues);
+    return rc;
+}
+
+int walq__reg_skips(const walq__registry *rg, PGconn *primary, uint64_t cursor, int64_t **ids,
+                    size_t *n)
+{
+    char lsn[WALQ__LSN_BUFSZ];
+    num_text k = num(rg->partition), np = num(rg->partitions);
+    const char *params[4] = {rg->group, walq__lsn_format(cursor, lsn), k.s, np.s};
+    PGresult *res;
+    int rc;
+
+    *ids = NULL;
+    *n = 0;
+    rc = walq__query(primary, &res, "read recorded outcomes",
+                     "SELECT job_id FROM ("
+                     "  SELECT job_id FROM walq.outcomes WHERE group_name = $1"
+                     "     AND (lsn > $2::pg_lsn OR (status = 'cancelled' AND lsn IS NULL))"
+                     "  UNION"
+                     "  SELECT unnest(job_ids) FROM walq.outcome_batches"
+                     "   WHERE group_name = $1 AND lsn > $2::pg_lsn) x (job_id)"
+                     " WHERE $4::int = 1 OR walq.partition_of(job_id, $4::int) = $3::int"
+                     " ORDER BY job_id",
+                     4, params);
+    if (rc != 0)
+        return rc;
+    *n = (size_t)PQntuples(res);
+    *ids = malloc((*n ? *n : 1) * sizeof(**ids));
+    if (*ids == NULL) {
+        PQclear(res);
+        *n = 0;
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t i = 0; i < *n; i++)
+        (*ids)[i] = strtoll(PQgetvalue(res, (int)i, 0), NULL, 10);
+    PQclear(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Jobs from the tables                                                */
+
+void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out)
+{
+    /* Columns: id, queue, payload, priority, run_at (Unix us), max_attempts, [attempts]. */
+    int attempts = PQfnumber(res, "attempts"), dedup = PQfnumber(res, "has_dedup");
+
+    memset(out, 0, sizeof(*out));
+    out->id = strtoll(PQgetvalue(res, row, 0), NULL, 10);
+    out->queue = PQgetvalue(res, row, 1);
+    out->payload = PQgetvalue(res, row, 2);
+    out->payload_len = (size_t)PQgetlength(res, row, 2);
+    out->priority = (int32_t)strtol(PQgetvalue(res, row, 3), NULL, 10);
+    out->run_at = strtoll(PQgetvalue(res, row, 4), NULL, 10);
+    out->max_attempts = (int32_t)strtol(PQgetvalue(res, row, 5), NULL, 10);
+    if (attempts >= 0)
+        out->attempts = (int32_t)strtol(PQgetvalue(res, row, attempts), NULL, 10);
+    if (dedup >= 0)
+        out->has_dedup = *PQgetvalue(res, row, dedup) == 't';
+}
+
+int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, int64_t until,
+                     PGresult **res)
+{
+    num_text a = num(after), u = num(until), k = num(rg->partition), n = num(rg->partitions);
+    const char *params[5] = {rg->group, a.s, u.s, k.s, n.s};
+
+    return walq__query(
+        primary, res, "read scheduled jobs",
+        "SELECT j.id, j.queue, j.payload, j.priority,"
+        "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
+        "       j.max_attempts, o.attempts AS attempts, j.dedup_key IS NOT NULL AS has_dedup"
+        "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
+        " WHERE o.group_name = $1 AND o.status = 'scheduled'"
+        "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
+        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
+        "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)",
+        5, params);
+}
+
+int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later)
+{
+    num_text u = num(until), k = num(rg->partition), n = num(rg->partitions);
+    const char *params[4] = {rg->group, u.s, k.s, n.s};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(primary, &res, "look for later scheduled jobs",
+                     "SELECT EXISTS (SELECT 1 FROM walq.outcomes WHERE group_name = $1"
+                     "   AND status = 'scheduled'"
+                     "   AND run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
+                     "   AND ($4::int = 1 OR walq.partition_of(job_id, $4::int) = $3::int))",
+                     4, params);
+    if (rc != 0)
+        return rc;
+    *later = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+int walq__reg_backlog_open(const walq__registry *rg, PGconn *source, const char *snapshot)
+{
+    char sql[256];
+    walq__buf queues = {0};
+    num_text k = num(rg->partition), n = num(rg->partitions);
+    int rc;
+
+    rc = walq__exec(source, "begin reading the backlog",
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    if (rc == 0) {
+        snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapshot);
+        rc = walq__exec(source, "import the slot's snapshot", sql);
+    }
+    if (rc == 0)
+        rc = queues_literal(rg, &queues);
+    if (rc == 0) {
+        const char *params[3] = {queues.data, k.s, n.s};
+
+        /*
+         * The source may be a subscriber with nothing of walq's but the
+         * tables, so the partition is computed inline, as
+         * walq.partition_of() does.
+         */
+        rc = query_clear(source, "open the backlog",
+                         "DECLARE walq_backfill NO SCROLL CURSOR FOR"
+                         " SELECT id, queue, payload, priority,"
+                         "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts,"
+                         "        dedup_key IS NOT NULL AS has_dedup"
+                         "   FROM walq.jobs WHERE queue = ANY ($1::text[])"
+                         "    AND ($3::int = 1"
+                         "         OR (hashint8(id)::int8 & 4294967295) % $3::int = $2::int)"
+                         "  ORDER BY id",
+                         3, params);
+    }
+    walq__buf_free(&queues);
+    return rc;
+}
+
+int walq__reg_backlog_page(PGconn *source, PGresult **page)
+{
+    return walq__query(source, page, "read the backlog",
+                       "FETCH " /* constant page size */ "1000 FROM walq_backfill", 0, NULL);
+}
+
+int walq__reg_backlog_close(PGconn *source)
+{
+    return walq__exec(source, "finish reading the backlog", "COMMIT");
+}
+
+int walq__reg_backlog_known(const walq__registry *rg, PGconn *primary, const PGresult *page,
+                            PGresult **known)
+{
+    walq__buf ids = {0}, queues = {0};
+    int n = PQntuples(page), rc;
+
+    /*
+     * The outcomes live on the primary, which may be another server: the
+     * page's status there, one row per job in the page's (id) order.  Done
+     * is a row, a batch, or the group's horizon.
+     */
+    *known = NULL;
+    rc = walq__buf_puts(&ids, "{");
+    for (int i = 0; rc == 0 && i < n; i++)
+        rc = walq__buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(page, i, 0));
+    rc = rc ? rc : walq__buf_puts(&ids, "}");
+    rc = rc ? rc : walq__buf_puts(&queues, "{");
+    for (int i = 0; rc == 0 && i < n; i++) {
+        rc = walq__buf_puts(&queues, i ? "," : "");
+        rc = rc ? rc : walq__buf_array_elem(&queues, PQgetvalue(page, i, 1));
+    }
+    rc = rc ? rc : walq__buf_puts(&queues, "}");
+    if (rc != 0)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    if (rc == 0) {
+        const char *params[3] = {rg->group, ids.data, queues.data};
+
+        rc = walq__query(
+            primary, known, "check the backlog against recorded outcomes",
+            "SELECT coalesce(o.status,"
+            "                CASE WHEN (p.id < g.done_below AND p.queue = ANY (g.done_queues))"
+            "                          OR walq.done_in_batch($1, p.id) THEN 'done' END)"
+            "  FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY p (id, queue, n)"
+            "  JOIN walq.groups g ON g.name = $1"
+            "  LEFT JOIN walq.outcomes o ON o.group_name = $1 AND o.job_id = p.id"
+            " ORDER BY p.n",
+            3, params);
+    }
+    walq__buf_free(&ids);
+    walq__buf_free(&queues);
+    if (rc == 0 && PQntuples(*known) != n) {
+        PQclear(*known);
+        *known = NULL;
+        rc = walq__error(WALQ_ESERVER, NULL, "consumer group \"%s\" is missing", rg->group);
+    }
+    return rc;
+}
+
+walq__reg_known walq__reg_known_at(const PGresult *known, int row)
+{
+    if (PQgetisnull(known, row, 0))
+        return WALQ__KNOWN_NONE;
+    /* Recorded already, unless a retry queued it again. */
+    return strcmp(PQgetvalue(known, row, 0), "queued") == 0 ? WALQ__KNOWN_QUEUED
+                                                            : WALQ__KNOWN_RECORDED;
+}
+
+/* ------------------------------------------------------------------ */
+/* The outcome horizon                                                 */
+
+int walq__reg_horizon_begin(PGconn *primary, char last_id[32], char **lockers)
+{
+    PGresult *res;
+    int rc;
+
+    last_id[0] = '\0';
+    *lockers = NULL;
+    rc = walq__query(primary, &res, "read the last job id",
+                     "SELECT last_id, lockers FROM walq.horizon_begin()", 0, NULL);
+    if (rc != 0)
+        return rc;
+    if (!PQgetisnull(res, 0, 0)) {
+        snprintf(last_id, 32, "%s", PQgetvalue(res, 0, 0));
+        *lockers = walq__strdup(PQgetvalue(res, 0, 1));
+        if (*lockers == NULL)
+            rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    PQclear(res);
+    return rc;
+}
+
+int walq__reg_horizon_mark(const walq__registry *rg, PGconn *primary, const char *last_id,
+                           const char *lockers, int *made)
+{
+    const char *params[3] = {rg->group, last_id, lockers};
+    PGresult *res;
+    int rc;
+
+    *made = 0;
+    rc = walq__query(primary, &res, "make a horizon command",
+                     "SELECT walq.horizon_mark($1, $2::bigint, $3::text[])", 3, params);
+    if (rc != 0)
+        return rc;
+    *made = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+int walq__reg_compact(const walq__registry *rg, PGconn *primary)
+{
+    const char *params[1] = {rg->group};
+
+    return query_clear(primary, "compact the outcomes", "SELECT walq.compact_outcomes($1)", 1,
+                       params);
+}
+
+/* ------------------------------------------------------------------ */
+/* Commands                                                            */
+
+int walq__reg_cancelled(const walq__registry *rg, PGconn *primary, int64_t id, int *yes)
+{
+    num_text idtext = num(id);
+    const char *params[2] = {rg->group, idtext.s};
+    PGresult *res;
+    int rc;
+
+    rc = walq__query(primary, &res, "read a cancelled job's outcome",
+                     "SELECT 1 FROM walq.outcomes WHERE group_name = $1 AND job_id = $2"
+                     "   AND status = 'cancelled'",
+                     2, params);
+    if (rc != 0)
+        return rc;
+    *yes = PQntuples(res) == 1;
+    PQclear(res);
+    return 0;
+}
+
+int walq__reg_retried(const walq__registry *rg, PGconn *primary, int64_t id, PGresult **res)
+{
+    num_text idtext = num(id);
+    const char *params[2] = {rg->group, idtext.s};
+
+    return walq__query(primary, res, "read a retried job",
+                       "SELECT j.id, j.queue, j.payload, j.priority,"
+                       "       (extract(epoch FROM j.run_at) * 1000000)::int8, j.max_attempts,"
+                       "       j.dedup_key IS NOT NULL AS has_dedup"
+                       "  FROM walq.jobs j JOIN walq.outcomes o ON o.job_id = j.id"
+                       " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
+                       2, params);
+}
+
+void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log)
+{
+    PGresult *res = PQexec(primary, "SELECT pg_log_standby_snapshot()");
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char msg[512];
+
+        walq__debug(log, "could not log a standby snapshot on the primary: %s",
+                    walq__pg_message(primary, res, msg, sizeof(msg)));
+    }
+    PQclear(res);
+}

@@ -1,0 +1,129 @@
+/*
+ * The consumer's SQL: its registry of groups and readers on the primary, the
+ * reader's lock, cursor and skips, the scheduled jobs, the backlog, the
+ * outcome horizon and the administrators' commands.  Every statement the
+ * consumer sends, but the ack statement (ack.c) and the sql handler's
+ * (handler_sql.c), is here; the consumer only decides when.
+ */
+#ifndef WALQ_REGISTRY_H
+#define WALQ_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <libpq-fe.h>
+
+#include "common.h"
+#include "schedule.h"
+
+/* Who the consumer is: its group, its reader and what it reads. */
+typedef struct walq__registry {
+    const char *group;
+    const char *slot;
+    int partition, partitions;
+    const char *const *queues;
+    size_t nqueues;
+    const walq__log *log;
+} walq__registry;
+
+/* The session settings every primary connection gets. */
+int walq__reg_session(PGconn *primary);
+
+/*
+ * Prepares the sql handler's statement once, so that one that cannot even
+ * be prepared is reported before any job runs.
+ */
+int walq__reg_check_sql(PGconn *primary, const char *sql);
+
+/* The reader's lock on the primary, and who holds it. */
+typedef struct walq__reg_lock {
+    int got;       /* this session holds it now */
+    int64_t epoch; /* the reader's epoch; -1 before its row exists */
+    char who[256]; /* "host pid N, backend pid M" of the holder */
+} walq__reg_lock;
+
+int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, walq__reg_lock *out);
+
+/* This reader's row as the process that took it over found it. */
+typedef struct walq__reg_reader {
+    int64_t epoch;
+    uint64_t cursor;
+    uint64_t sync_lsn;  /* the consistent point of its slot; UINT64_MAX: none yet */
+    int queues_changed; /* it read other queues before */
+    int source_changed; /* its cursor was of another source's WAL: reset */
+} walq__reg_reader;
+
+/*
+ * Registers the group and this reader and takes the reader over (a new
+ * epoch, this process as its holder), in one transaction on the primary.
+ * Readers of the group set up for another number of partitions are retired
+ * there: their slots dropped on the source, their rows deleted, unless one
+ * of them still runs.  The caller holds the reader's lock.
+ */
+int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *source,
+                        const char *source_id, walq__reg_reader *out);
+
+/* The reader's new slot, made at consistent: its resync starts there. */
+int walq__reg_new_slot(const walq__registry *rg, PGconn *primary, uint64_t consistent);
+
+/* Ids of the reader's jobs recorded beyond cursor (sorted; *ids malloc'ed). */
+int walq__reg_skips(const walq__registry *rg, PGconn *primary, uint64_t cursor, int64_t **ids,
+                    size_t *n);
+
+/*
+ * The reader's jobs recorded as scheduled with run_at in (after, until]
+ * (Unix microseconds), as rows for walq__reg_job_row(); *later says whether
+ * some are due after until.
+ */
+int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, int64_t until,
+                     PGresult **res);
+int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later);
+
+/* Row i of a result of walq__reg_timers, the backlog or a retried job. */
+void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out);
+
+/*
+ * The backlog: in the snapshot of the slot's consistent point (on the
+ * source, which may be a subscriber with only walq's tables), every job of
+ * the reader's queues and partition, in id order, a page at a time.
+ */
+int walq__reg_backlog_open(const walq__registry *rg, PGconn *source, const char *snapshot);
+int walq__reg_backlog_page(PGconn *source, PGresult **page);
+int walq__reg_backlog_close(PGconn *source);
+
+/* What the primary has of a backlog page's jobs, in the page's order. */
+typedef enum walq__reg_known {
+    WALQ__KNOWN_NONE = 0, /* no outcome: the job runs */
+    WALQ__KNOWN_QUEUED,   /* a retry queued it again: it runs, updating its row */
+    WALQ__KNOWN_RECORDED  /* it has an outcome: passed over */
+} walq__reg_known;
+
+int walq__reg_backlog_known(const walq__registry *rg, PGconn *primary, const PGresult *page,
+                            PGresult **known);
+walq__reg_known walq__reg_known_at(const PGresult *known, int row);
+
+/*
+ * The outcome horizon (sql/005): the last job id and the transactions that
+ * may still hold ids up to it (*last_id empty when no job was ever
+ * published), then the command that marks it once they ended (*made).
+ */
+int walq__reg_horizon_begin(PGconn *primary, char last_id[32], char **lockers);
+int walq__reg_horizon_mark(const walq__registry *rg, PGconn *primary, const char *last_id,
+                           const char *lockers, int *made);
+int walq__reg_compact(const walq__registry *rg, PGconn *primary);
+
+/* Is the job's outcome in this group "cancelled" (a command may be stale)? */
+int walq__reg_cancelled(const walq__registry *rg, PGconn *primary, int64_t id, int *yes);
+
+/*
+ * A job that `walq job retry` queued again in this group, as a row for
+ * walq__reg_job_row() (no row: its new outcome is recorded already).
+ */
+int walq__reg_retried(const walq__registry *rg, PGconn *primary, int64_t id, PGresult **res);
+
+/*
+ * Asks the primary to log its running transactions, which a standby
+ * creating a slot waits for (the primary does it on its own every 15 s).
+ */
+void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log);
+
+#endif
