@@ -1,8 +1,9 @@
 /*
  * walq audit: every insert, update and delete of walq.jobs and walq.outcomes,
  * in commit order, as JSON lines in a file (or on standard output) or as rows
- * of an append-only table.  The work is src/audit.c; this file reads the
- * options, handles signals and prints what happened.
+ * of an append-only table.  The work is src/audit.c (the loop, over the
+ * shared reader), src/audit_format.c and src/audit_sink.c; this file reads
+ * the options, handles signals and prints what happened.
  */
 #include <errno.h>
 #include <getopt.h>
