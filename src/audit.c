@@ -179,15 +179,9 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     a->log.arg = opts->log_arg;
     a->log.level = opts->log_level;
     snprintf(a->log.prefix, sizeof(a->log.prefix), "audit \"%s\": ", a->group);
-    rcfg = (walq__reader_config){a->source,
-                                 "walq audit",
-                                 a->slot,
-                                 plugin_options,
-                                 (int64_t)(a->o.status_interval * 1e6),
-                                 a->o.drain,
-                                 &reader_ops,
-                                 a,
-                                 &a->log};
+    rcfg = (walq__reader_config){
+        a->source,  "walq audit", a->slot, plugin_options, (int64_t)(a->o.status_interval * 1e6),
+        a->o.drain, &reader_ops,  a,       &a->log};
     rc = walq__reader_init(&a->rd, &rcfg);
     if (rc != 0) {
         walq__audit_free(a);
@@ -313,8 +307,7 @@ static int create_slot(walq__audit *a, walq__slot_info *si, uint64_t cursor)
 {
     char snapshot[128], lsn[WALQ__LSN_BUFSZ], lsn2[WALQ__LSN_BUFSZ];
     uint64_t consistent;
-    int rc =
-        walq__reader_create_slot(&a->rd, &consistent, snapshot, sizeof(snapshot), NULL, NULL);
+    int rc = walq__reader_create_slot(&a->rd, &consistent, snapshot, sizeof(snapshot), NULL, NULL);
 
     if (rc != 0)
         return rc;

@@ -49,15 +49,15 @@ struct walq_consumer {
     walq_stats stats;
     int64_t ack_delay_us;
 
-    walq__reader rd;    /* the stream, its position and the wait */
-    walq__registry rg;  /* who the statements are for */
-    walq__route route;  /* which jobs are this reader's */
-    walq__sched sched;  /* jobs in memory */
-    walq__txnq txq;     /* transactions with jobs whose first outcome is unrecorded */
-    walq__ack ack;      /* the next ack transaction */
-    walq__horizon hz;   /* the outcome horizon */
-    walq__handler *h;   /* the run stage */
-    tentative *tent;    /* outcomes decided inside the ack transaction */
+    walq__reader rd;   /* the stream, its position and the wait */
+    walq__registry rg; /* who the statements are for */
+    walq__route route; /* which jobs are this reader's */
+    walq__sched sched; /* jobs in memory */
+    walq__txnq txq;    /* transactions with jobs whose first outcome is unrecorded */
+    walq__ack ack;     /* the next ack transaction */
+    walq__horizon hz;  /* the outcome horizon */
+    walq__handler *h;  /* the run stage */
+    tentative *tent;   /* outcomes decided inside the ack transaction */
     size_t ntent, tentcap;
 
     PGconn *pconn; /* primary: outcomes, cursor, the reader's lock */
@@ -459,8 +459,7 @@ static int flush_acks(walq_consumer *c)
     if (c->h->in_ack != NULL)
         return flush_in_ack(c);
     release_txns(c);
-    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn,
-                          c->hz.done_below);
+    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->hz.done_below);
 }
 
 /* Is it time to write the batch? */
@@ -1184,8 +1183,7 @@ static int turn(walq_consumer *c, walq__wait *w)
 
     if (c->rd.stop_req == 2) {
         kill_all(c);
-        return walq__error(WALQ_ECANCELED, NULL,
-                           "stopped at once; unfinished jobs will run again");
+        return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
     rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
@@ -1359,14 +1357,20 @@ static const char *const plugin_options[] = {
 static int make_stages(walq_consumer *c, const walq__options *conf)
 {
     const walq_options *o = &c->o;
-    walq__reader_config rcfg = {c->source, "walq consume", c->slot, plugin_options,
-                                o->status_interval_ms * 1000, o->drain, &reader_ops, c, &c->log};
+    walq__reader_config rcfg = {
+        c->source, "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
+        o->drain,  &reader_ops,    c,       &c->log};
     walq__sched_config sc = {(size_t)o->max_in_flight, o->timer_horizon_ms * 1000,
                              o->backoff_min_ms * 1000, o->backoff_max_ms * 1000, &c->log};
     int rc;
 
-    c->rg = (walq__registry){c->group, c->slot, c->route.partition, c->route.partitions,
-                             (const char *const *)c->queues, o->nqueues, &c->log};
+    c->rg = (walq__registry){c->group,
+                             c->slot,
+                             c->route.partition,
+                             c->route.partitions,
+                             (const char *const *)c->queues,
+                             o->nqueues,
+                             &c->log};
     walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
     c->hz.enabled = !o->keep_outcomes;
     rc = walq__reader_init(&c->rd, &rcfg);
@@ -1381,8 +1385,7 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
                                       (double)o->timeout_ms / 1e3);
         break;
     case WALQ_HANDLER_CALLBACK:
-        rc = walq__handler_callback_new(&c->h, o->callback, conf->callback_v1,
-                                        o->callback_payload);
+        rc = walq__handler_callback_new(&c->h, o->callback, conf->callback_v1, o->callback_payload);
         break;
     case WALQ_HANDLER_SQL:
         rc = walq__handler_sql_new(&c->h, c->group, c->sql, o->batch_size, c->ack_delay_us);

@@ -43,6 +43,12 @@ typedef struct walq__handler_ops {
     /* Jobs running now. */
     size_t (*running)(walq__handler *h);
     void (*free)(walq__handler *h);
+    /*
+     * Kills what has run past its timeout, reporting nothing: the consumer
+     * calls it while it waits on a server, and process() reports the kills
+     * afterwards.  NULL where nothing can run past a timeout.
+     */
+    void (*kill_overdue)(walq__handler *h, int64_t now);
 } walq__handler_ops;
 
 /*
@@ -94,8 +100,8 @@ int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers
  * sql: the statement run per job inside the ack transaction, at most
  * batch_size jobs in one, which waits at most delay_us for more.
  */
-int walq__handler_sql_new(walq__handler **out, const char *group, const char *sql,
-                          int batch_size, int64_t delay_us);
+int walq__handler_sql_new(walq__handler **out, const char *group, const char *sql, int batch_size,
+                          int64_t delay_us);
 
 /* noop: every job done at once. */
 int walq__handler_noop_new(walq__handler **out);

@@ -975,9 +975,16 @@ static void coproc_free(walq__handler *h)
     free(c);
 }
 
-static const walq__handler_ops coproc_ops = {coproc_has_room, coproc_start,   coproc_fds,
-                                             coproc_max_fds,  coproc_process, coproc_kill_all,
-                                             coproc_running,  coproc_free};
+static const walq__handler_ops coproc_ops = {
+    .has_room = coproc_has_room,
+    .start = coproc_start,
+    .fds = coproc_fds,
+    .max_fds = coproc_max_fds,
+    .process = coproc_process,
+    .kill_all = coproc_kill_all,
+    .running = coproc_running,
+    .free = coproc_free,
+};
 
 int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,
                              double timeout)

@@ -165,8 +165,16 @@ static void exec_free(walq__handler *h)
     free(e);
 }
 
-static const walq__handler_ops exec_ops = {exec_has_room, exec_start,    exec_fds,     exec_max_fds,
-                                           exec_process,  exec_kill_all, exec_running, exec_free};
+static const walq__handler_ops exec_ops = {
+    .has_room = exec_has_room,
+    .start = exec_start,
+    .fds = exec_fds,
+    .max_fds = exec_max_fds,
+    .process = exec_process,
+    .kill_all = exec_kill_all,
+    .running = exec_running,
+    .free = exec_free,
+};
 
 int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout)
 {

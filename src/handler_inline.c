@@ -145,9 +145,16 @@ static void inline_free(walq__handler *h)
     free(h);
 }
 
-static const walq__handler_ops inline_ops = {inline_has_room, inline_start,   inline_fds,
-                                             inline_max_fds,  inline_process, inline_kill_all,
-                                             inline_running,  inline_free};
+static const walq__handler_ops inline_ops = {
+    .has_room = inline_has_room,
+    .start = inline_start,
+    .fds = inline_fds,
+    .max_fds = inline_max_fds,
+    .process = inline_process,
+    .kill_all = inline_kill_all,
+    .running = inline_running,
+    .free = inline_free,
+};
 
 int walq__handler_callback_new(walq__handler **out, walq_handler_fn fn, walq__handler_fn_v1 fn_v1,
                                void *payload)

@@ -98,8 +98,16 @@ static void sql_free(walq__handler *h)
     free(s);
 }
 
-static const walq__handler_ops sql_ops = {sql_has_room, sql_start,    sql_fds,     sql_max_fds,
-                                          sql_process,  sql_kill_all, sql_running, sql_free};
+static const walq__handler_ops sql_ops = {
+    .has_room = sql_has_room,
+    .start = sql_start,
+    .fds = sql_fds,
+    .max_fds = sql_max_fds,
+    .process = sql_process,
+    .kill_all = sql_kill_all,
+    .running = sql_running,
+    .free = sql_free,
+};
 
 /* ------------------------------------------------------------------ */
 /* In the ack transaction                                              */
@@ -171,8 +179,8 @@ static void sql_end(walq__handler *h, int committed)
 
 static const walq__ack_hook sql_hook = {sql_waiting, sql_due, sql_run, sql_end};
 
-int walq__handler_sql_new(walq__handler **out, const char *group, const char *sql,
-                          int batch_size, int64_t delay_us)
+int walq__handler_sql_new(walq__handler **out, const char *group, const char *sql, int batch_size,
+                          int64_t delay_us)
 {
     sql_handler *s = calloc(1, sizeof(*s));
 

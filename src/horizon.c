@@ -111,8 +111,8 @@ int walq__horizon_compact(walq__horizon *hz, const walq__registry *rg, PGconn *p
     return rc;
 }
 
-int walq__horizon_tick(walq__horizon *hz, const walq__registry *rg, PGconn *primary,
-                       int64_t now, uint64_t activity)
+int walq__horizon_tick(walq__horizon *hz, const walq__registry *rg, PGconn *primary, int64_t now,
+                       uint64_t activity)
 {
     int rc = walq__horizon_compact(hz, rg, primary);
 

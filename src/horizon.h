@@ -69,8 +69,8 @@ int walq__horizon_due(walq__horizon *hz, int64_t now, uint64_t activity);
  * The tick, on an idle primary connection: the compaction of what the last
  * horizon passed, and a step towards the next command.
  */
-int walq__horizon_tick(walq__horizon *hz, const walq__registry *rg, PGconn *primary,
-                       int64_t now, uint64_t activity);
+int walq__horizon_tick(walq__horizon *hz, const walq__registry *rg, PGconn *primary, int64_t now,
+                       uint64_t activity);
 
 /*
  * One step towards the next command: step 1 reads the last job id and the

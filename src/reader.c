@@ -156,8 +156,8 @@ int walq__source_system_id(PGconn *conn, char *buf, size_t len)
 int walq__source_wal_lsn(PGconn *conn, uint64_t *out)
 {
     PGresult *res;
-    int rc = walq__query(conn, &res, "read the server's WAL position", "SELECT " WAL_POSITION, 0,
-                         NULL);
+    int rc =
+        walq__query(conn, &res, "read the server's WAL position", "SELECT " WAL_POSITION, 0, NULL);
 
     if (rc != 0)
         return rc;
@@ -566,8 +566,8 @@ int walq__reader_wait(walq__reader *r, walq__wait *w)
         r->st.conn != NULL && PQconsumeInput(r->st.conn) == 0) {
         char msg[512];
 
-        walq__error(WALQ_ECONN, NULL, "lost the replication connection to \"%s\": %s",
-                    r->st.server, walq__pg_message(r->st.conn, NULL, msg, sizeof(msg)));
+        walq__error(WALQ_ECONN, NULL, "lost the replication connection to \"%s\": %s", r->st.server,
+                    walq__pg_message(r->st.conn, NULL, msg, sizeof(msg)));
         walq__reader_lost(r);
     }
     return 0;

@@ -89,8 +89,7 @@ int walq__route_skipped(const walq__route *rt, int64_t id)
 
 int walq__route_takes(const walq__route *rt, int64_t id, const char *queue)
 {
-    return walq__route_mine(rt, id) && walq__route_wants(rt, queue) &&
-           !walq__route_skipped(rt, id);
+    return walq__route_mine(rt, id) && walq__route_wants(rt, queue) && !walq__route_skipped(rt, id);
 }
 
 void walq__route_set_skip(walq__route *rt, int64_t *ids, size_t n)

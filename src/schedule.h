@@ -156,8 +156,8 @@ typedef struct walq__sched_config {
 typedef struct walq__sched {
     walq__sched_config cfg;
     walq__heap ready, timers;
-    walq__idset live; /* ids of the jobs in memory: never two copies of one */
-    size_t in_memory; /* ready, running and final-but-unacked jobs */
+    walq__idset live;    /* ids of the jobs in memory: never two copies of one */
+    size_t in_memory;    /* ready, running and final-but-unacked jobs */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     /*
      * Scheduled jobs due before timers_until are all in memory; later ones

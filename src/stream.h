@@ -13,9 +13,9 @@
 
 typedef struct walq__stream {
     PGconn *conn;
-    int streaming;    /* START_REPLICATION succeeded */
-    char *buf;        /* last CopyData from libpq, freed on the next read */
-    char server[128]; /* "host:port", for messages */
+    int streaming;       /* START_REPLICATION succeeded */
+    char *buf;           /* last CopyData from libpq, freed on the next read */
+    char server[128];    /* "host:port", for messages */
     const char *appname; /* "walq consume", "walq audit": the program, for hints (borrowed) */
 } walq__stream;
 
