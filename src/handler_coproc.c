@@ -18,14 +18,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <json-c/json.h>
-
+#include "coproc_reply.h"
 #include "handler.h"
 
 extern char **environ;
 
-/* A reply longer than this is not a reply: the worker is broken. */
-#define CP_MAX_LINE ((size_t)16 << 20)
+#define CP_MAX_LINE WALQ__COPROC_MAX_LINE
 /* What one process() call reads from one worker, so that none starves the loop. */
 #define CP_READ_BUDGET    ((size_t)4 << 20)
 #define CP_BACKOFF_MIN_US 100000
@@ -36,8 +34,8 @@ extern char **environ;
 #define CP_GRACE_US 2000000
 /* How long free() waits for workers to exit once their stdin is closed. */
 #define CP_STOP_US 2000000
-/* The longest error text taken from a reply, in bytes. */
-#define CP_MAX_ERROR 1000
+/* What free() reads from one worker per turn while it waits. */
+#define CP_STOP_READ ((size_t)64 << 10)
 /* A buffer larger than this is released once empty. */
 #define CP_KEEP_BUF ((size_t)1 << 20)
 
@@ -86,7 +84,6 @@ typedef struct coproc_handler {
     int64_t timeout_us;
     size_t nrunning;
     cp_worker *w;
-    json_tokener *tok;
 } coproc_handler;
 
 /* ------------------------------------------------------------------ */
@@ -377,166 +374,65 @@ static void worker_flush(coproc_handler *c, cp_worker *w, int64_t now)
 /* ------------------------------------------------------------------ */
 /* Replies                                                             */
 
-/* At most 200 bytes of a line, fit for a log message. */
-static void excerpt(char *out, size_t outlen, const char *s, size_t len)
-{
-    size_t k = 0;
-
-    for (size_t i = 0; i < len && k + 4 < outlen; i++) {
-        unsigned char ch = (unsigned char)s[i];
-
-        if (i == 200) {
-            memcpy(out + k, "...", 3);
-            k += 3;
-            break;
-        }
-        out[k++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-    }
-    out[k] = '\0';
-}
-
-/* The length of the valid UTF-8 sequence at s, or 0. */
-static size_t utf8_len(const unsigned char *s, size_t len)
-{
-    size_t n;
-    uint32_t cp;
-
-    if (s[0] < 0x80)
-        return s[0] != 0;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        n = 2, cp = s[0] & 0x1f;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        n = 3, cp = s[0] & 0x0f;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        n = 4, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && cp < 0x10000) ||
-        cp > 0x10ffff)
-        return 0;
-    return n;
-}
-
-/*
- * The worker's error text as the outcome's last_error: PostgreSQL's text
- * takes neither NUL bytes nor invalid UTF-8, and a worker may send either.
- */
-static void clean_error(char *out, size_t outlen, const char *s, size_t len)
-{
-    size_t k = 0;
-
-    for (size_t i = 0; i < len;) {
-        size_t n = utf8_len((const unsigned char *)s + i, len - i);
-
-        if (n == 0) {
-            if (k + 1 >= outlen)
-                break;
-            out[k++] = '?';
-            i++;
-            continue;
-        }
-        if (k + n >= outlen)
-            break;
-        memcpy(out + k, s + i, n);
-        k += n;
-        i += n;
-    }
-    out[k] = '\0';
-}
-
 static void remove_flight(coproc_handler *c, cp_worker *w, size_t i)
 {
     w->flights[i] = w->flights[--w->nflights];
     c->nrunning--;
 }
 
-static int take_reply(coproc_handler *c, cp_worker *w, char *line, size_t len)
-{
-    json_object *root, *id = NULL, *ok = NULL, *error = NULL, *retry = NULL, *dead = NULL;
-    enum json_tokener_error jerr;
-    const char *bad = NULL;
-    char err[CP_MAX_ERROR + 1], ex[256];
-    walq__verdict v = WALQ__VERDICT_DONE;
-    walq__job *job = NULL;
-    int64_t job_id;
-    size_t end;
+/*
+ * A line that is not a reply to a job in flight breaks the protocol: the
+ * worker is killed, and the jobs it was running fail and are retried, as
+ * after a crash.  Waiting for the reply that the worker meant to send could
+ * take forever.
+ */
+static void protocol_error(coproc_handler *c, cp_worker *w, const char *line, size_t len,
+                           const char *fmt, ...) WALQ__PRINTF(5, 6);
 
-    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
-        len--;
-    if (len == 0)
+static void protocol_error(coproc_handler *c, cp_worker *w, const char *line, size_t len,
+                           const char *fmt, ...)
+{
+    char what[160], ex[WALQ__COPROC_EXCERPT + 4];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    walq__coproc_excerpt(ex, sizeof(ex), line, len);
+    walq__warn(c->base.log, "coprocess worker %d (pid %d) %s: \"%s\"; killing it", w->num,
+               (int)w->pid, what, ex);
+    worker_kill(w, "was killed because it %s", what);
+}
+
+static int take_reply(coproc_handler *c, cp_worker *w, const char *line, size_t len)
+{
+    walq__coproc_reply r;
+    const char *why;
+    walq__job *job = NULL;
+    int rc = walq__coproc_parse_reply(line, len, &r, &why);
+
+    if (rc == WALQ__COPROC_BLANK)
         return 0;
-    json_tokener_reset(c->tok);
-    root = json_tokener_parse_ex(c->tok, line, (int)len);
-    jerr = json_tokener_get_error(c->tok);
-    end = json_tokener_get_parse_end(c->tok);
-    if (jerr == json_tokener_continue)
-        bad = "incomplete JSON";
-    else if (jerr != json_tokener_success)
-        bad = "invalid JSON";
-    else if (end < len)
-        bad = "unexpected data after the JSON object";
-    else if (!json_object_is_type(root, json_type_object))
-        bad = "not a JSON object";
-    else if (!json_object_object_get_ex(root, "id", &id) || !json_object_is_type(id, json_type_int))
-        bad = "no integer \"id\"";
-    else if (!json_object_object_get_ex(root, "ok", &ok) ||
-             !json_object_is_type(ok, json_type_boolean))
-        bad = "no boolean \"ok\"";
-    if (bad != NULL) {
-        excerpt(ex, sizeof(ex), line, len);
-        walq__warn(c->base.log, "coprocess worker %d (pid %d) sent an invalid reply (%s): %s",
-                   w->num, (int)w->pid, bad, ex);
-        json_object_put(root);
+    if (rc == WALQ_ENOMEM)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    if (rc != 0) {
+        protocol_error(c, w, line, len, "sent an invalid reply (%s)", why);
         return 0;
     }
-    job_id = json_object_get_int64(id);
     for (size_t i = 0; i < w->nflights; i++) {
-        if (w->flights[i].job->id == job_id) {
+        if (w->flights[i].job->id == r.id) {
             job = w->flights[i].job;
             remove_flight(c, w, i);
             break;
         }
     }
     if (job == NULL) {
-        walq__warn(c->base.log,
-                   "coprocess worker %d (pid %d) replied for job %lld, which it is not running",
-                   w->num, (int)w->pid, (long long)job_id);
-        json_object_put(root);
+        protocol_error(c, w, line, len, "replied for job %lld, which it was not running",
+                       (long long)r.id);
         return 0;
     }
-    err[0] = '\0';
-    if (!json_object_get_boolean(ok)) {
-        int want_retry =
-            json_object_object_get_ex(root, "retry", &retry) && json_object_get_boolean(retry);
-        int want_dead =
-            json_object_object_get_ex(root, "dead", &dead) && json_object_get_boolean(dead);
-
-        /* Giving up is the stronger request: "dead" wins over "retry". */
-        v = want_dead ? WALQ__VERDICT_DEAD : want_retry ? WALQ__VERDICT_RETRY : WALQ__VERDICT_FAIL;
-        if (json_object_object_get_ex(root, "error", &error) &&
-            !json_object_is_type(error, json_type_null)) {
-            const char *s = json_object_get_string(error);
-            size_t n = json_object_is_type(error, json_type_string)
-                           ? (size_t)json_object_get_string_len(error)
-                           : strlen(s);
-
-            clean_error(err, sizeof(err), s, n);
-        }
-        if (err[0] == '\0')
-            snprintf(err, sizeof(err), "%s",
-                     want_dead    ? "the coprocess worker gave up on the job"
-                     : want_retry ? "the coprocess worker asked for a retry"
-                                  : "the coprocess worker reported a failure without an error");
-    }
-    json_object_put(root);
-    return c->base.done(c->base.arg, job, v, v == WALQ__VERDICT_DONE ? NULL : err);
+    return c->base.done(c->base.arg, job, r.verdict,
+                        r.verdict == WALQ__VERDICT_DONE ? NULL : r.error);
 }
 
 /* Takes the complete lines in rbuf; keeps the unfinished one. */
@@ -557,8 +453,8 @@ static int take_lines(coproc_handler *c, cp_worker *w)
         len = (size_t)(nl - (b->data + start));
         w->rscan = (size_t)(nl - b->data) + 1;
         if (len > CP_MAX_LINE) {
-            worker_kill(w, "was killed because it sent a line longer than %zu MiB",
-                        CP_MAX_LINE >> 20);
+            protocol_error(c, w, b->data + start, len, "sent a line longer than %zu MiB",
+                           CP_MAX_LINE >> 20);
             break;
         }
         rc = take_reply(c, w, b->data + start, len);
@@ -576,7 +472,8 @@ static int take_lines(coproc_handler *c, cp_worker *w)
         w->rscan -= start;
     }
     if (b->len > CP_MAX_LINE)
-        worker_kill(w, "was killed because it sent a line longer than %zu MiB", CP_MAX_LINE >> 20);
+        protocol_error(c, w, b->data, b->len, "sent a line longer than %zu MiB",
+                       CP_MAX_LINE >> 20);
     return rc;
 }
 
@@ -725,6 +622,15 @@ static void check_timeouts(coproc_handler *c, cp_worker *w, int64_t now)
     worker_kill(w, "was killed because job %lld on it timed out after %g s", first, c->timeout);
 }
 
+/* Kills the worker if a job on it is past its timeout, or its grace after breaking ended. */
+static void worker_overdue(coproc_handler *c, cp_worker *w, int64_t now)
+{
+    check_timeouts(c, w, now);
+    if (w->state == CP_BROKEN && !w->killed && now >= w->kill_at)
+        worker_kill(w, "was killed because it %s but did not exit within %d s", w->broke,
+                    CP_GRACE_US / 1000000);
+}
+
 static int worker_process(coproc_handler *c, cp_worker *w, int64_t now)
 {
     int rc;
@@ -735,10 +641,7 @@ static int worker_process(coproc_handler *c, cp_worker *w, int64_t now)
     rc = worker_read(c, w, now);
     if (rc != 0)
         return rc;
-    check_timeouts(c, w, now);
-    if (w->state == CP_BROKEN && !w->killed && now >= w->kill_at)
-        worker_kill(w, "was killed because it %s but did not exit within %d s", w->broke,
-                    CP_GRACE_US / 1000000);
+    worker_overdue(c, w, now);
     if (!worker_exited(w))
         return 0;
     return worker_reap(c, w, now);
@@ -922,37 +825,105 @@ static size_t coproc_running(walq__handler *h)
 }
 
 /*
+ * Kills what is past its time (jobs past the timeout, broken workers past
+ * their grace) and reports nothing: the consumer calls this while it waits
+ * on a server, and process() reports the deaths once it runs again.
+ */
+static void coproc_kill_overdue(walq__handler *h, int64_t now)
+{
+    coproc_handler *c = (coproc_handler *)h;
+
+    for (int i = 0; i < c->nworkers; i++) {
+        cp_worker *w = &c->w[i];
+
+        if (w->state != CP_DOWN)
+            worker_overdue(c, w, now);
+    }
+}
+
+/*
+ * What a stopping worker writes is thrown away, so that it never blocks on a
+ * full pipe; at most CP_STOP_READ a turn, so that a worker that writes
+ * without end cannot hold the stop past its deadline.
+ */
+static void discard_output(cp_worker *w)
+{
+    char sink[4096];
+    size_t budget = CP_STOP_READ;
+
+    while (w->out_fd >= 0 && budget > 0) {
+        ssize_t n = read(w->out_fd, sink, sizeof(sink));
+
+        if (n > 0) {
+            budget -= (size_t)n < budget ? (size_t)n : budget;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        close_fd(&w->out_fd);
+    }
+}
+
+/*
+ * Waits until every worker has exited or the deadline has come, on the
+ * workers' pidfds and stdout; every 10 ms where pidfds are missing.
+ */
+static void await_exits(coproc_handler *c, int64_t deadline)
+{
+    struct pollfd *pfd = calloc(2 * (size_t)c->nworkers, sizeof(*pfd));
+
+    for (;;) {
+        int64_t now;
+        size_t n = 0;
+        int waiting = 0, tick = pfd == NULL, ms;
+
+        for (int i = 0; i < c->nworkers; i++) {
+            cp_worker *w = &c->w[i];
+
+            if (w->pid <= 0 || w->gone)
+                continue;
+            discard_output(w);
+            w->gone = worker_exited(w);
+            if (w->gone)
+                continue;
+            waiting++;
+            if (pfd != NULL && w->pidfd >= 0) {
+                pfd[n].fd = w->pidfd;
+                pfd[n++].events = POLLIN;
+            } else {
+                tick = 1;
+            }
+            if (pfd != NULL && w->out_fd >= 0) {
+                pfd[n].fd = w->out_fd;
+                pfd[n++].events = POLLIN;
+            }
+        }
+        now = walq__mono_us();
+        if (waiting == 0 || now >= deadline)
+            break;
+        ms = (int)((deadline - now + 999) / 1000);
+        if (tick && ms > 10)
+            ms = 10;
+        poll(pfd, pfd ? n : 0, ms);
+    }
+    free(pfd);
+}
+
+/*
  * Stops the workers the way the protocol says: their stdin closes, and they
  * have CP_STOP_US to exit before they are killed.
  */
 static void coproc_free(walq__handler *h)
 {
     coproc_handler *c = (coproc_handler *)h;
-    int64_t deadline;
-    int waiting;
 
     if (c == NULL)
         return;
     for (int i = 0; i < c->nworkers; i++)
         close_fd(&c->w[i].in_fd);
-    deadline = walq__mono_us() + CP_STOP_US;
-    do {
-        waiting = 0;
-        for (int i = 0; i < c->nworkers; i++) {
-            cp_worker *w = &c->w[i];
-            char sink[4096];
-
-            if (w->pid <= 0 || w->gone)
-                continue;
-            /* A worker writing as it stops must not block on a full pipe. */
-            while (w->out_fd >= 0 && read(w->out_fd, sink, sizeof(sink)) > 0) {
-            }
-            w->gone = worker_exited(w);
-            waiting += !w->gone;
-        }
-        if (waiting)
-            poll(NULL, 0, 10);
-    } while (waiting && walq__mono_us() < deadline);
+    await_exits(c, walq__mono_us() + CP_STOP_US);
     for (int i = 0; i < c->nworkers; i++) {
         cp_worker *w = &c->w[i];
         int status;
@@ -970,8 +941,6 @@ static void coproc_free(walq__handler *h)
         free(w->flights);
     }
     free(c->w);
-    if (c->tok != NULL)
-        json_tokener_free(c->tok);
     free(c);
 }
 
@@ -984,6 +953,7 @@ static const walq__handler_ops coproc_ops = {
     .kill_all = coproc_kill_all,
     .running = coproc_running,
     .free = coproc_free,
+    .kill_overdue = coproc_kill_overdue,
 };
 
 int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,
@@ -998,15 +968,10 @@ int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers
                            "the coprocess handler needs a program, at least one worker and at "
                            "least one job in flight per worker");
     c = calloc(1, sizeof(*c));
-    if (c == NULL || (c->w = calloc((size_t)workers, sizeof(*c->w))) == NULL ||
-        (c->tok = json_tokener_new()) == NULL) {
-        if (c != NULL)
-            free(c->w);
+    if (c == NULL || (c->w = calloc((size_t)workers, sizeof(*c->w))) == NULL) {
         free(c);
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     }
-    /* As in decode.c: strict JSON, trailing characters reported in our words. */
-    json_tokener_set_flags(c->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
     c->base.ops = &coproc_ops;
     c->base.log = &no_log; /* until the consumer gives its own */
     c->argv = argv;

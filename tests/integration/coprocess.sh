@@ -130,4 +130,35 @@ assert_match "$err" '^timed out after 2 s; coprocess worker 1 \(pid [0-9]+\) was
 assert_match "$(cat "$WORK/slow.err")" \
     'coprocess worker 1 \(pid [0-9]+\) was killed because job [0-9]+ on it timed out after 2 s with 1 job in flight; restarting it' \
     "the consumer logs the timeout and the restart"
+
+# 4. A reply that does not parse, with no --timeout: the job does not stay in
+# flight for ever.  The worker is killed and restarted, the jobs it had fail
+# and are retried, and the garbling job ends dead after its attempts.
+cat >"$WORK/garbler.py" <<'EOF_PY'
+import json, sys
+for line in sys.stdin:
+    job = json.loads(line)
+    if job["payload"].get("garble"):
+        sys.stdout.write("this is not JSON \x1b[31m\n")
+    else:
+        sys.stdout.write(json.dumps({"id": job["id"], "ok": True}) + "\n")
+    sys.stdout.flush()
+EOF_PY
+walq publish --max-attempts 2 garbled '{"garble": true}' >/dev/null
+publish_sql garbled 20
+bg "$WALQ_BIN" consume --group cg --queue garbled --coprocess --concurrency 1 \
+    --coprocess-inflight 4 "${backoff[@]}" -- python3 "$WORK/garbler.py" 2>"$WORK/garbled.err"
+p=$BG_PID
+wait_for '[ "$(count cg done)" -eq 20 ] && [ "$(count cg dead)" -eq 1 ]' 60 \
+    "20 jobs done, the garbling one dead"
+kill -TERM "$p"
+bg_wait "$p" 20
+assert_eq "$BG_RC" 0 "the consumer exits 0 on SIGTERM"
+err=$(q "SELECT last_error FROM walq.outcomes WHERE group_name = 'cg' AND status = 'dead'")
+assert_match "$err" \
+    '^coprocess worker 1 \(pid [0-9]+\) was killed because it sent an invalid reply \(invalid JSON\) while running the job$' \
+    "last_error says the worker broke the protocol ($err)"
+assert_match "$(cat "$WORK/garbled.err")" \
+    'coprocess worker 1 \(pid [0-9]+\) sent an invalid reply \(invalid JSON\): "this is not JSON \?\[31m"; killing it' \
+    "the consumer logs the bad line, sanitised"
 pass "all"

@@ -10,7 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/wait.h>
+
 #include "handler.h"
+#include "text.h"
 
 #define MAXJOBS 256
 
@@ -22,6 +25,7 @@ typedef struct report {
     char err[MAXJOBS][600];
     int nended;
     int warnings;
+    char firstwarn[1024];
     char lastwarn[1024];
 } report;
 
@@ -49,7 +53,8 @@ static void on_log(walq_log_level level, const char *msg, void *payload)
 {
     (void)payload;
     if (level == WALQ_LOG_WARNING) {
-        rep.warnings++;
+        if (rep.warnings++ == 0)
+            snprintf(rep.firstwarn, sizeof(rep.firstwarn), "%s", msg);
         snprintf(rep.lastwarn, sizeof(rep.lastwarn), "%s", msg);
     }
 }
@@ -130,9 +135,12 @@ static const char *const worker = "while IFS= read -r l; do\n"
                                   "  *'\"crash\"'*) exit 3 ;;\n"
                                   "  *'\"sleep\"'*) sleep 30 ;;\n"
                                   "  *'\"hold\"'*) ;;\n"
-                                  "  *'\"garbage\"'*) echo 'not json'; echo '[1]';\n"
-                                  "     echo '{\"id\": 99999, \"ok\": true}';\n"
-                                  "     printf '{\"id\":%s,\"ok\":true}\\r\\n' \"$id\" ;;\n"
+                                  "  *'\"garbage\"'*) echo 'not json' ;;\n"
+                                  "  *'\"stranger\"'*) echo '{\"id\": 99999, \"ok\": true}' ;;\n"
+                                  "  *'\"binary\"'*) printf '\\377\\000\\033x\\n' ;;\n"
+                                  "  *'\"cr\"'*) printf '\\n  \\r\\n{\"id\":%s,\"ok\":true}\\r\\n' \"$id\" ;;\n"
+                                  "  *'\"badtext\"'*) printf '{\"id\":%s,\"ok\":false,"
+                                  "\"error\":\"a\\\\u0000b \\377 \\303\"}\\n' \"$id\" ;;\n"
                                   "  *'\"fail\"'*) printf '{\"id\":%s,\"ok\":false,\"error\":"
                                   "\"boom \\\\\"%s\\\\\"\"}\\n' \"$id\" \"$id\" ;;\n"
                                   "  *'\"retry\"'*) printf '{\"id\":%s,\"ok\":false,"
@@ -184,18 +192,77 @@ START_TEST(failures_and_retries_map_to_verdicts)
 
     start(h, 1, "{\"fail\": true}");
     start(h, 2, "{\"retry\": true}");
-    start(h, 3, "{\"garbage\": true}");
-    run_until(h, 3, 10);
+    /* Blank lines and a trailing "\r" are no protocol error. */
+    start(h, 3, "{\"cr\": true}");
+    start(h, 4, "{\"badtext\": true}");
+    run_until(h, 4, 10);
     ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
     ck_assert_str_eq(rep.err[1], "boom \"1\"");
     ck_assert_int_eq(rep.verdict[2], WALQ__VERDICT_RETRY);
     ck_assert_str_eq(rep.err[2], "the coprocess worker asked for a retry");
-    /* Garbage and a reply for an unknown job are logged and skipped. */
     ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_DONE);
-    ck_assert_int_eq(rep.warnings, 3);
-    ck_assert_ptr_nonnull(strstr(rep.lastwarn, "replied for job 99999"));
+    /* The worker's text is made valid UTF-8: NUL and bad bytes become U+FFFD. */
+    ck_assert_int_eq(rep.verdict[4], WALQ__VERDICT_FAIL);
+    ck_assert_str_eq(rep.err[4], "a\xEF\xBF\xBD" "b \xEF\xBF\xBD \xEF\xBF\xBD");
+    ck_assert_int_eq(rep.warnings, 0);
     h->ops->free(h);
     free_jobs();
+}
+END_TEST
+
+/*
+ * A line that is not a reply breaks the protocol: without a timeout the
+ * job would otherwise stay in flight for ever.  The worker is killed, its
+ * jobs fail (and are retried), and it comes back.
+ */
+static void check_protocol_error(const char *payload, const char *why, const char *quoted)
+{
+    walq__handler *h = open_handler(worker, 1, 8, 0);
+    char expect[256];
+
+    start(h, 1, "{\"hold\": 1}"); /* read, never answered */
+    start(h, 2, payload);
+    run_until(h, 2, 10);
+    ck_assert_int_eq(rep.nended, 2);
+    snprintf(expect, sizeof(expect), ") was killed because it %s while running the job", why);
+    for (int i = 1; i <= 2; i++) {
+        ck_assert_int_eq(rep.verdict[i], WALQ__VERDICT_FAIL);
+        ck_assert_msg(strstr(rep.err[i], "coprocess worker 1 (pid ") == rep.err[i] &&
+                          strstr(rep.err[i], expect) != NULL,
+                      "%s", rep.err[i]);
+    }
+    /* The first warning is the protocol error, quoting the line; then the restart. */
+    ck_assert_int_eq(rep.warnings, 2);
+    snprintf(expect, sizeof(expect), ") %s: \"%s\"; killing it", why, quoted);
+    ck_assert_msg(strstr(rep.firstwarn, expect) != NULL, "%s", rep.firstwarn);
+    ck_assert(walq__utf8_valid(rep.firstwarn, strlen(rep.firstwarn)));
+    while (!h->ops->has_room(h))
+        run_until(h, 3, 0.05);
+    start(h, 3, "{}");
+    run_until(h, 3, 10);
+    ck_assert_int_eq(rep.verdict[3], WALQ__VERDICT_DONE);
+    h->ops->free(h);
+    free_jobs();
+}
+
+START_TEST(invalid_reply_kills_the_worker)
+{
+    check_protocol_error("{\"garbage\": true}", "sent an invalid reply (invalid JSON)",
+                         "not json");
+}
+END_TEST
+
+START_TEST(reply_for_a_job_not_in_flight_kills_the_worker)
+{
+    check_protocol_error("{\"stranger\": true}",
+                         "replied for job 99999, which it was not running",
+                         "{\"id\": 99999, \"ok\": true}");
+}
+END_TEST
+
+START_TEST(binary_reply_is_quoted_sanitised)
+{
+    check_protocol_error("{\"binary\": true}", "sent an invalid reply (invalid JSON)", "???x");
 }
 END_TEST
 
@@ -394,6 +461,103 @@ START_TEST(free_closes_stdin_then_kills)
 }
 END_TEST
 
+START_TEST(free_stops_a_worker_that_writes_without_end)
+{
+    /*
+     * At the end of its stdin the worker writes for ever, into a pipe made
+     * as large as it goes, faster than anyone reads 4 KiB at a time.
+     */
+    walq__handler *h = open_handler(
+        "while IFS= read -r l; do :; done; exec python3 -c '\n"
+        "import fcntl, os\n"
+        "try:\n"
+        "    fcntl.fcntl(1, 1031, 1 << 20)\n" /* F_SETPIPE_SZ */
+        "except OSError:\n"
+        "    pass\n"
+        "b = bytes(1 << 20)\n"
+        "while True:\n"
+        "    os.write(1, b)\n"
+        "'",
+        1, 1, 0);
+    int64_t t0;
+
+    run_until(h, 1, 0.2);
+    t0 = walq__mono_us();
+    h->ops->free(h);
+    ck_assert_int_lt(walq__mono_us() - t0, 3500000);
+    ck_assert_int_eq(rep.warnings, 1);
+    ck_assert_msg(strstr(rep.lastwarn, "did not exit within 2 s of its standard input closing"),
+                  "%s", rep.lastwarn);
+}
+END_TEST
+
+/* Has process pid (a child of this one) exited, by deadline? */
+static int exited_by(pid_t pid, int64_t deadline)
+{
+    do {
+        siginfo_t si;
+
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid)
+            return 1;
+        poll(NULL, 0, 10);
+    } while (walq__mono_us() < deadline);
+    return 0;
+}
+
+static pid_t read_pid(const char *path)
+{
+    int64_t deadline = walq__mono_us() + 5000000;
+    long pid = 0;
+
+    while (pid == 0 && walq__mono_us() < deadline) {
+        FILE *f = fopen(path, "r");
+
+        if (f != NULL) {
+            if (fscanf(f, "%ld", &pid) != 1)
+                pid = 0;
+            fclose(f);
+        }
+        if (pid == 0)
+            poll(NULL, 0, 10);
+    }
+    ck_assert_int_gt(pid, 0);
+    return (pid_t)pid;
+}
+
+START_TEST(kill_overdue_kills_and_process_reports)
+{
+    char script[256], path[] = "/tmp/walq-test-coproc.XXXXXX";
+    int fd = mkstemp(path);
+    walq__handler *h;
+    pid_t pid;
+
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    unlink(path);
+    snprintf(script, sizeof(script),
+             "echo $$ >%s.tmp; mv %s.tmp %s; while IFS= read -r l; do sleep 30; done", path, path,
+             path);
+    h = open_handler(script, 1, 4, 0.3);
+    ck_assert_ptr_nonnull(h->ops->kill_overdue);
+    start(h, 1, "{}");
+    pid = read_pid(path);
+    unlink(path);
+    /* The consumer waits on a server: no process(), only kill_overdue. */
+    poll(NULL, 0, 400);
+    h->ops->kill_overdue(h, walq__mono_us());
+    ck_assert_int_eq(rep.nended, 0);
+    ck_assert(exited_by(pid, walq__mono_us() + 2000000));
+    run_until(h, 1, 5);
+    ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
+    ck_assert_msg(strstr(rep.err[1], "timed out after 0.3 s; coprocess worker 1 (pid ") ==
+                      rep.err[1],
+                  "%s", rep.err[1]);
+    h->ops->free(h);
+    free_jobs();
+}
+END_TEST
+
 static Suite *coproc_suite(void)
 {
     Suite *s = suite_create("coproc");
@@ -403,6 +567,9 @@ static Suite *coproc_suite(void)
     tcase_add_test(tc, jobs_spread_over_workers_and_finish);
     tcase_add_test(tc, failures_and_retries_map_to_verdicts);
     tcase_add_test(tc, dead_reply_gives_up_at_once);
+    tcase_add_test(tc, invalid_reply_kills_the_worker);
+    tcase_add_test(tc, reply_for_a_job_not_in_flight_kills_the_worker);
+    tcase_add_test(tc, binary_reply_is_quoted_sanitised);
     tcase_add_test(tc, request_is_one_line_of_json);
     tcase_add_test(tc, crash_fails_jobs_in_flight_and_restarts);
     tcase_add_test(tc, timeout_kills_the_worker_and_fails_its_jobs);
@@ -411,6 +578,8 @@ static Suite *coproc_suite(void)
     tcase_add_test(tc, kill_all_abandons_jobs_in_flight);
     tcase_add_test(tc, program_that_cannot_start_fails_jobs);
     tcase_add_test(tc, free_closes_stdin_then_kills);
+    tcase_add_test(tc, free_stops_a_worker_that_writes_without_end);
+    tcase_add_test(tc, kill_overdue_kills_and_process_reports);
     suite_add_tcase(s, tc);
     return s;
 }
