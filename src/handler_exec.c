@@ -1,8 +1,17 @@
 /* The exec handler: one process per job, at most `concurrency` at once. */
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include "handler.h"
+
+/*
+ * How long kill_all waits for a killed process to exit.  SIGKILL cannot be
+ * caught; only a process stuck in the kernel (a dead NFS server) takes
+ * longer, and the stop must not wait for it.
+ */
+#define EXEC_KILL_WAIT_US 5000000
 
 typedef struct exec_slot {
     walq__proc proc;
@@ -91,10 +100,27 @@ static size_t exec_max_fds(walq__handler *h)
     return 3 * (size_t)((exec_handler *)h)->concurrency;
 }
 
+/* Kills the process of each job past its timeout; process() reports it once reaped. */
+static void exec_kill_overdue(walq__handler *h, int64_t now)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    for (int i = 0; i < e->concurrency; i++) {
+        exec_slot *s = &e->slots[i];
+
+        if (s->job != NULL && s->proc.deadline && now >= s->proc.deadline &&
+            !s->proc.timed_out) {
+            s->proc.timed_out = 1;
+            walq__proc_kill(&s->proc, SIGKILL);
+        }
+    }
+}
+
 static int exec_process(walq__handler *h, int64_t now)
 {
     exec_handler *e = (exec_handler *)h;
 
+    exec_kill_overdue(h, now);
     for (int i = 0; i < e->concurrency; i++) {
         exec_slot *s = &e->slots[i];
         walq__verdict v;
@@ -108,10 +134,6 @@ static int exec_process(walq__handler *h, int64_t now)
             walq__proc_feed(&s->proc);
         if (s->proc.err_fd >= 0)
             walq__proc_drain_stderr(&s->proc);
-        if (s->proc.deadline && now >= s->proc.deadline && !s->proc.timed_out) {
-            s->proc.timed_out = 1;
-            walq__proc_kill(&s->proc, SIGKILL);
-        }
         if (!walq__proc_reap(&s->proc, &v, err, sizeof(err)))
             continue;
         walq__proc_close(&s->proc);
@@ -125,24 +147,58 @@ static int exec_process(walq__handler *h, int64_t now)
     return 0;
 }
 
+/*
+ * Waits for a killed process to exit and reaps it: on its pidfd until the
+ * deadline, or where there is none in waitpid, which the SIGKILL of its
+ * group cannot keep long.  Returns 0 if it is still there at the deadline.
+ */
+static int await_killed(walq__proc *p, int64_t deadline)
+{
+    for (;;) {
+        walq__verdict v;
+        char err[64];
+        int64_t now;
+        struct pollfd pfd;
+
+        if (walq__proc_reap(p, &v, err, sizeof(err)))
+            return 1;
+        if (p->pidfd < 0) {
+            int status;
+
+            while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            p->pid = -1;
+            return 1;
+        }
+        now = walq__mono_us();
+        if (now >= deadline)
+            return 0;
+        pfd.fd = p->pidfd;
+        pfd.events = POLLIN;
+        poll(&pfd, 1, (int)((deadline - now + 999) / 1000));
+    }
+}
+
+/* Kills every process at once, then waits for them all, at most EXEC_KILL_WAIT_US. */
 static void exec_kill_all(walq__handler *h)
 {
     exec_handler *e = (exec_handler *)h;
+    int64_t deadline = walq__mono_us() + EXEC_KILL_WAIT_US;
 
+    for (int i = 0; i < e->concurrency; i++)
+        if (e->slots[i].job != NULL)
+            walq__proc_kill(&e->slots[i].proc, SIGKILL);
     for (int i = 0; i < e->concurrency; i++) {
         exec_slot *s = &e->slots[i];
         walq__job *job = s->job;
 
         if (job == NULL)
             continue;
-        walq__proc_kill(&s->proc, SIGKILL);
-        while (s->proc.pid > 0) {
-            walq__verdict v;
-            char err[64];
-
-            if (!walq__proc_reap(&s->proc, &v, err, sizeof(err)))
-                poll(NULL, 0, 5);
-        }
+        if (!await_killed(&s->proc, deadline))
+            walq__warn(h->log,
+                       "handler process %d did not exit within %d s of SIGKILL; leaving it "
+                       "behind",
+                       (int)s->proc.pid, EXEC_KILL_WAIT_US / 1000000);
         walq__proc_close(&s->proc);
         s->job = NULL;
         e->nrunning--;
@@ -174,10 +230,12 @@ static const walq__handler_ops exec_ops = {
     .kill_all = exec_kill_all,
     .running = exec_running,
     .free = exec_free,
+    .kill_overdue = exec_kill_overdue,
 };
 
 int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout)
 {
+    static const walq__log no_log;
     exec_handler *e = calloc(1, sizeof(*e));
 
     *out = NULL;
@@ -186,6 +244,7 @@ int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurren
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     }
     e->base.ops = &exec_ops;
+    e->base.log = &no_log; /* until the consumer gives its own */
     e->argv = argv;
     e->concurrency = concurrency;
     e->timeout_us = (int64_t)(timeout * 1e6);

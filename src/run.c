@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "run.h"
+#include "text.h"
 
 extern char **environ;
 
@@ -213,23 +214,28 @@ void walq__proc_feed(walq__proc *p)
     }
 }
 
-void walq__proc_drain_stderr(walq__proc *p)
+/* Reads at most budget bytes of the child's stderr, keeping the tail. */
+static void drain(walq__proc *p, size_t budget)
 {
     char buf[4096];
 
-    while (p->err_fd >= 0) {
-        ssize_t n = read(p->err_fd, buf, sizeof(buf));
+    while (p->err_fd >= 0 && budget > 0) {
+        ssize_t n = read(p->err_fd, buf, sizeof(buf) < budget ? sizeof(buf) : budget);
 
         if (n > 0) {
             size_t k = (size_t)n;
 
+            budget -= k;
+
             /* Keep only the last WALQ__ERRTAIL bytes: the end says what failed. */
             if (k >= WALQ__ERRTAIL) {
+                p->errcut |= k > WALQ__ERRTAIL || p->errlen > 0;
                 memcpy(p->errtail, buf + k - WALQ__ERRTAIL, WALQ__ERRTAIL);
                 p->errlen = WALQ__ERRTAIL;
             } else {
                 size_t keep = p->errlen + k > WALQ__ERRTAIL ? WALQ__ERRTAIL - k : p->errlen;
 
+                p->errcut |= keep < p->errlen;
                 memmove(p->errtail, p->errtail + p->errlen - keep, keep);
                 memcpy(p->errtail + keep, buf, k);
                 p->errlen = keep + k;
@@ -245,18 +251,31 @@ void walq__proc_drain_stderr(walq__proc *p)
     }
 }
 
+void walq__proc_drain_stderr(walq__proc *p)
+{
+    drain(p, WALQ__STDERR_BUDGET);
+}
+
 void walq__proc_kill(walq__proc *p, int sig)
 {
     if (p->pid > 0)
         kill(-p->pid, sig);
 }
 
+/*
+ * ": " and the end of what the child wrote to stderr, in at most len bytes
+ * (with the NUL), or "" when it wrote nothing.  The text is valid UTF-8
+ * whatever the child wrote, even when the tail starts inside a character.
+ */
 static void describe_tail(const walq__proc *p, char *out, size_t len)
 {
     size_t start = 0, end = p->errlen;
-    char line[WALQ__ERRTAIL + 1];
+    char line[WALQ__ERRTAIL];
+    char *clean;
     size_t k = 0;
 
+    if (len > 0)
+        out[0] = '\0';
     while (end > 0 && (p->errtail[end - 1] == '\n' || p->errtail[end - 1] == '\r'))
         end--;
     /* The last two lines are usually the message that matters. */
@@ -266,23 +285,30 @@ static void describe_tail(const walq__proc *p, char *out, size_t len)
             break;
         }
     }
+    /* A tail cut from a longer output may begin with the end of a character. */
+    if (start == 0 && p->errcut)
+        while (start < end && start < 3 && ((unsigned char)p->errtail[start] & 0xC0) == 0x80)
+            start++;
     for (size_t i = start; i < end; i++) {
         unsigned char c = (unsigned char)p->errtail[i];
 
         line[k++] = (c == '\n' || c == '\r' || c == '\t') ? ' ' : (char)c;
     }
-    line[k] = '\0';
-    if (k > 0)
-        snprintf(out, len, ": %s", line);
-    else if (len > 0)
-        out[0] = '\0';
+    if (k == 0 || len <= 3)
+        return;
+    clean = walq__utf8_clean(line, k, len - 2);
+    if (clean == NULL)
+        return;
+    if (clean[0] != '\0')
+        snprintf(out, len, ": %s", clean);
+    free(clean);
 }
 
 int walq__proc_reap(walq__proc *p, walq__verdict *verdict, char *err, size_t errlen)
 {
     int status;
     pid_t r;
-    char tail[WALQ__ERRTAIL + 8];
+    size_t n;
 
     do {
         r = waitpid(p->pid, &status, WNOHANG);
@@ -297,29 +323,34 @@ int walq__proc_reap(walq__proc *p, walq__verdict *verdict, char *err, size_t err
         return 1;
     }
     p->pid = -1;
-    walq__proc_drain_stderr(p);
-    describe_tail(p, tail, sizeof(tail));
+    /*
+     * The end of its stderr is still in the pipe, which holds at most 1 MiB
+     * (pipe-max-size); the bound holds against whatever it left running.
+     */
+    drain(p, 16 * WALQ__STDERR_BUDGET);
     err[0] = '\0';
+    *verdict = WALQ__VERDICT_FAIL;
     if (p->timed_out) {
-        *verdict = WALQ__VERDICT_FAIL;
-        snprintf(err, errlen, "handler timed out and was killed%s", tail);
+        snprintf(err, errlen, "handler timed out and was killed");
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         *verdict = WALQ__VERDICT_DONE;
+        return 1;
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == WALQ__EXIT_RETRY) {
         *verdict = WALQ__VERDICT_RETRY;
-        snprintf(err, errlen, "handler asked for a retry (exit status %d)%s", WALQ__EXIT_RETRY,
-                 tail);
+        snprintf(err, errlen, "handler asked for a retry (exit status %d)", WALQ__EXIT_RETRY);
     } else if (WIFEXITED(status)) {
-        *verdict = WALQ__VERDICT_FAIL;
-        snprintf(err, errlen, "handler exited with exit status %d%s", WEXITSTATUS(status), tail);
+        snprintf(err, errlen, "handler exited with exit status %d", WEXITSTATUS(status));
     } else if (WIFSIGNALED(status)) {
-        *verdict = WALQ__VERDICT_FAIL;
-        snprintf(err, errlen, "handler was terminated by signal %d (%s)%s", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)), tail);
+        snprintf(err, errlen, "handler was terminated by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
     } else {
-        *verdict = WALQ__VERDICT_FAIL;
         snprintf(err, errlen, "handler ended with unrecognized status %d", status);
+        return 1;
     }
+    /* The tail goes in the room that is left, so that no cut splits a character. */
+    n = strlen(err);
+    if (n + 1 < errlen)
+        describe_tail(p, err + n, errlen - n);
     return 1;
 }
 

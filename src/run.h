@@ -16,6 +16,12 @@
 #define WALQ__ERRTAIL 512
 
 /*
+ * What one walq__proc_drain_stderr() call reads at most, so that a handler
+ * that writes without end cannot starve the consumer's loop.
+ */
+#define WALQ__STDERR_BUDGET ((size_t)64 << 10)
+
+/*
  * What a handler reports of an attempt.  RETRY and FAIL both run the job
  * again after the backoff until max_attempts; DEAD gives up at once.
  */
@@ -36,6 +42,7 @@ typedef struct walq__proc {
     size_t written;
     char errtail[WALQ__ERRTAIL]; /* the last bytes the child wrote to stderr */
     size_t errlen;
+    int errcut; /* it wrote more than errtail holds: errtail starts anywhere */
     int64_t deadline; /* monotonic microseconds, 0: none */
     int timed_out;
 } walq__proc;
@@ -68,7 +75,10 @@ int walq__proc_start(walq__proc *p, char *const *argv, const walq__job_env *env,
 /* Writes what the pipe takes of the payload; closes stdin when done. */
 void walq__proc_feed(walq__proc *p);
 
-/* Reads what the child wrote to stderr, keeping the tail. */
+/*
+ * Reads what the child wrote to stderr, at most WALQ__STDERR_BUDGET bytes a
+ * call, keeping the tail.
+ */
 void walq__proc_drain_stderr(walq__proc *p);
 
 /* Kills the child's process group. */
@@ -76,7 +86,8 @@ void walq__proc_kill(walq__proc *p, int sig);
 
 /*
  * Reaps the child if it has exited.  Returns 1 with the verdict and a
- * description of a failure in err, or 0 if it is still running.
+ * description of a failure in err (valid UTF-8, with the end of its stderr),
+ * or 0 if it is still running.
  */
 int walq__proc_reap(walq__proc *p, walq__verdict *verdict, char *err, size_t errlen);
 
