@@ -32,14 +32,294 @@ const char *walq__conn_name(PGconn *conn, char *buf, size_t len)
     return buf;
 }
 
+/* ------------------------------------------------------------------ */
+/* Connection strings shown in messages                                 */
+
+static int is_secret_key(const char *key, size_t len)
+{
+    return (len == 8 && memcmp(key, "password", 8) == 0) ||
+           (len == 11 && memcmp(key, "sslpassword", 11) == 0);
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Appends n bytes of s to out (outlen bytes in all, *k used), as far as they fit. */
+static void put(char *out, size_t outlen, size_t *k, const char *s, size_t n)
+{
+    if (*k + 1 >= outlen)
+        return;
+    if (n > outlen - 1 - *k)
+        n = outlen - 1 - *k;
+    memcpy(out + *k, s, n);
+    *k += n;
+    out[*k] = '\0';
+}
+
+#define MASK "********"
+
+/*
+ * A URI: the password of the user information ("user:secret@") and the
+ * value of a password parameter ("?password=secret") are masked.  A
+ * parameter's name may be percent-encoded, as libpq decodes it.
+ */
+static void mask_uri(const char *s, char *out, size_t outlen, size_t *k)
+{
+    const char *p = strstr(s, "://") + 3;
+    /* As libpq reads it: user information ends at the first "@" before any "/". */
+    const char *auth_end = p + strcspn(p, "/");
+    const char *at = memchr(p, '@', (size_t)(auth_end - p));
+    const char *q;
+
+    put(out, outlen, k, s, (size_t)(p - s));
+    if (at != NULL) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+
+        if (colon != NULL) {
+            put(out, outlen, k, p, (size_t)(colon + 1 - p));
+            put(out, outlen, k, MASK, strlen(MASK));
+        } else {
+            put(out, outlen, k, p, (size_t)(at - p));
+        }
+        /* A "?" in the user information does not start the parameters. */
+        p = at;
+    }
+    q = strchr(p, '?');
+    if (q == NULL) {
+        put(out, outlen, k, p, strlen(p));
+        return;
+    }
+    put(out, outlen, k, p, (size_t)(q + 1 - p));
+    p = q + 1;
+    while (*p) {
+        size_t plen = strcspn(p, "&"), klen = strcspn(p, "=&");
+        char key[16];
+        size_t n = 0;
+
+        /* The name decoded, as far as a secret's name can be long. */
+        for (size_t i = 0; i < klen && n < sizeof(key); i++, n++) {
+            if (p[i] == '%' && i + 2 < klen) {
+                char hex[3] = {p[i + 1], p[i + 2], '\0'};
+
+                key[n] = (char)strtol(hex, NULL, 16);
+                i += 2;
+            } else {
+                key[n] = p[i];
+            }
+        }
+        if (klen < plen && n < sizeof(key) && is_secret_key(key, n)) {
+            put(out, outlen, k, p, klen + 1);
+            put(out, outlen, k, MASK, strlen(MASK));
+        } else {
+            put(out, outlen, k, p, plen);
+        }
+        p += plen;
+        if (*p == '&')
+            put(out, outlen, k, p++, 1);
+    }
+}
+
+/*
+ * key=value pairs, read the way libpq reads them: white space between, a
+ * value quoted with '...' or bare up to white space, a backslash escaping
+ * the next character in either.  Once the string stops making sense,
+ * the rest is masked: it may be the inside of a password.
+ */
+static void mask_pairs(const char *s, char *out, size_t outlen, size_t *k)
+{
+    const char *p = s;
+
+    while (*p) {
+        const char *key, *v;
+        size_t klen;
+        int secret;
+
+        while (is_space(*p))
+            put(out, outlen, k, p++, 1);
+        if (*p == '\0')
+            break;
+        key = p;
+        while (*p && !is_space(*p) && *p != '=')
+            p++;
+        klen = (size_t)(p - key);
+        secret = is_secret_key(key, klen);
+        while (is_space(*p))
+            p++;
+        if (*p != '=') {
+            /* Not a pair: it and what follows could be the rest of a password. */
+            put(out, outlen, k, MASK, strlen(MASK));
+            return;
+        }
+        put(out, outlen, k, key, klen);
+        put(out, outlen, k, "=", 1);
+        p++;
+        while (is_space(*p))
+            p++;
+        v = p;
+        if (*p == '\'') {
+            for (p++; *p && *p != '\''; p++)
+                if (*p == '\\' && p[1])
+                    p++;
+            if (*p == '\0') {
+                /* Unterminated: the rest may all be the password. */
+                put(out, outlen, k, secret ? "'" MASK : v, secret ? strlen(MASK) + 1 : strlen(v));
+                return;
+            }
+            p++;
+        } else {
+            for (; *p && !is_space(*p); p++)
+                if (*p == '\\' && p[1])
+                    p++;
+        }
+        if (secret)
+            put(out, outlen, k, MASK, strlen(MASK));
+        else
+            put(out, outlen, k, v, (size_t)(p - v));
+    }
+}
+
+void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen)
+{
+    size_t k = 0;
+
+    if (outlen == 0)
+        return;
+    out[0] = '\0';
+    if (conninfo == NULL)
+        return;
+    if (strncmp(conninfo, "postgresql://", 13) == 0 || strncmp(conninfo, "postgres://", 11) == 0)
+        mask_uri(conninfo, out, outlen, &k);
+    else
+        mask_pairs(conninfo, out, outlen, &k);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connecting                                                           */
+
+/*
+ * What every connection gets unless the user set it: a connect that gives
+ * up, and keepalives and a TCP timeout so that a server that vanished
+ * (a pulled cable, a dropped route) is noticed in about half a minute
+ * rather than the kernel's two hours.
+ */
+static const struct {
+    const char *key;
+    const char *val;
+} conn_defaults[] = {
+    {"connect_timeout", WALQ__CONNECT_TIMEOUT_S},
+    {"keepalives", "1"},
+    {"keepalives_idle", "10"},
+    {"keepalives_interval", "5"},
+    {"keepalives_count", "3"},
+    {"tcp_user_timeout", "30000"},
+};
+
+static const PQconninfoOption *find_option(const PQconninfoOption *opts, const char *key)
+{
+    for (; opts != NULL && opts->keyword != NULL; opts++)
+        if (strcmp(opts->keyword, key) == 0)
+            return opts;
+    return NULL;
+}
+
+static const char *process_env(const char *name)
+{
+    return getenv(name);
+}
+
+static int invalid_conninfo(const char *conninfo, const char *errmsg)
+{
+    char masked[512], buf[512];
+    char *err2 = NULL;
+    PQconninfoOption *again;
+    const char *why = errmsg ? errmsg : "out of memory";
+
+    walq__conninfo_mask(conninfo, masked, sizeof(masked));
+    /*
+     * libpq's message quotes pieces of the string, which may be pieces of a
+     * password: with one, the message is that of the masked string.
+     */
+    if (strcmp(masked, conninfo) != 0) {
+        again = PQconninfoParse(masked, &err2);
+        why = again == NULL && err2 != NULL ? err2 : "its password could not be read";
+        PQconninfoFree(again);
+    }
+    snprintf(buf, sizeof(buf), "%s", why);
+    buf[strcspn(buf, "\n")] = '\0';
+    PQfreemem(err2);
+    return walq__error(WALQ_EINVAL,
+                       "Use key=value pairs (host=... dbname=...) or a postgresql:// URI.",
+                       "invalid connection string \"%s\": %s", masked, buf);
+}
+
+int walq__conn_params_build(walq__conn_params *out, const char *conninfo, walq__conn_kind kind,
+                            const char *appname, const char *(*env)(const char *name))
+{
+    PQconninfoOption *opts;
+    char *errmsg = NULL;
+    int n = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (env == NULL)
+        env = process_env;
+    /* Parse first so that a malformed string gets its own message. */
+    opts = PQconninfoParse(conninfo != NULL ? conninfo : "", &errmsg);
+    if (opts == NULL) {
+        int rc = invalid_conninfo(conninfo != NULL ? conninfo : "", errmsg);
+
+        PQfreemem(errmsg);
+        return rc;
+    }
+    if (conninfo != NULL && *conninfo != '\0') {
+        /* Expanded by libpq (expand_dbname): the user's settings come first. */
+        out->keys[n] = "dbname";
+        out->vals[n++] = conninfo;
+    }
+    out->keys[n] = "fallback_application_name";
+    out->vals[n++] = appname ? appname : "walq";
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(conn_defaults); i++) {
+        const PQconninfoOption *o = find_option(opts, conn_defaults[i].key);
+        const char *set;
+
+        /* An older libpq without the setting: it has no say in it. */
+        if (o == NULL)
+            continue;
+        /* Later settings win over the string's, and any win over the environment's. */
+        if (o->val != NULL)
+            continue;
+        set = o->envvar != NULL ? env(o->envvar) : NULL;
+        if (set != NULL && *set != '\0')
+            continue;
+        out->keys[n] = conn_defaults[i].key;
+        out->vals[n++] = conn_defaults[i].val;
+    }
+    PQconninfoFree(opts);
+    if (kind == WALQ__CONN_REPLICATION) {
+        out->keys[n] = "replication";
+        out->vals[n++] = "database";
+        out->keys[n] = "options";
+        out->vals[n++] = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
+    }
+    out->keys[n] = NULL;
+    out->vals[n] = NULL;
+    out->n = n;
+    return 0;
+}
+
 static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__conn_kind kind)
 {
     char msg[1024];
     char to[600] = "";
 
     /* With no connection string the server's own message names the socket. */
-    if (conninfo && *conninfo)
-        snprintf(to, sizeof(to), " to \"%s\"", conninfo);
+    if (conninfo && *conninfo) {
+        char masked[512];
+
+        walq__conninfo_mask(conninfo, masked, sizeof(masked));
+        snprintf(to, sizeof(to), " to \"%s\"", masked);
+    }
     walq__pg_message(conn, NULL, msg, sizeof(msg));
     if (strstr(msg, "replication role") != NULL || strstr(msg, "REPLICATION attribute") ||
         (kind == WALQ__CONN_REPLICATION && strstr(msg, "permission denied") != NULL)) {
@@ -62,6 +342,13 @@ static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__con
         strstr(msg, "max_wal_senders"))
         return walq__error(WALQ_ESERVER, "Raise max_wal_senders on the server and restart it.",
                            "could not start a replication connection%s: %s", to, msg);
+    if (strstr(msg, "timeout expired") != NULL)
+        return walq__error(WALQ_ECONN,
+                           "Check that the server is running and reachable from here: a host "
+                           "or firewall that drops packets looks like this.  connect_timeout "
+                           "in the connection string (or PGCONNECT_TIMEOUT) sets the wait, "
+                           "10 s by default.",
+                           "could not connect%s: %s", to, msg);
     return walq__error(WALQ_ECONN,
                        "Check the connection string and that the server is running; walq "
                        "reads PGHOST, PGPORT, PGUSER and PGDATABASE when none is given.",
@@ -76,48 +363,19 @@ static void ignore_notice(void *arg, const char *message)
 
 int walq__connect(PGconn **out, const char *conninfo, walq__conn_kind kind, const char *appname)
 {
-    const char *keys[6];
-    const char *vals[6];
-    int n = 0;
+    walq__conn_params params;
     PGconn *conn;
-    char *errmsg = NULL;
-    PQconninfoOption *opts;
+    int rc;
 
     *out = NULL;
-    if (conninfo != NULL && *conninfo != '\0') {
-        /* Parse first so that a malformed string gets its own message. */
-        opts = PQconninfoParse(conninfo, &errmsg);
-        if (opts == NULL) {
-            char buf[512];
-
-            snprintf(buf, sizeof(buf), "%s", errmsg ? errmsg : "out of memory");
-            buf[strcspn(buf, "\n")] = '\0';
-            PQfreemem(errmsg);
-            return walq__error(WALQ_EINVAL,
-                               "Use key=value pairs (host=... dbname=...) or a postgresql:// URI.",
-                               "invalid connection string \"%s\": %s", conninfo, buf);
-        }
-        PQconninfoFree(opts);
-        keys[n] = "dbname";
-        vals[n++] = conninfo;
-    }
-    keys[n] = "fallback_application_name";
-    vals[n++] = appname ? appname : "walq";
-    if (kind == WALQ__CONN_REPLICATION) {
-        keys[n] = "replication";
-        vals[n++] = "database";
-        keys[n] = "options";
-        vals[n++] = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3";
-    }
-    keys[n] = NULL;
-    vals[n] = NULL;
-
-    conn = PQconnectdbParams(keys, vals, 1);
+    rc = walq__conn_params_build(&params, conninfo, kind, appname, NULL);
+    if (rc != 0)
+        return rc;
+    conn = PQconnectdbParams(params.keys, params.vals, 1);
     if (conn == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory while connecting");
     if (PQstatus(conn) != CONNECTION_OK) {
-        int rc = explain_connect_failure(conn, conninfo, kind);
-
+        rc = explain_connect_failure(conn, conninfo, kind);
         PQfinish(conn);
         return rc;
     }

@@ -33,6 +33,36 @@ typedef enum walq__conn_kind { WALQ__CONN_SQL = 0, WALQ__CONN_REPLICATION = 1 } 
  */
 int walq__connect(PGconn **out, const char *conninfo, walq__conn_kind kind, const char *appname);
 
+/* The connect_timeout of a connection whose conninfo and environment set none. */
+#define WALQ__CONNECT_TIMEOUT_S "10"
+
+/* The keyword and value arrays walq__connect gives PQconnectdbParams. */
+typedef struct walq__conn_params {
+    const char *keys[16];
+    const char *vals[16]; /* borrowed: static strings, conninfo and appname */
+    int n;
+} walq__conn_params;
+
+/*
+ * Builds the arrays for conninfo (NULL or "": the libpq environment): the
+ * string itself first, expanded by libpq, then connect_timeout=10,
+ * keepalives=1, keepalives_idle=10, keepalives_interval=5,
+ * keepalives_count=3 and tcp_user_timeout=30000 wherever neither the string
+ * nor the environment (env: getenv when NULL) sets them, then what a
+ * replication connection needs.  A pure function but for libpq's parsing.
+ * Returns 0, or WALQ_EINVAL with a message that shows the string with its
+ * passwords masked.
+ */
+int walq__conn_params_build(walq__conn_params *out, const char *conninfo, walq__conn_kind kind,
+                            const char *appname, const char *(*env)(const char *name));
+
+/*
+ * conninfo (key=value pairs or a URI) for messages: every password and
+ * sslpassword replaced by "********", and whatever follows a part that does
+ * not parse, since it may be one.  outlen bytes at most, NUL-terminated.
+ */
+void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen);
+
 /* "host:port" or "socket dir:port" of a connection, for messages. */
 const char *walq__conn_name(PGconn *conn, char *buf, size_t len);
 
