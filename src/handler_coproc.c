@@ -472,8 +472,7 @@ static int take_lines(coproc_handler *c, cp_worker *w)
         w->rscan -= start;
     }
     if (b->len > CP_MAX_LINE)
-        protocol_error(c, w, b->data, b->len, "sent a line longer than %zu MiB",
-                       CP_MAX_LINE >> 20);
+        protocol_error(c, w, b->data, b->len, "sent a line longer than %zu MiB", CP_MAX_LINE >> 20);
     return rc;
 }
 

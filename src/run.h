@@ -42,7 +42,7 @@ typedef struct walq__proc {
     size_t written;
     char errtail[WALQ__ERRTAIL]; /* the last bytes the child wrote to stderr */
     size_t errlen;
-    int errcut; /* it wrote more than errtail holds: errtail starts anywhere */
+    int errcut;       /* it wrote more than errtail holds: errtail starts anywhere */
     int64_t deadline; /* monotonic microseconds, 0: none */
     int timed_out;
 } walq__proc;
