@@ -11,48 +11,54 @@
 
 /*
  * One statement, hence one transaction.  Jobs done at their first attempt go
- * into one row of walq.outcome_batches ($10, ascending ids, and $11, the
- * greatest end LSN of their transactions).  A row an administrator made for
- * one of them before this consumer saw it (cancelled, then retried: queued)
- * is set done; rows are few, so the range scan of the primary key between
- * the batch's first and last id finds them cheaply.  Every other outcome is
- * upserted into walq.outcomes, but a final outcome already recorded (by an
- * earlier life of this consumer that ran the job too) is never overwritten,
- * so each job's final outcome is recorded once.  Jobs cancelled by an administrator
- * are in the batch only to let their transactions go: their outcome is in
- * the table already.  The dedup keys of jobs now finished in every group
- * reading their queue are released; the CTEs share one snapshot, so this
- * group's new outcomes come from RETURNING and only the other groups are
- * looked up.  The cursor and the reader's horizon ($12) only move forward.
+ * into walq.outcome_batches, one row per generation among them ($10, their
+ * ids, with $13, each one's generation; $11, the greatest end LSN of their
+ * transactions).  A row an administrator made for one of them before this
+ * consumer saw it (cancelled, then retried: queued) is set done; rows are
+ * few, so the range scan of the primary key between the batch's first and
+ * last id finds them cheaply.  Every other outcome is upserted into
+ * walq.outcomes ($14, the generations), but a final outcome already recorded
+ * (by an earlier life of this consumer that ran the job too) is never
+ * overwritten, so each job's final outcome is recorded once.  Jobs cancelled
+ * by an administrator are in the batch only to let their transactions go:
+ * their outcome is in the table already.  The dedup keys of jobs now
+ * finished in every group reading their queue are released; the CTEs share
+ * one snapshot, so this group's new outcomes come from RETURNING and only the
+ * other groups are looked up.  The cursor and the generations the reader has
+ * passed the seal of ($12) only move forward.
  */
 #define ACK_OUTCOMES                                                                               \
     "WITH o AS ("                                                                                  \
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"        \
-    "                       $7::pg_lsn[]) AS o(job_id, status, attempts, last_error, run_at, lsn)" \
+    "                       $7::pg_lsn[], $14::int[])"                                             \
+    "           AS o(job_id, status, attempts, last_error, run_at, lsn, generation)"               \
     "   WHERE status <> 'cancelled'"                                                               \
-    "), x AS (SELECT $10::bigint[] AS b"                                                           \
+    "), d AS (SELECT * FROM unnest($10::bigint[], $13::int[]) AS d(id, generation)"                \
+    "), x AS (SELECT min(id) AS lo, max(id) AS hi, array_agg(id) AS b FROM d"                      \
     "), batch AS ("                                                                                \
-    "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn)"             \
-    "  SELECT $1, b[1], b[cardinality(b)], b, $11::pg_lsn FROM x WHERE cardinality(b) > 0"         \
+    "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn, generation)" \
+    "  SELECT $1, min(id), max(id), array_agg(id ORDER BY id), $11::pg_lsn, generation"            \
+    "    FROM d GROUP BY generation"                                                               \
     "), fix AS ("                                                                                  \
     "  UPDATE walq.outcomes t SET status = 'done', attempts = 1, last_error = NULL,"               \
     "         run_at = NULL, updated_at = now()"                                                   \
     "    FROM x"                                                                                   \
-    "   WHERE t.group_name = $1 AND t.job_id BETWEEN b[1] AND b[cardinality(b)]"                   \
-    "     AND t.job_id = ANY (b) AND t.status IN ('queued', 'scheduled')"                          \
+    "   WHERE t.group_name = $1 AND t.job_id BETWEEN x.lo AND x.hi"                                \
+    "     AND t.job_id = ANY (x.b) AND t.status IN ('queued', 'scheduled')"                        \
     "), up AS ("                                                                                   \
     "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"  \
-    "                                  lsn)"                                                       \
+    "                                  lsn, generation)"                                           \
     "  SELECT $1, o.job_id, o.status, o.attempts, o.last_error,"                                   \
-    "         timestamptz 'epoch' + o.run_at * interval '1 microsecond', o.lsn FROM o"             \
-    "  ON CONFLICT (group_name, job_id) DO UPDATE"                                                 \
+    "         timestamptz 'epoch' + o.run_at * interval '1 microsecond', o.lsn, o.generation"      \
+    "    FROM o"                                                                                   \
+    "  ON CONFLICT (group_name, job_id, generation) DO UPDATE"                                     \
     "     SET status = excluded.status, attempts = excluded.attempts,"                             \
     "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"      \
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
 
 #define ACK_CURSOR                                                                                 \
     ") UPDATE walq.readers SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn),"                     \
-    "         done_below = greatest(done_below, $12::bigint), updated_at = now()"                  \
+    "         sealed_through = greatest(sealed_through, $12::int), updated_at = now()"             \
     "   WHERE slot_name = $9"
 
 static const char ack_sql[] = ACK_OUTCOMES ACK_CURSOR;
@@ -129,11 +135,14 @@ static int put_i64(walq__buf *b, const char *sep, int64_t v)
     return 0;
 }
 
-static int cmp_i64(const void *x, const void *y)
+/* Batch ids by generation, then id: each generation's row is one run. */
+static int cmp_done(const void *x, const void *y)
 {
-    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    const walq__ack_done *a = x, *b = y;
 
-    return (a > b) - (a < b);
+    if (a->generation != b->generation)
+        return (a->generation > b->generation) - (a->generation < b->generation);
+    return (a->id > b->id) - (a->id < b->id);
 }
 
 /*
@@ -177,17 +186,18 @@ static int prepare(walq__ack *a, PGconn *primary)
 
 /* Builds the batch's parameters; *sql is the name of the statement to run them with. */
 static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
-                 int64_t done_below, const char *params[WALQ__ACK_PARAMS], const char **sql)
+                 int32_t sealed_through, const char *params[WALQ__ACK_PARAMS], const char **sql)
 {
     walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
-                           &a->run_ats, &a->lsns,     &a->done_ids};
+                           &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
+                           &a->gens};
     char lsn[WALQ__LSN_BUFSZ];
     uint64_t done_lsn = 0;
     size_t ndone = 0, nrows = 0;
     int rc = 0, dedup = 0;
 
     if (a->n > a->done_cap) {
-        int64_t *ids = realloc(a->done, a->n * sizeof(*ids));
+        walq__ack_done *ids = realloc(a->done, a->n * sizeof(*ids));
 
         if (ids == NULL)
             return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -203,7 +213,8 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
         const char *sep = nrows ? "," : "";
 
         if (batched(j)) {
-            a->done[ndone++] = j->id;
+            a->done[ndone].id = j->id;
+            a->done[ndone++].generation = j->generation;
             if (j->lsn > done_lsn)
                 done_lsn = j->lsn;
             continue;
@@ -222,11 +233,14 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
         else
             rc |= walq__buf_printf(&a->run_ats, "%sNULL", sep);
         rc |= walq__buf_printf(&a->lsns, "%s%s", sep, walq__lsn_format(j->lsn, lsn));
+        rc |= put_i64(&a->gens, sep, j->generation);
     }
     if (ndone > 1)
-        qsort(a->done, ndone, sizeof(*a->done), cmp_i64);
-    for (size_t i = 0; i < ndone && rc == 0; i++)
-        rc |= put_i64(&a->done_ids, i ? "," : "", a->done[i]);
+        qsort(a->done, ndone, sizeof(*a->done), cmp_done);
+    for (size_t i = 0; i < ndone && rc == 0; i++) {
+        rc |= put_i64(&a->done_ids, i ? "," : "", a->done[i].id);
+        rc |= put_i64(&a->done_gens, i ? "," : "", a->done[i].generation);
+    }
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         rc |= walq__buf_puts(arrays[i], "}");
     if (rc != 0)
@@ -239,21 +253,23 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
     params[8] = slot;
     params[9] = a->done_ids.data;
     params[10] = walq__lsn_format(done_lsn, a->done_lsn_text);
-    snprintf(a->done_below_text, sizeof(a->done_below_text), "%lld", (long long)done_below);
-    params[11] = a->done_below_text;
+    snprintf(a->sealed_text, sizeof(a->sealed_text), "%ld", (long)sealed_through);
+    params[11] = a->sealed_text;
+    params[12] = a->done_gens.data;
+    params[13] = a->gens.data;
     *sql = ack_names[dedup];
     return 0;
 }
 
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor, int64_t done_below)
+                    uint64_t cursor, int32_t sealed_through)
 {
     const char *params[WALQ__ACK_PARAMS], *sql;
     PGresult *res;
     int rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, done_below, params, &sql);
+        rc = build(a, group, slot, cursor, sealed_through, params, &sql);
     if (rc == 0)
         rc = walq__query_result(
             primary, PQexecPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0), &res,
@@ -265,7 +281,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
 }
 
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor, int64_t done_below)
+                   uint64_t cursor, int32_t sealed_through)
 {
     const char *params[WALQ__ACK_PARAMS], *sql;
     walq__job **jobs;
@@ -273,7 +289,7 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     int rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, done_below, params, &sql);
+        rc = build(a, group, slot, cursor, sealed_through, params, &sql);
     if (rc != 0)
         return rc;
     if (!PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)) {
@@ -295,7 +311,7 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     a->cap = cap;
     a->n = 0;
     a->sent_cursor = cursor;
-    a->sent_done_below = done_below;
+    a->sent_sealed_through = sealed_through;
     a->inflight = 1;
     return 0;
 }
@@ -360,7 +376,8 @@ void walq__ack_requeue(walq__ack *a)
 void walq__ack_free(walq__ack *a)
 {
     walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
-                           &a->run_ats, &a->lsns,     &a->done_ids};
+                           &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
+                           &a->gens};
 
     free(a->done);
     a->done = NULL;

@@ -13,16 +13,22 @@
 #include "common.h"
 #include "schedule.h"
 
+/* A job done at its first attempt, for the batch rows. */
+typedef struct walq__ack_done {
+    int64_t id;
+    int32_t generation;
+} walq__ack_done;
+
 typedef struct walq__ack {
     walq__job **jobs;
     size_t n;
     size_t cap;
     int64_t oldest; /* monotonic time the first outcome of the batch arrived */
-    walq__buf ids, statuses, attempts, errors, run_ats, lsns;
-    walq__buf done_ids; /* the batch row: jobs done at their first attempt */
-    int64_t *done;
+    walq__buf ids, statuses, attempts, errors, run_ats, lsns, gens;
+    walq__buf done_ids, done_gens; /* the batch rows: jobs done at their first attempt */
+    walq__ack_done *done;
     size_t done_cap;
-    char cursor_text[32], done_lsn_text[32], done_below_text[32];
+    char cursor_text[32], done_lsn_text[32], sealed_text[32];
     /*
      * The batch of the statement in flight (walq__ack_send), while the next
      * one gathers in jobs.  At most one statement is in flight.
@@ -30,7 +36,7 @@ typedef struct walq__ack {
     walq__job **sent;
     size_t nsent, sentcap;
     uint64_t sent_cursor;
-    int64_t sent_done_below;
+    int32_t sent_sealed_through;
     int inflight;
     /* The session the statements are prepared in. */
     PGconn *prepared_conn;
@@ -44,16 +50,17 @@ typedef struct walq__ack {
 int walq__ack_add(walq__ack *a, walq__job *job);
 
 /* The ack statement's parameters. */
-#define WALQ__ACK_PARAMS 12
+#define WALQ__ACK_PARAMS 14
 
 /*
- * Writes the batch, the cursor and the reader's horizon (done_below: every
- * job of the reader below it has an outcome) in one statement.  The batch is left as it
- * was: on success the caller walks a->jobs and empties it; on failure it can
- * try again later with more added.
+ * Writes the batch, the cursor and the last generation whose seal the
+ * reader's cursor has passed (sealed_through: every job of the reader in it,
+ * and in those before, has an outcome) in one statement.  The batch is left
+ * as it was: on success the caller walks a->jobs and empties it; on failure
+ * it can try again later with more added.
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor, int64_t done_below);
+                    uint64_t cursor, int32_t sealed_through);
 
 /*
  * The same, without waiting: the statement is sent and the batch moves to
@@ -63,7 +70,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
  * Nothing else may use the connection while a->inflight.
  */
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor, int64_t done_below);
+                   uint64_t cursor, int32_t sealed_through);
 
 /* Collects the result if it is in: *finished then, and the statement's outcome. */
 int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished);

@@ -49,6 +49,7 @@ static const char *const plugin_options[] = {"format-version",
                                              "include-lsn",
                                              "1",
                                              "add-tables",
+                                             "walq_jobs.*,walq_outcomes.*,walq_batches.*,"
                                              "walq.jobs,walq.outcomes,walq.outcome_batches",
                                              "actions",
                                              "insert,update,delete",
@@ -64,16 +65,36 @@ static walq__audit_txn audit_txn(const walq__reader_txn *t)
     return at;
 }
 
+/*
+ * The table a change is of, as users know it: the partitions of a
+ * generation (walq_jobs.g3, say) are walq.jobs.
+ */
+static walq__change as_parent(const walq__change *ch)
+{
+    static const char *const parents[][2] = {
+        {"walq_jobs", "jobs"}, {"walq_outcomes", "outcomes"}, {"walq_batches", "outcome_batches"}};
+    walq__change out = *ch;
+
+    for (size_t i = 0; ch->schema != NULL && i < WALQ__ARRAY_SIZE(parents); i++) {
+        if (strcmp(ch->schema, parents[i][0]) == 0) {
+            out.schema = "walq";
+            out.table = parents[i][1];
+        }
+    }
+    return out;
+}
+
 /* Each change is written when the next one comes, so that the last can say so. */
 static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, uint64_t wal_start)
 {
     walq__audit *a = arg;
     walq__audit_txn at = audit_txn(t);
+    walq__change named = as_parent(ch);
     json_object *o;
     int rc;
 
     (void)wal_start;
-    rc = walq__audit_change_json(&o, &at, ch, t->rows + 1);
+    rc = walq__audit_change_json(&o, &at, &named, t->rows + 1);
     if (rc != 0)
         return rc;
     if (a->held != NULL) {

@@ -17,7 +17,8 @@
 #include "common.h"
 #include "db.h"
 #include "handler.h"
-#include "horizon.h"
+#include "seal.h"
+#include "text.h"
 #include "lsn.h"
 #include "options.h"
 #include "reader.h"
@@ -25,6 +26,9 @@
 #include "retry.h"
 #include "route.h"
 #include "schedule.h"
+
+/* The most of a handler's error text that is kept, in bytes. */
+#define LAST_ERROR_MAX 2048
 
 /* An outcome decided inside the ack transaction, applied once it commits. */
 typedef struct tentative {
@@ -55,7 +59,7 @@ struct walq_consumer {
     walq__sched sched; /* jobs in memory */
     walq__txnq txq;    /* transactions with jobs whose first outcome is unrecorded */
     walq__ack ack;     /* the next ack transaction */
-    walq__horizon hz;  /* the outcome horizon */
+    walq__seals seals; /* the generations whose seal the cursor passed */
     walq__handler *h;  /* the run stage */
     tentative *tent;   /* outcomes decided inside the ack transaction */
     size_t ntent, tentcap;
@@ -68,6 +72,7 @@ struct walq_consumer {
     int standby;      /* the source is a hot standby */
     int slot_gone;    /* the slot was lost while streaming: start over */
     int flush_failed; /* an ack transaction failed: hold confirmations back */
+    int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
     walq__txn *cur;   /* the transaction being received, NULL between them */
 
     /* Set-up and recovery. */
@@ -118,16 +123,30 @@ static void count(walq_consumer *c, walq__status st)
         c->stats.retried++;
 }
 
+/*
+ * A job's last error as it will be stored: whatever a handler wrote, made
+ * valid UTF-8 and cut to a sane length, so that no text a handler writes can
+ * make the ack fail.  *out is NULL for no error.
+ */
+static int error_text(const char *err, char **out)
+{
+    *out = NULL;
+    if (err == NULL || *err == '\0')
+        return 0;
+    *out = walq__utf8_clean(err, strlen(err), LAST_ERROR_MAX);
+    return *out ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
+}
+
 /* Puts the job's outcome in the next ack transaction. */
 static int record(walq_consumer *c, walq__job *job, walq__status st, const char *err)
 {
+    char *text;
+    int rc = error_text(err, &text);
+
+    if (rc != 0)
+        return rc;
     free(job->last_error);
-    job->last_error = NULL;
-    if (err != NULL && *err != '\0') {
-        job->last_error = walq__strdup(err);
-        if (job->last_error == NULL)
-            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    }
+    job->last_error = text;
     job->pending = st;
     return walq__ack_add(&c->ack, job);
 }
@@ -143,6 +162,19 @@ static int admit(walq_consumer *c, walq__job *job, int64_t now_wall)
 }
 
 /*
+ * A job walq cannot run, for its data alone (a run_at it cannot schedule):
+ * dead at once, with the reason, and its transaction lets go of it as of
+ * any other job.  The group goes on.
+ */
+static int reject(walq_consumer *c, walq__job *job, const char *why)
+{
+    walq__warn(&c->log, "job %lld is dead: %s", (long long)job->id, why);
+    c->stats.dead++;
+    walq__sched_reject(&c->sched, job);
+    return record(c, job, WALQ__ST_DEAD, why);
+}
+
+/*
  * A job of transaction txn (ending at lsn) enters memory; has_row says that
  * walq.outcomes has a row of it already, which its outcomes update.
  */
@@ -150,6 +182,7 @@ static int take(walq_consumer *c, const walq__job_row *row, walq__txn *txn, uint
                 int has_row)
 {
     walq__job *job = walq__sched_job(&c->sched, row);
+    char why[256];
 
     if (job == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -157,6 +190,13 @@ static int take(walq_consumer *c, const walq__job_row *row, walq__txn *txn, uint
     job->lsn = lsn;
     job->txn = txn;
     txn->outstanding++;
+    if (row->bad_run_at != NULL) {
+        c->stats.received++;
+        snprintf(why, sizeof(why),
+                 "run_at \"%.64s\" is out of the range walq schedules (the years 1 to 9999)",
+                 row->bad_run_at);
+        return reject(c, job, why);
+    }
     return admit(c, job, walq__wall_us());
 }
 
@@ -198,10 +238,9 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
     t->old_error = job->last_error;
     t->old_run_at = job->run_at;
     job->last_error = NULL;
-    if (t->st != WALQ__ST_DONE && err != NULL && *err != '\0' &&
-        (job->last_error = walq__strdup(err)) == NULL) {
+    if (t->st != WALQ__ST_DONE && error_text(err, &job->last_error) != 0) {
         job->last_error = t->old_error;
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        return WALQ_ENOMEM;
     }
     job->pending = t->st;
     if (t->st == WALQ__ST_SCHEDULED)
@@ -320,14 +359,14 @@ static int connect_primary(walq_consumer *c)
 /* ------------------------------------------------------------------ */
 /* Acks                                                                */
 
-/* An ack committed: how far it took the cursor and the horizon is durable. */
-static void acked(walq_consumer *c, uint64_t cursor, int64_t done_below)
+/* An ack committed: how far it took the cursor and the seals is durable. */
+static void acked(walq_consumer *c, uint64_t cursor, int32_t sealed_through)
 {
     c->stats.acks++;
     walq__retry_ok(&c->primary_retry);
     c->flush_failed = 0;
     c->rd.durable = cursor;
-    walq__horizon_written(&c->hz, done_below);
+    walq__seals_written(&c->seals, sealed_through);
     if (c->sync_end && cursor >= c->sync_end)
         c->sync_end = 0;
 }
@@ -351,7 +390,7 @@ static int acks_sent(walq_consumer *c, int rc)
             walq__sched_release(&c->sched, job);
     }
     c->ack.nsent = 0;
-    acked(c, c->ack.sent_cursor, c->ack.sent_done_below);
+    acked(c, c->ack.sent_cursor, c->ack.sent_sealed_through);
     return 0;
 }
 
@@ -366,7 +405,7 @@ static void release_txns(walq_consumer *c)
             job->txn = NULL;
         }
     }
-    walq__horizon_pass(&c->hz, c->txq.safe_lsn);
+    walq__seals_pass(&c->seals, c->txq.safe_lsn);
 }
 
 /*
@@ -406,7 +445,7 @@ static int flush_in_ack(walq_consumer *c)
     if (rc == 0) {
         release_txns(c);
         rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn,
-                             c->hz.done_below);
+                             c->seals.through);
     }
     if (rc == 0 && with_jobs)
         rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
@@ -432,7 +471,7 @@ static int flush_in_ack(walq_consumer *c)
             walq__sched_release(&c->sched, job);
     }
     c->ack.n = 0;
-    acked(c, c->txq.safe_lsn, c->hz.done_below);
+    acked(c, c->txq.safe_lsn, c->seals.through);
     return rc;
 }
 
@@ -450,16 +489,16 @@ static int flush_acks(walq_consumer *c)
      * An empty batch is still written once after a resync, so that the
      * cursor records that the backlog is done even if it had no job.
      */
-    walq__horizon_pass(&c->hz, c->txq.safe_lsn);
+    walq__seals_pass(&c->seals, c->txq.safe_lsn);
     if (c->ack.n == 0 && in_ack_waiting(c) == 0 &&
-        !(c->sync_end && c->txq.safe_lsn >= c->sync_end) && !walq__horizon_unwritten(&c->hz))
+        !(c->sync_end && c->txq.safe_lsn >= c->sync_end) && !walq__seals_unwritten(&c->seals))
         return 0;
     if (c->pconn == NULL)
         return WALQ_ECONN;
     if (c->h->in_ack != NULL)
         return flush_in_ack(c);
     release_txns(c);
-    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->hz.done_below);
+    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->seals.through);
 }
 
 /* Is it time to write the batch? */
@@ -472,7 +511,7 @@ static int acks_due(const walq_consumer *c, int64_t now, int stopping)
     return (n > 0 && (n >= (size_t)c->o.batch_size || now - c->ack.oldest >= c->ack_delay_us ||
                       (stopping && c->h->ops->running(c->h) == 0))) ||
            (c->h->in_ack != NULL && c->h->in_ack->due(c->h, now)) ||
-           (c->sync_end && c->txq.safe_lsn >= c->sync_end) || walq__horizon_unwritten(&c->hz);
+           (c->sync_end && c->txq.safe_lsn >= c->sync_end) || walq__seals_unwritten(&c->seals);
 }
 
 /* ------------------------------------------------------------------ */
@@ -550,10 +589,13 @@ static int on_command(walq_consumer *c, const walq__reader_txn *t, const walq__c
         return cancel_job(c, id->i);
     if (strcmp(action->str, "retry") == 0)
         return retry_job(c, t, id->i);
-    if (strcmp(action->str, "horizon") == 0) {
-        walq__horizon_note(&c->hz, t->end_lsn, id->i);
+    if (strcmp(action->str, "seal") == 0) {
+        walq__seals_note(&c->seals, t->end_lsn, (int32_t)id->i);
         return 0;
     }
+    /* The outcome horizon's commands, from before generations. */
+    if (strcmp(action->str, "horizon") == 0)
+        return 0;
     walq__warn(&c->log, "unknown command \"%s\" for job %lld ignored", action->str,
                (long long)id->i);
     return 0;
@@ -577,21 +619,22 @@ static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, 
     int rc;
 
     (void)wal_start;
-    if (ch->action != WALQ__ACT_INSERT || ch->schema == NULL || ch->table == NULL ||
-        strcmp(ch->schema, "walq") != 0)
+    if (ch->action != WALQ__ACT_INSERT || ch->schema == NULL || ch->table == NULL)
         return 0;
-    if (strcmp(ch->table, "commands") == 0)
+    if (strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "commands") == 0)
         return on_command(c, t, ch);
-    if (strcmp(ch->table, "jobs") != 0)
+    /*
+     * The stream names the partition of walq.jobs a job went to (the table
+     * itself before generations, in WAL written before the upgrade).
+     */
+    if (strcmp(ch->schema, "walq_jobs") != 0 &&
+        !(strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "jobs") == 0))
         return 0;
     rc = walq__route_job_row(ch, &row);
     /* A job already in memory (a replay after a retry command, say) stays one. */
     if (rc != 0 || !walq__route_takes(&c->route, row.id, row.queue) ||
         walq__sched_has(&c->sched, row.id))
         return rc;
-    if (row.bad_run_at != NULL)
-        return walq__error(WALQ_EDECODE, NULL, "job %lld has an unreadable run_at \"%s\"",
-                           (long long)row.id, row.bad_run_at);
     return take(c, &row, c->cur, t->end_lsn, 0);
 }
 
@@ -858,6 +901,7 @@ static int resync(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
 {
     char snapshot[128], lsn[WALQ__LSN_BUFSZ];
     uint64_t consistent;
+    int32_t sealed = 0;
     int rc = 0;
 
     if (si->exists)
@@ -868,11 +912,17 @@ static int resync(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
     if (rc == 0)
         rc = walq__reg_backlog_open(&c->rg, c->sconn, snapshot);
     if (rc == 0)
+        rc = walq__reg_snapshot_seal(c->sconn, &sealed);
+    if (rc == 0)
         rc = walq__reg_new_slot(&c->rg, c->pconn, consistent);
     if (rc != 0)
         return rc;
-    /* The reader's horizon starts afresh, for the queues it reads now. */
-    walq__horizon_reset(&c->hz);
+    /*
+     * The generations sealed before the snapshot are in the backlog whole:
+     * they are passed once the backlog is recorded.
+     */
+    walq__seals_reset(&c->seals);
+    walq__seals_note(&c->seals, consistent, sealed);
     c->bf_txn = walq__txnq_open(&c->txq, consistent);
     if (c->bf_txn == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -937,29 +987,12 @@ static int start_reading(walq_consumer *c, const walq__slot_info *si, const walq
     return resync(c, si, rs->cursor);
 }
 
-/*
- * --drain: a horizon command before the end of what is drained, so that the
- * drain ends with the outcomes it recorded compacted.  A producer's
- * transaction left open delays it; after a few seconds the drain goes on
- * without.  Then the end: where the source's WAL is now.
- */
+/* --drain: the end of what is drained is where the source's WAL is now. */
 static int prepare_drain(walq_consumer *c)
 {
     char lsn[WALQ__LSN_BUFSZ];
-    int64_t give_up = walq__mono_us() + 3000000;
-    int rc = 0;
+    int rc = walq__source_wal_lsn(c->sconn, &c->rd.drain_target);
 
-    if (c->hz.enabled) {
-        while ((rc = walq__horizon_step(&c->hz, &c->rg, c->pconn)) == 0 && c->hz.mark_pending &&
-               !c->rd.stop_req && walq__mono_us() < give_up)
-            walq__reader_nap(&c->rd, 20);
-        if (rc == 0 && c->hz.mark_pending)
-            walq__info(&c->log, "a transaction publishing jobs is still open: this drain leaves "
-                                "its outcomes to the next horizon");
-        walq__horizon_drop_command(&c->hz);
-    }
-    if (rc == 0)
-        rc = walq__source_wal_lsn(c->sconn, &c->rd.drain_target);
     if (rc == 0)
         walq__debug(&c->log, "draining up to %s", walq__lsn_format(c->rd.drain_target, lsn));
     return rc;
@@ -1054,7 +1087,7 @@ static int phase_dispatch(walq_consumer *c, int64_t now)
 /* Writes the batch of outcomes when it is due. */
 static int phase_record(walq_consumer *c, int64_t now, int stopping)
 {
-    walq__horizon_pass(&c->hz, c->txq.safe_lsn);
+    walq__seals_pass(&c->seals, c->txq.safe_lsn);
     return acks_due(c, now, stopping) ? flush_acks(c) : 0;
 }
 
@@ -1068,38 +1101,31 @@ static void settle_durable(walq_consumer *c)
 
 /*
  * Status updates to the source (at once when it asks; an idle --drain asks
- * it where it is), and about once a second while outcomes are recorded the
- * horizon: its next command, and the compaction of what the last one passed.
+ * it where it is), and every so often the generations' upkeep on the
+ * primary: the next generation, seals, and the removal of finished jobs
+ * after the retention period.
  */
 static int phase_tick(walq_consumer *c, int64_t now, int stopping)
 {
-    uint64_t activity = c->stats.done + c->stats.dead + c->stats.retried;
     int rc;
 
     settle_durable(c);
     rc = walq__reader_tick(&c->rd, now, c->ack.n == 0);
     if (rc == 0 && c->sched.in_memory == 0)
         rc = walq__reader_ping(&c->rd, now);
-    if (rc == 0 && !stopping && !c->backfilling && c->pconn != NULL &&
-        walq__horizon_due(&c->hz, now, activity)) {
+    if (rc == 0 && !stopping && c->pconn != NULL && now >= c->next_maintain) {
         rc = settle_acks(c);
         if (rc == 0 && c->pconn != NULL)
-            rc = walq__horizon_tick(&c->hz, &c->rg, c->pconn, now, activity);
+            rc = walq__reg_maintain(c->pconn, &c->maintain_us);
+        if (rc == 0)
+            c->next_maintain = now + c->maintain_us;
     }
     return rc;
-}
-
-/* What the last acks let go is deleted before the process ends. */
-static void compact_at_exit(walq_consumer *c)
-{
-    if (c->pconn != NULL && walq__horizon_compact(&c->hz, &c->rg, c->pconn) != 0)
-        walq__warn(&c->log, "%s; the group's next horizon compacts them", walq_last_error());
 }
 
 /* The last word to the server: everything recorded is confirmed. */
 static void final_status(walq_consumer *c)
 {
-    compact_at_exit(c);
     settle_durable(c);
     walq__reader_final_status(&c->rd);
 }
@@ -1108,7 +1134,7 @@ static int drained(const walq_consumer *c)
 {
     return !c->backfilling && c->sync_end == 0 && c->rd.st.streaming &&
            walq__reader_caught_up(&c->rd) && walq__sched_idle(&c->sched) && c->ack.n == 0 &&
-           !c->ack.inflight && c->txq.head == NULL && !walq__horizon_unwritten(&c->hz);
+           !c->ack.inflight && c->txq.head == NULL && !walq__seals_unwritten(&c->seals);
 }
 
 /* 1 when the loop is done: stopped with everything recorded, or drained. */
@@ -1263,7 +1289,7 @@ static void reset_memory(walq_consumer *c)
     c->fenced = 0;
     walq__route_set_skip(&c->route, NULL, 0);
     walq__reader_skip_to(&c->rd, c->rd.last_end);
-    walq__horizon_forget(&c->hz);
+    walq__seals_forget(&c->seals);
 }
 
 static void close_all(walq_consumer *c)
@@ -1351,7 +1377,7 @@ static int name_reader(walq_consumer *c)
 static const char *const plugin_options[] = {
     "format-version", "2", "include-xids", "1", "include-timestamp", "1", "include-lsn", "1",
     /* Jobs are read by column name and JSON kind. */
-    "include-types", "0", "add-tables", "walq.jobs,walq.commands", "actions", "insert", NULL};
+    "include-types", "0", "add-tables", "walq.jobs,walq_jobs.*,walq.commands", "actions", "insert", NULL};
 
 /* The stages, configured from the options (in the current version's terms). */
 static int make_stages(walq_consumer *c, const walq__options *conf)
@@ -1372,7 +1398,6 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
                              o->nqueues,
                              &c->log};
     walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
-    c->hz.enabled = !o->keep_outcomes;
     rc = walq__reader_init(&c->rd, &rcfg);
     if (rc != 0)
         return rc;
@@ -1471,7 +1496,6 @@ void walq_consumer_free(walq_consumer *c)
     close_all(c);
     walq__sched_free(&c->sched);
     walq__route_free(&c->route);
-    walq__horizon_free(&c->hz);
     walq__ack_free(&c->ack);
     walq__reader_free(&c->rd);
     free(c->tent);

@@ -1,4 +1,4 @@
-/* The consumer's statements: registry, reader, skips, timers, backlog, horizon, commands. */
+/* The consumer's statements: registry, reader, skips, timers, backlog, generations, commands. */
 #include "registry.h"
 
 #include <stdio.h>
@@ -262,7 +262,7 @@ int walq__reg_new_slot(const walq__registry *rg, PGconn *primary, uint64_t consi
 
         rc = query_clear(primary, "record the reader's new slot",
                          "UPDATE walq.readers SET sync_lsn = $2::pg_lsn, queues = $3::text[],"
-                         " done_below = 0, updated_at = now() WHERE slot_name = $1",
+                         " sealed_through = 0, updated_at = now() WHERE slot_name = $1",
                          3, params);
     }
     walq__buf_free(&queues);
@@ -308,10 +308,21 @@ int walq__reg_skips(const walq__registry *rg, PGconn *primary, uint64_t cursor, 
 /* ------------------------------------------------------------------ */
 /* Jobs from the tables                                                */
 
+/*
+ * The columns every query of jobs gives, then: run_at as Unix microseconds,
+ * NULL when walq cannot use it (its text follows, for the reason); the
+ * job's generation; and, where there is one, its attempts so far.
+ */
+#define JOB_COLUMNS                                                                                \
+    "j.id, j.queue, j.payload, j.priority, j.max_attempts, j.dedup_key IS NOT NULL AS has_dedup,"  \
+    " j.generation"
+#define RUN_AT_US(col)                                                                             \
+    "CASE WHEN " col " >= '0001-01-01 00:00:00+00' AND " col " < '10000-01-01 00:00:00+00'"        \
+    " THEN (extract(epoch FROM " col ") * 1000000)::int8 END AS run_at, " col "::text AS run_at_text"
+
 void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out)
 {
-    /* Columns: id, queue, payload, priority, run_at (Unix us), max_attempts, [attempts]. */
-    int attempts = PQfnumber(res, "attempts"), dedup = PQfnumber(res, "has_dedup");
+    int attempts = PQfnumber(res, "attempts"), run_at = PQfnumber(res, "run_at");
 
     memset(out, 0, sizeof(*out));
     out->id = strtoll(PQgetvalue(res, row, 0), NULL, 10);
@@ -319,12 +330,15 @@ void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out)
     out->payload = PQgetvalue(res, row, 2);
     out->payload_len = (size_t)PQgetlength(res, row, 2);
     out->priority = (int32_t)strtol(PQgetvalue(res, row, 3), NULL, 10);
-    out->run_at = strtoll(PQgetvalue(res, row, 4), NULL, 10);
-    out->max_attempts = (int32_t)strtol(PQgetvalue(res, row, 5), NULL, 10);
+    out->max_attempts = (int32_t)strtol(PQgetvalue(res, row, 4), NULL, 10);
+    out->has_dedup = *PQgetvalue(res, row, 5) == 't';
+    out->generation = (int32_t)strtol(PQgetvalue(res, row, 6), NULL, 10);
+    if (PQgetisnull(res, row, run_at))
+        out->bad_run_at = PQgetvalue(res, row, PQfnumber(res, "run_at_text"));
+    else
+        out->run_at = strtoll(PQgetvalue(res, row, run_at), NULL, 10);
     if (attempts >= 0)
         out->attempts = (int32_t)strtol(PQgetvalue(res, row, attempts), NULL, 10);
-    if (dedup >= 0)
-        out->has_dedup = *PQgetvalue(res, row, dedup) == 't';
 }
 
 int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, int64_t until,
@@ -333,17 +347,16 @@ int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, i
     num_text a = num(after), u = num(until), k = num(rg->partition), n = num(rg->partitions);
     const char *params[5] = {rg->group, a.s, u.s, k.s, n.s};
 
-    return walq__query(
-        primary, res, "read scheduled jobs",
-        "SELECT j.id, j.queue, j.payload, j.priority,"
-        "       (extract(epoch FROM coalesce(o.run_at, j.run_at)) * 1000000)::int8,"
-        "       j.max_attempts, o.attempts AS attempts, j.dedup_key IS NOT NULL AS has_dedup"
-        "  FROM walq.outcomes o JOIN walq.jobs j ON j.id = o.job_id"
-        " WHERE o.group_name = $1 AND o.status = 'scheduled'"
-        "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
-        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
-        "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)",
-        5, params);
+    return walq__query(primary, res, "read scheduled jobs",
+                       "SELECT " JOB_COLUMNS ", " RUN_AT_US("coalesce(o.run_at, j.run_at)") ","
+                       "       o.attempts AS attempts"
+                       "  FROM walq.outcomes o"
+                       "  JOIN walq.jobs j ON j.id = o.job_id AND j.generation = o.generation"
+                       " WHERE o.group_name = $1 AND o.status = 'scheduled'"
+                       "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
+                       "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
+                       "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)",
+                       5, params);
 }
 
 int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later)
@@ -391,13 +404,11 @@ int walq__reg_backlog_open(const walq__registry *rg, PGconn *source, const char 
          */
         rc = query_clear(source, "open the backlog",
                          "DECLARE walq_backfill NO SCROLL CURSOR FOR"
-                         " SELECT id, queue, payload, priority,"
-                         "        (extract(epoch FROM run_at) * 1000000)::int8, max_attempts,"
-                         "        dedup_key IS NOT NULL AS has_dedup"
-                         "   FROM walq.jobs WHERE queue = ANY ($1::text[])"
+                         " SELECT " JOB_COLUMNS ", " RUN_AT_US("j.run_at")
+                         "   FROM walq.jobs j WHERE j.queue = ANY ($1::text[])"
                          "    AND ($3::int = 1"
-                         "         OR (hashint8(id)::int8 & 4294967295) % $3::int = $2::int)"
-                         "  ORDER BY id",
+                         "         OR (hashint8(j.id)::int8 & 4294967295) % $3::int = $2::int)"
+                         "  ORDER BY j.id",
                          3, params);
     }
     walq__buf_free(&queues);
@@ -418,47 +429,44 @@ int walq__reg_backlog_close(PGconn *source)
 int walq__reg_backlog_known(const walq__registry *rg, PGconn *primary, const PGresult *page,
                             PGresult **known)
 {
-    walq__buf ids = {0}, queues = {0};
-    int n = PQntuples(page), rc;
+    walq__buf ids = {0}, gens = {0};
+    int n = PQntuples(page), rc = 0;
 
     /*
      * The outcomes live on the primary, which may be another server: the
      * page's status there, one row per job in the page's (id) order.  Done
-     * is a row, a batch, or the group's horizon.
+     * is a row or a batch.
      */
     *known = NULL;
-    rc = walq__buf_puts(&ids, "{");
-    for (int i = 0; rc == 0 && i < n; i++)
-        rc = walq__buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(page, i, 0));
-    rc = rc ? rc : walq__buf_puts(&ids, "}");
-    rc = rc ? rc : walq__buf_puts(&queues, "{");
+    rc |= walq__buf_puts(&ids, "{");
+    rc |= walq__buf_puts(&gens, "{");
     for (int i = 0; rc == 0 && i < n; i++) {
-        rc = walq__buf_puts(&queues, i ? "," : "");
-        rc = rc ? rc : walq__buf_array_elem(&queues, PQgetvalue(page, i, 1));
+        rc |= walq__buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(page, i, 0));
+        rc |= walq__buf_printf(&gens, "%s%s", i ? "," : "", PQgetvalue(page, i, 6));
     }
-    rc = rc ? rc : walq__buf_puts(&queues, "}");
+    rc |= walq__buf_puts(&ids, "}");
+    rc |= walq__buf_puts(&gens, "}");
     if (rc != 0)
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc == 0) {
-        const char *params[3] = {rg->group, ids.data, queues.data};
+        const char *params[3] = {rg->group, ids.data, gens.data};
 
-        rc = walq__query(
-            primary, known, "check the backlog against recorded outcomes",
-            "SELECT coalesce(o.status,"
-            "                CASE WHEN (p.id < g.done_below AND p.queue = ANY (g.done_queues))"
-            "                          OR walq.done_in_batch($1, p.id) THEN 'done' END)"
-            "  FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY p (id, queue, n)"
-            "  JOIN walq.groups g ON g.name = $1"
-            "  LEFT JOIN walq.outcomes o ON o.group_name = $1 AND o.job_id = p.id"
-            " ORDER BY p.n",
-            3, params);
+        rc = walq__query(primary, known, "check the backlog against recorded outcomes",
+                         "SELECT coalesce(o.status,"
+                         "                CASE WHEN walq.done_in_batch($1, p.id) THEN 'done' END)"
+                         "  FROM unnest($2::bigint[], $3::int[]) WITH ORDINALITY p (id, gen, n)"
+                         "  LEFT JOIN walq.outcomes o"
+                         "         ON o.group_name = $1 AND o.job_id = p.id AND o.generation = p.gen"
+                         " ORDER BY p.n",
+                         3, params);
     }
     walq__buf_free(&ids);
-    walq__buf_free(&queues);
+    walq__buf_free(&gens);
     if (rc == 0 && PQntuples(*known) != n) {
+        rc = walq__error(WALQ_EQUERY, NULL, "the check of %d backlog jobs returned %d rows", n,
+                         PQntuples(*known));
         PQclear(*known);
         *known = NULL;
-        rc = walq__error(WALQ_ESERVER, NULL, "consumer group \"%s\" is missing", rg->group);
     }
     return rc;
 }
@@ -473,52 +481,33 @@ walq__reg_known walq__reg_known_at(const PGresult *known, int row)
 }
 
 /* ------------------------------------------------------------------ */
-/* The outcome horizon                                                 */
+/* Generations                                                         */
 
-int walq__reg_horizon_begin(PGconn *primary, char last_id[32], char **lockers)
+int walq__reg_maintain(PGconn *primary, int64_t *next_us)
 {
     PGresult *res;
-    int rc;
+    int rc = walq__query(primary, &res, "look after the generations", "SELECT walq.maintain()", 0,
+                         NULL);
 
-    last_id[0] = '\0';
-    *lockers = NULL;
-    rc = walq__query(primary, &res, "read the last job id",
-                     "SELECT last_id, lockers FROM walq.horizon_begin()", 0, NULL);
     if (rc != 0)
         return rc;
-    if (!PQgetisnull(res, 0, 0)) {
-        snprintf(last_id, 32, "%s", PQgetvalue(res, 0, 0));
-        *lockers = walq__strdup(PQgetvalue(res, 0, 1));
-        if (*lockers == NULL)
-            rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    }
-    PQclear(res);
-    return rc;
-}
-
-int walq__reg_horizon_mark(const walq__registry *rg, PGconn *primary, const char *last_id,
-                           const char *lockers, int *made)
-{
-    const char *params[3] = {rg->group, last_id, lockers};
-    PGresult *res;
-    int rc;
-
-    *made = 0;
-    rc = walq__query(primary, &res, "make a horizon command",
-                     "SELECT walq.horizon_mark($1, $2::bigint, $3::text[])", 3, params);
-    if (rc != 0)
-        return rc;
-    *made = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    *next_us = (int64_t)(strtod(PQgetvalue(res, 0, 0), NULL) * 1e6);
     PQclear(res);
     return 0;
 }
 
-int walq__reg_compact(const walq__registry *rg, PGconn *primary)
+int walq__reg_snapshot_seal(PGconn *source, int32_t *generation)
 {
-    const char *params[1] = {rg->group};
+    PGresult *res;
+    int rc = walq__query(source, &res, "read the last seal of the backlog",
+                         "SELECT coalesce(max(job_id), 0) FROM walq.commands WHERE action = 'seal'",
+                         0, NULL);
 
-    return query_clear(primary, "compact the outcomes", "SELECT walq.compact_outcomes($1)", 1,
-                       params);
+    if (rc != 0)
+        return rc;
+    *generation = (int32_t)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -548,10 +537,9 @@ int walq__reg_retried(const walq__registry *rg, PGconn *primary, int64_t id, PGr
     const char *params[2] = {rg->group, idtext.s};
 
     return walq__query(primary, res, "read a retried job",
-                       "SELECT j.id, j.queue, j.payload, j.priority,"
-                       "       (extract(epoch FROM j.run_at) * 1000000)::int8, j.max_attempts,"
-                       "       j.dedup_key IS NOT NULL AS has_dedup"
-                       "  FROM walq.jobs j JOIN walq.outcomes o ON o.job_id = j.id"
+                       "SELECT " JOB_COLUMNS ", " RUN_AT_US("j.run_at")
+                       "  FROM walq.jobs j"
+                       "  JOIN walq.outcomes o ON o.job_id = j.id AND o.generation = j.generation"
                        " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
                        2, params);
 }

@@ -1,7 +1,7 @@
 /*
  * The consumer's SQL: its registry of groups and readers on the primary, the
  * reader's lock, cursor and skips, the scheduled jobs, the backlog, the
- * outcome horizon and the administrators' commands.  Every statement the
+ * generations and the administrators' commands.  Every statement the
  * consumer sends, but the ack statement (ack.c) and the sql handler's
  * (handler_sql.c), is here; the consumer only decides when.
  */
@@ -102,14 +102,16 @@ int walq__reg_backlog_known(const walq__registry *rg, PGconn *primary, const PGr
 walq__reg_known walq__reg_known_at(const PGresult *known, int row);
 
 /*
- * The outcome horizon (sql/005): the last job id and the transactions that
- * may still hold ids up to it (*last_id empty when no job was ever
- * published), then the command that marks it once they ended (*made).
+ * One round of the generations' upkeep (walq.maintain(), sql/007): *next_us
+ * says when the next one is due.
  */
-int walq__reg_horizon_begin(PGconn *primary, char last_id[32], char **lockers);
-int walq__reg_horizon_mark(const walq__registry *rg, PGconn *primary, const char *last_id,
-                           const char *lockers, int *made);
-int walq__reg_compact(const walq__registry *rg, PGconn *primary);
+int walq__reg_maintain(PGconn *primary, int64_t *next_us);
+
+/*
+ * The last generation sealed before the backlog's snapshot (open on
+ * source): every job of it is in the backlog.
+ */
+int walq__reg_snapshot_seal(PGconn *source, int32_t *generation);
 
 /* Is the job's outcome in this group "cancelled" (a command may be stale)? */
 int walq__reg_cancelled(const walq__registry *rg, PGconn *primary, int64_t id, int *yes);

@@ -113,6 +113,7 @@ int walq__route_job_row(const walq__change *ch, walq__job_row *out)
     const walq__value *run_at = walq__change_column(ch, "run_at");
     const walq__value *maxa = walq__change_column(ch, "max_attempts");
     const walq__value *dedup = walq__change_column(ch, "dedup_key");
+    const walq__value *gen = walq__change_column(ch, "generation");
 
     memset(out, 0, sizeof(*out));
     if (id == NULL || id->kind != WALQ__V_INT || queue == NULL || queue->kind != WALQ__V_STR)
@@ -133,6 +134,8 @@ int walq__route_job_row(const walq__change *ch, walq__job_row *out)
     if (maxa != NULL && maxa->kind == WALQ__V_INT)
         out->max_attempts = (int32_t)maxa->i;
     out->has_dedup = dedup != NULL && dedup->kind == WALQ__V_STR;
+    /* A row of the tables before generations is of the first one. */
+    out->generation = gen != NULL && gen->kind == WALQ__V_INT ? (int32_t)gen->i : 1;
     if (run_at != NULL && run_at->kind == WALQ__V_STR &&
         walq__parse_timestamp(run_at->str, run_at->len, &out->run_at) != 0)
         out->bad_run_at = run_at->str;

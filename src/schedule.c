@@ -378,6 +378,7 @@ walq__job *walq__sched_job(walq__sched *s, const walq__job_row *row)
     job->attempts = row->attempts;
     job->run_at = row->run_at;
     job->has_dedup = row->has_dedup;
+    job->generation = row->generation;
     job->pending_idx = -1;
     job->seq = ++s->seq;
     if (job->queue == NULL || job->payload == NULL || walq__idset_add(&s->live, row->id) != 0) {
@@ -443,6 +444,12 @@ int walq__sched_admit(walq__sched *s, walq__job *job, int64_t now_wall, int *rec
         return make_timer(s, job, 0);
     }
     return make_ready(s, job);
+}
+
+void walq__sched_reject(walq__sched *s, walq__job *job)
+{
+    job->state = WALQ__JOB_ACKING;
+    s->in_memory++; /* until the record commits */
 }
 
 int walq__sched_timer(walq__sched *s, walq__job *job)

@@ -38,6 +38,7 @@ typedef struct walq_job {
     int32_t max_attempts;
     int32_t attempts; /* attempts made so far */
     int64_t run_at;   /* Unix microseconds */
+    int32_t generation; /* of its row in walq.jobs, which its records carry too */
     uint64_t seq;     /* arrival order, the tie-breaker */
     uint64_t lsn;     /* end LSN of the transaction that brought the job */
     walq__txn *txn;   /* counts the job until its first outcome commits */
@@ -137,6 +138,7 @@ typedef struct walq__job_row {
     int32_t attempts; /* made so far, by earlier lives of the group's readers */
     int64_t run_at;   /* Unix microseconds */
     int has_dedup;
+    int32_t generation;
     const char *bad_run_at; /* the run_at text, when it could not be read */
 } walq__job_row;
 
@@ -194,6 +196,9 @@ void walq__sched_release(walq__sched *s, walq__job *job);
  * pass it.
  */
 int walq__sched_admit(walq__sched *s, walq__job *job, int64_t now_wall, int *record_scheduled);
+
+/* A new job that will not run: it waits in memory only for its record. */
+void walq__sched_reject(walq__sched *s, walq__job *job);
 
 /* A scheduled job read back from the table. */
 int walq__sched_timer(walq__sched *s, walq__job *job);

@@ -83,6 +83,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     new_id bigint;
 BEGIN
+    -- What the table's CHECK jobs_run_at_range refuses, said plainly.
+    IF publish.run_at IS NULL OR NOT (publish.run_at >= '0001-01-01 00:00:00+00'
+                                      AND publish.run_at < '10000-01-01 00:00:00+00') THEN
+        RAISE EXCEPTION 'run_at "%" is out of range for a job', publish.run_at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give a time between the years 1 and 9999, or leave run_at out to '
+                         'run the job at once.';
+    END IF;
     FOR attempt IN 1 .. 3 LOOP
         INSERT INTO walq.jobs AS j (queue, payload, run_at, priority, max_attempts, dedup_key)
         VALUES (publish.queue, publish.payload, publish.run_at, publish.priority,

@@ -49,7 +49,9 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     job walq.jobs;
 BEGIN
-    SELECT * INTO job FROM walq.jobs j WHERE j.id = job_row.job_id;
+    -- Ids are unique but for explicit ones a producer gave twice: the newest.
+    SELECT * INTO job FROM walq.jobs j WHERE j.id = job_row.job_id
+     ORDER BY j.generation DESC LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % does not exist', job_row.job_id
             USING ERRCODE = 'no_data_found',
@@ -63,7 +65,7 @@ $$;
 -- every group reading its queue where it is dead or cancelled, and returns
 -- how many groups that was.  The consumers of those groups run it again at
 -- once, with its attempts counted from zero.  A job with no row in
--- walq.outcomes is done (batch or horizon) or queued, as walq.status_in says.
+-- walq.outcomes is done (in a batch) or queued, as walq.status_in says.
 --
 -- The row locks make a concurrent retry, cancel or ack of the same job wait;
 -- the status is checked again on the row that was locked.  The consumer's
@@ -86,7 +88,7 @@ BEGIN
            SET status = 'queued', attempts = 0, last_error = NULL, run_at = NULL,
                updated_at = now()
          WHERE o.group_name = ANY (groups) AND o.job_id = job.id
-           AND o.status IN ('dead', 'cancelled')
+           AND o.generation = job.generation AND o.status IN ('dead', 'cancelled')
         RETURNING o.group_name
     ) SELECT array_agg(up.group_name ORDER BY up.group_name) INTO retried FROM up;
 
@@ -123,8 +125,8 @@ $$;
 -- Cancels a job that has not run yet (queued or scheduled) in the given
 -- group, or in every group reading its queue where it has not run yet, and
 -- returns how many groups that was.  A cancelled job never runs in those
--- groups unless it is retried.  A job that is done without a row (batch or
--- horizon) is not cancelled.
+-- groups unless it is retried.  A job that is done without a row (in a
+-- batch) is not cancelled.
 --
 -- A group that has not recorded the job yet gets a new row, with no LSN
 -- since no transaction of the stream brought it.  ON CONFLICT locks an
@@ -144,10 +146,10 @@ DECLARE
     st text;
 BEGIN
     WITH up AS (
-        INSERT INTO walq.outcomes AS o (group_name, job_id, status, attempts, lsn)
-        SELECT g, job.id, 'cancelled', 0, NULL FROM unnest(groups) AS g
+        INSERT INTO walq.outcomes AS o (group_name, job_id, generation, status, attempts, lsn)
+        SELECT g, job.id, job.generation, 'cancelled', 0, NULL FROM unnest(groups) AS g
          WHERE walq.status_in(g, job.id) <> 'done'
-        ON CONFLICT (group_name, job_id) DO UPDATE
+        ON CONFLICT (group_name, job_id, generation) DO UPDATE
            SET status = 'cancelled', run_at = NULL, updated_at = now()
          WHERE o.status IN ('queued', 'scheduled')
         RETURNING o.group_name

@@ -5,8 +5,9 @@
 -- Runs stmt once per job with $1 = payload and $2 = job id, each in its own
 -- subtransaction so that one job's error fails that job alone.  Returns one
 -- row per job, in order, with the error message of a failed one.  A job that
--- already has a final outcome in the group is not run again: after a crash
--- the consumer may hand it over twice, the effects must not happen twice.
+-- already has a final outcome in the group (a row, or in one of its batches)
+-- is not run again: after a crash the consumer may hand it over twice, the
+-- effects must not happen twice.
 CREATE OR REPLACE FUNCTION walq.run_sql(group_name text, stmt text, job_ids bigint[],
                                         payloads jsonb[])
 RETURNS TABLE (job_id bigint, error text)
@@ -16,9 +17,8 @@ BEGIN
     FOR i IN 1 .. coalesce(array_length(job_ids, 1), 0) LOOP
         job_id := job_ids[i];
         error := NULL;
-        IF NOT EXISTS (SELECT 1 FROM walq.outcomes o
-                        WHERE o.group_name = run_sql.group_name AND o.job_id = job_ids[i]
-                          AND o.status IN ('done', 'dead', 'cancelled')) THEN
+        IF walq.status_in(run_sql.group_name, job_ids[i]) NOT IN ('done', 'dead', 'cancelled')
+        THEN
             BEGIN
                 EXECUTE stmt USING payloads[i], job_ids[i];
             EXCEPTION WHEN OTHERS THEN

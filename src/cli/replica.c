@@ -531,7 +531,12 @@ static int init_schema(PGconn *conn, const char *role)
     return 0;
 }
 
-static const char *const published_tables[] = {"walq.jobs", "walq.commands"};
+/*
+ * walq.generations comes along so that the source's partitions of walq.jobs
+ * follow the primary's (sql/repeatable/70_replica.sql); walq.jobs is
+ * published as itself, not as its partitions.
+ */
+static const char *const published_tables[] = {"walq.jobs", "walq.commands", "walq.generations"};
 
 /*
  * The source's copies change only through the subscription.  A row inserted
@@ -560,6 +565,7 @@ static const char guard_function_sql[] =
 static const char unguard_sql[] = "SET LOCAL client_min_messages = warning;"
                                   "DROP TRIGGER IF EXISTS walqrepl_guard ON walq.jobs;"
                                   "DROP TRIGGER IF EXISTS walqrepl_guard ON walq.commands;"
+                                  "DROP TRIGGER IF EXISTS walqrepl_guard ON walq.generations;"
                                   "DROP FUNCTION IF EXISTS walq.replica_guard();";
 
 /*
@@ -574,9 +580,10 @@ static int guard_source(PGconn *sconn, const replica_opts *ro)
     int rc, in_place;
 
     rc = query_row(sconn, &res, "look for the triggers that protect the source's copies",
-                   "SELECT count(*) = 2 FROM pg_trigger"
+                   "SELECT count(*) = 3 FROM pg_trigger"
                    " WHERE tgname = 'walqrepl_guard'"
-                   "   AND tgrelid IN ('walq.jobs'::regclass, 'walq.commands'::regclass)"
+                   "   AND tgrelid IN ('walq.jobs'::regclass, 'walq.commands'::regclass,"
+                   "                   'walq.generations'::regclass)"
                    "   AND position(format('walq.replica_guard(%L)', $1::text)"
                    "                IN pg_get_triggerdef(oid)) > 0",
                    ro->object, NULL);
@@ -607,57 +614,132 @@ static int guard_source(PGconn *sconn, const replica_opts *ro)
     return rc;
 }
 
-/* Creates the publication, or adds what it lacks; *changed says if it did. */
+/* "walq.jobs, walq.commands, walq.generations" */
+static int published_list(walq__buf *b)
+{
+    int rc = 0;
+
+    for (size_t t = 0; rc == 0 && t < WALQ__ARRAY_SIZE(published_tables); t++)
+        rc = walq__buf_printf(b, "%s%s", t ? ", " : "", published_tables[t]);
+    return rc;
+}
+
+/*
+ * Creates the publication, or makes it publish what it should, as it
+ * should; *changed says if it did.
+ */
 static int ensure_publication(PGconn *pconn, const replica_opts *ro, int *changed)
 {
     PGresult *res = NULL;
-    walq__buf sql = {0};
-    int rc, exists;
+    walq__buf sql = {0}, list = {0};
+    int rc, exists, right = 0;
 
     *changed = 0;
     rc = walq__query(pconn, &res, "look up the publication",
-                     "SELECT p.pubname, t.schemaname || '.' || t.tablename"
+                     "SELECT p.pubviaroot, p.puballtables,"
+                     "       coalesce(array_agg(t.schemaname || '.' || t.tablename"
+                     "                          ORDER BY t.schemaname, t.tablename)"
+                     "                FILTER (WHERE t.tablename IS NOT NULL), '{}')::text"
                      "  FROM pg_publication p"
                      "  LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname"
-                     " WHERE p.pubname = $1",
+                     " WHERE p.pubname = $1 GROUP BY p.pubname, p.pubviaroot, p.puballtables",
                      1, (const char *const[]){ro->object});
     if (rc != 0)
         return rc;
     exists = PQntuples(res) > 0;
-    if (!exists) {
-        rc = walq__buf_printf(&sql, "CREATE PUBLICATION %s FOR TABLE %s, %s", ro->object,
-                              published_tables[0], published_tables[1]);
-    } else {
-        for (size_t t = 0; rc == 0 && t < WALQ__ARRAY_SIZE(published_tables); t++) {
-            int found = 0;
-
-            for (int i = 0; i < PQntuples(res); i++)
-                found |= strcmp(PQgetvalue(res, i, 1), published_tables[t]) == 0;
-            if (!found)
-                rc = walq__buf_printf(&sql, "ALTER PUBLICATION %s ADD TABLE %s;", ro->object,
-                                      published_tables[t]);
-        }
-    }
+    if (exists)
+        right = strcmp(PQgetvalue(res, 0, 0), "t") == 0 &&
+                strcmp(PQgetvalue(res, 0, 2), "{walq.commands,walq.generations,walq.jobs}") == 0;
     PQclear(res);
-    if (rc != 0) {
-        walq__buf_free(&sql);
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    }
-    if (sql.len == 0) {
+    if (right) {
         say("primary: publication \"%s\" exists", ro->object);
         return 0;
     }
+    rc = published_list(&list);
+    if (rc == 0 && !exists)
+        rc = walq__buf_printf(&sql,
+                              "CREATE PUBLICATION %s FOR TABLE %s"
+                              " WITH (publish_via_partition_root = true)",
+                              ro->object, list.data);
+    else if (rc == 0)
+        rc = walq__buf_printf(&sql,
+                              "ALTER PUBLICATION %s SET TABLE %s;"
+                              "ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+                              ro->object, list.data, ro->object);
+    if (rc != 0) {
+        walq__buf_free(&sql);
+        walq__buf_free(&list);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
     rc = walq__exec(pconn,
-                    exists ? "add the walq tables to the publication"
+                    exists ? "make the publication publish the walq tables"
                            : "create the publication on the primary",
                     sql.data);
     walq__buf_free(&sql);
+    if (rc == 0) {
+        *changed = 1;
+        say("primary: %s publication \"%s\" for %s", exists ? "changed" : "created", ro->object,
+            list.data);
+    }
+    walq__buf_free(&list);
+    return rc;
+}
+
+/*
+ * The source's walq.generations as the primary's, and a partition of the
+ * source's tables for each generation the primary has, before rows of them
+ * come.  A new subscription copies walq.generations itself (its copy is
+ * emptied for it here); an existing one that did not have it gets its rows
+ * from here (copy_rows).
+ */
+static int follow_generations(PGconn *pconn, PGconn *sconn, int copy_rows)
+{
+    PGresult *res = NULL, *r = NULL;
+    char gens[8192] = "", rows[1 << 16] = "";
+    int rc;
+
+    rc = walq__query(pconn, &res, "read the primary's generations",
+                     "SELECT coalesce(array_agg(generation) FILTER (WHERE retired_at IS NULL),"
+                     "                '{}')::text,"
+                     "       coalesce(json_agg(g), '[]')::text FROM walq.generations g",
+                     0, NULL);
     if (rc != 0)
         return rc;
-    *changed = 1;
-    say("primary: %s publication \"%s\" for %s, %s", exists ? "completed" : "created", ro->object,
-        published_tables[0], published_tables[1]);
-    return 0;
+    if ((size_t)PQgetlength(res, 0, 0) >= sizeof(gens) ||
+        (size_t)PQgetlength(res, 0, 1) >= sizeof(rows))
+        rc = walq__error(WALQ_EINVAL, "Let the consumers retire the finished generations first.",
+                         "the primary has too many generations to copy");
+    if (rc == 0) {
+        snprintf(gens, sizeof(gens), "%s", PQgetvalue(res, 0, 0));
+        snprintf(rows, sizeof(rows), "%s", PQgetvalue(res, 0, 1));
+    }
+    PQclear(res);
+    if (rc == 0)
+        rc = walq__exec(sconn, "begin", "BEGIN");
+    if (rc == 0)
+        rc = walq__exec(sconn, "empty the source's generations",
+                        "SET LOCAL walq.allow_write = on; TRUNCATE walq.generations");
+    if (rc == 0 && copy_rows) {
+        rc = walq__query(sconn, &r, "copy the primary's generations",
+                         "INSERT INTO walq.generations"
+                         " SELECT * FROM json_populate_recordset(NULL::walq.generations, $1::json)",
+                         1, (const char *const[]){rows});
+        PQclear(r);
+        r = NULL;
+    }
+    if (rc == 0) {
+        rc = walq__query(sconn, &r, "make the source's partitions",
+                         "SELECT walq.make_partitions(g) FROM unnest($1::int[]) AS g", 1,
+                         (const char *const[]){gens});
+        PQclear(r);
+    }
+    if (rc == 0)
+        rc = walq__exec(sconn, "commit", "COMMIT");
+    else
+        PQclear(PQexec(sconn, "ROLLBACK"));
+    if (rc == 0)
+        say("source: partitions of walq.jobs for the primary's generations %s", gens);
+    return rc;
 }
 
 /* Says what went wrong when the source could not create the subscription. */
@@ -753,9 +835,15 @@ static int ensure_subscription(PGconn *sconn, const replica_opts *ro, const sub_
         say("source: enabled subscription \"%s\"", ro->object);
     }
     if (pub_changed) {
-        /* New tables of the publication are copied, as at creation. */
+        /*
+         * The publication changed when the primary's walq.jobs became
+         * partitioned (sql/007): its rows are here already, in the
+         * partitions they were in, and are not copied again.
+         */
         walq__buf_reset(&sql);
-        if (walq__buf_printf(&sql, "ALTER SUBSCRIPTION %s REFRESH PUBLICATION", ro->object) != 0)
+        if (walq__buf_printf(&sql, "ALTER SUBSCRIPTION %s REFRESH PUBLICATION"
+                                   " WITH (copy_data = false)",
+                             ro->object) != 0)
             rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
         if (rc == 0)
             rc = exec_subscription(sconn, ro, "refresh subscription", sql.data);
@@ -854,8 +942,8 @@ static int wait_for_copy(PGconn *sconn, const replica_opts *ro)
                                "%g seconds: %s",
                                ro->object, name, ro->timeout, pending);
         if (!said) {
-            say("source: waiting for the initial copy of %s, %s", published_tables[0],
-                published_tables[1]);
+            say("source: waiting for the initial copy of %s, %s, %s", published_tables[0],
+                published_tables[1], published_tables[2]);
             said = 1;
         }
         sleep_ms(100);
@@ -925,6 +1013,8 @@ static int replica_setup(int argc, char **argv)
     }
     if (rc == 0)
         rc = ensure_publication(pconn, &ro, &pub_changed);
+    if (rc == 0 && (!st.exists || pub_changed))
+        rc = follow_generations(pconn, sconn, st.exists);
     if (rc == 0)
         rc = ensure_subscription(sconn, &ro, &st, pub_changed);
     if (rc == 0)

@@ -56,7 +56,7 @@ assert_eq "$(q "SELECT count(*) FROM pg_replication_slots")" 0 "no slot is left 
 RECV=$PGTEST_BINDIR/pg_recvlogical
 # shellcheck disable=SC2054  # the commas are wal2json's list of tables and actions
 PLUGIN_OPTS=(-o format-version=2 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1
-    -o add-tables=walq.jobs,walq.outcomes,walq.outcome_batches -o actions=insert,update,delete)
+    -o add-tables=walq_jobs.*,walq_outcomes.*,walq_batches.*,walq.jobs,walq.outcomes,walq.outcome_batches -o actions=insert,update,delete)
 FILE=$WORK/audit.jsonl
 # The table trail reads the slot on database postgres and writes to auditdb.
 TABLE_ARGS=(--group tbl --into trail.changes --source "dbname=postgres" --dbname "dbname=auditdb")
@@ -252,13 +252,16 @@ DEFS='def hex: explode | reduce .[] as $c (0; . * 16 + (if $c >= 97 then $c - 87
                                                      elif $c >= 65 then $c - 55 else $c - 48 end));
       def lsn: split("/") | (.[0] | hex) * 4294967296 + (.[1] | hex);'
 # One line per change: end LSN of its transaction, its LSN, xid, commit time,
-# table, action, new row and old key, keys of objects sorted.
+# table (a generation's partition named as its table, as the trails do),
+# action, new row and old key, keys of objects sorted.
 jq -nc -S --arg stop "$END" "$DEFS"'
     ($stop | lsn) as $e
     | foreach inputs as $r (null; if $r.action == "B" then $r.nextlsn else . end;
         select($r.action == "I" or $r.action == "U" or $r.action == "D")
         | select((. | lsn) <= $e)
-        | [., $r.lsn, $r.xid, $r.timestamp, $r.schema + "." + $r.table,
+        | [., $r.lsn, $r.xid, $r.timestamp,
+           ({"walq_jobs": "walq.jobs", "walq_outcomes": "walq.outcomes",
+             "walq_batches": "walq.outcome_batches"}[$r.schema] // ($r.schema + "." + $r.table)),
            {"I": "insert", "U": "update", "D": "delete"}[$r.action],
            (if $r.columns then ($r.columns | map({(.name): .value}) | add) else null end),
            (if $r.identity then ($r.identity | map({(.name): .value}) | add) else null end)])' \

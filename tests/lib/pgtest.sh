@@ -497,21 +497,13 @@ publish_sql() {
 }
 
 # recorded_sql GROUP: a query of every outcome GROUP recorded, one row
-# (job_id, status) per record: its rows in walq.outcomes, each id of its
-# batches in walq.outcome_batches, and one for each job below its horizon
-# with neither (sql/005_outcome_horizon.sql).  A job recorded twice shows
-# twice, unless the horizon compacted both records: the tests that count
-# on seeing that run their consumers with --keep-outcomes.
+# (job_id, status) per record: its rows in walq.outcomes and each id of its
+# batches in walq.outcome_batches.  A job recorded twice shows twice.
 recorded_sql() {
     cat <<SQL
 SELECT o.job_id, o.status FROM walq.outcomes o WHERE o.group_name = '$1'
 UNION ALL
 SELECT unnest(b.job_ids), 'done' FROM walq.outcome_batches b WHERE b.group_name = '$1'
-UNION ALL
-SELECT j.id, 'done' FROM walq.jobs j JOIN walq.groups g ON g.name = '$1'
- WHERE j.id < g.done_below AND j.queue = ANY (g.done_queues)
-   AND NOT EXISTS (SELECT 1 FROM walq.outcomes o WHERE o.group_name = g.name AND o.job_id = j.id)
-   AND NOT walq.done_in_batch(g.name, j.id)
 SQL
 }
 
