@@ -139,13 +139,20 @@ int64_t walq__parse_duration_us(const char *text)
                  {"d", INT64_C(86400000000)},
                  {"", 1000}};
     char *end;
-    long long v = strtoll(text, &end, 10);
+    long long v;
 
-    if (end == text || v < 0)
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (end == text || v < 0 || errno == ERANGE)
         return -1;
-    for (size_t i = 0; i < WALQ__ARRAY_SIZE(units); i++)
-        if (strcmp(end, units[i].unit) == 0)
-            return (int64_t)v * units[i].us;
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(units); i++) {
+        if (strcmp(end, units[i].unit) != 0)
+            continue;
+        /* Too long to count in microseconds: unreadable, not negative. */
+        if (v > INT64_MAX / units[i].us)
+            return -1;
+        return (int64_t)v * units[i].us;
+    }
     return -1;
 }
 
