@@ -12,6 +12,8 @@ packages=(
     procps util-linux coreutils iproute2
     # Compares the audit trail with pg_recvlogical's output (tests/integration/audit.sh).
     jq
+    # The fuzz targets: clang and its libFuzzer and sanitizer runtimes (docs/fuzzing.md).
+    clang libclang-rt-14-dev
     # Validates docker-compose.yml (tests/integration/compose_config.sh);
     # without its recommends, so no Docker engine comes with it.
     docker-compose
