@@ -157,11 +157,21 @@ typedef struct walq_options {
     int partition;
     int partitions;
     /*
-     * Keep every outcome: make no horizon commands, so that the group's
-     * done jobs stay in walq.outcome_batches and walq.outcomes (storage then
-     * grows with every job) until a reader without it runs.
+     * No longer has an effect: every outcome is kept, exactly, until the
+     * retention period removes its job (walq.set_retention() in SQL).
      */
     int keep_outcomes;
+    /*
+     * The longest the consumer waits for one answer of the primary before it
+     * drops that connection and reconnects with backoff (statements and
+     * lock waits there are bounded by it too); 0: no limit.
+     */
+    int64_t primary_timeout_ms;
+    /*
+     * Payload bytes held in memory (ready, running, waiting for their time
+     * or for their ack) before the stream is paused, beside max_in_flight.
+     */
+    int64_t max_in_flight_bytes;
 } walq_options;
 
 /*
@@ -183,7 +193,8 @@ typedef struct walq_options {
         .backoff_max_ms = 600000, .sql = NULL, .callback = NULL, .callback_payload = NULL,         \
         .coprocess_inflight = 16, .batch_size = 1000, .ack_delay_ms = 10, .max_in_flight = 10000,  \
         .status_interval_ms = 10000, .timer_horizon_ms = 60000, .log = NULL, .log_payload = NULL,  \
-        .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0            \
+        .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0,           \
+        .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456                              \
     }
 
 /*

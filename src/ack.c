@@ -26,6 +26,12 @@
  * one snapshot, so this group's new outcomes come from RETURNING and only the
  * other groups are looked up.  The cursor and the generations the reader has
  * passed the seal of ($12) only move forward.
+ *
+ * An ack whose answer was lost (the primary went silent, the connection
+ * broke) may still have committed, by the time the consumer has its
+ * reader's lock again: the same jobs are then sent again.  A final outcome
+ * row is never written twice; a batch's jobs are left out when a batch of
+ * the group written since the cursor the consumer knows ($15) has them.
  */
 #define ACK_OUTCOMES                                                                               \
     "WITH o AS ("                                                                                  \
@@ -34,6 +40,10 @@
     "           AS o(job_id, status, attempts, last_error, run_at, lsn, generation)"               \
     "   WHERE status <> 'cancelled'"                                                               \
     "), d AS (SELECT * FROM unnest($10::bigint[], $13::int[]) AS d(id, generation)"                \
+    "   WHERE NOT EXISTS (SELECT 1 FROM walq.outcome_batches b"                                    \
+    "                      WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                        \
+    "                        AND b.generation = d.generation AND b.last_id >= d.id"                \
+    "                        AND b.first_id <= d.id AND d.id = ANY (b.job_ids))"                   \
     "), x AS (SELECT min(id) AS lo, max(id) AS hi, array_agg(id) AS b FROM d"                      \
     "), batch AS ("                                                                                \
     "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn, generation)" \
@@ -146,13 +156,15 @@ static int cmp_done(const void *x, const void *y)
 }
 
 /*
- * Whether a job's outcome goes into the batch row: done at the first try,
- * with no row in walq.outcomes that it must overwrite and no dedup key to
- * release.
+ * Whether a job's outcome goes into the batch row: done at the first try
+ * (a row keeps the attempts of one that retried, even when its retry's
+ * record was overtaken by the success before it was written), with no row
+ * in walq.outcomes that it must overwrite and no dedup key to release.
  */
 static int batched(const walq__job *j)
 {
-    return j->pending == WALQ__ST_DONE && !j->has_row && !j->has_dedup;
+    return j->pending == WALQ__ST_DONE && j->pending_attempts == 1 && !j->has_row &&
+           !j->has_dedup;
 }
 
 /*
@@ -170,10 +182,10 @@ static int prepare(walq__ack *a, PGconn *primary)
     if (a->prepared_conn == primary && a->prepared_pid == PQbackendPID(primary))
         return 0;
     for (int i = 0; i < 2; i++) {
-        PGresult *res;
-        int rc = walq__query_result(
-            primary, PQprepare(primary, ack_names[i], sqls[i], WALQ__ACK_PARAMS, NULL), &res,
-            "prepare the ack statement");
+        PGresult *res = NULL;
+        int rc = PQsendPrepare(primary, ack_names[i], sqls[i], WALQ__ACK_PARAMS, NULL)
+                     ? walq__finish_query(primary, &res, "prepare the ack statement")
+                     : walq__query_result(primary, NULL, &res, "prepare the ack statement");
 
         if (rc != 0)
             return rc;
@@ -186,7 +198,8 @@ static int prepare(walq__ack *a, PGconn *primary)
 
 /* Builds the batch's parameters; *sql is the name of the statement to run them with. */
 static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
-                 int32_t sealed_through, const char *params[WALQ__ACK_PARAMS], const char **sql)
+                 uint64_t known, int32_t sealed_through, const char *params[WALQ__ACK_PARAMS],
+                 const char **sql)
 {
     walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
                            &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
@@ -225,7 +238,8 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
         dedup |= j->has_dedup && (j->pending == WALQ__ST_DONE || j->pending == WALQ__ST_DEAD);
         rc |= put_i64(&a->ids, sep, j->id);
         rc |= walq__buf_printf(&a->statuses, "%s%s", sep, status_name(j->pending));
-        rc |= put_i64(&a->attempts, sep, j->attempts);
+        /* Those of the outcome: the job may be running its next attempt by now. */
+        rc |= put_i64(&a->attempts, sep, j->pending_attempts);
         rc |= walq__buf_puts(&a->errors, sep);
         rc |= walq__buf_array_elem(&a->errors, j->last_error);
         if (j->pending == WALQ__ST_SCHEDULED)
@@ -257,23 +271,24 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
     params[11] = a->sealed_text;
     params[12] = a->done_gens.data;
     params[13] = a->gens.data;
+    params[14] = walq__lsn_format(known, a->known_text);
     *sql = ack_names[dedup];
     return 0;
 }
 
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor, int32_t sealed_through)
+                    uint64_t cursor, uint64_t known, int32_t sealed_through)
 {
     const char *params[WALQ__ACK_PARAMS], *sql;
     PGresult *res;
     int rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, sealed_through, params, &sql);
+        rc = build(a, group, slot, cursor, known, sealed_through, params, &sql);
     if (rc == 0)
-        rc = walq__query_result(
-            primary, PQexecPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0), &res,
-            "record outcomes");
+        rc = PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)
+                 ? walq__finish_query(primary, &res, "record outcomes")
+                 : walq__query_result(primary, NULL, &res, "record outcomes");
     if (rc != 0)
         return rc;
     PQclear(res);
@@ -281,7 +296,7 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
 }
 
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor, int32_t sealed_through)
+                   uint64_t cursor, uint64_t known, int32_t sealed_through)
 {
     const char *params[WALQ__ACK_PARAMS], *sql;
     walq__job **jobs;
@@ -289,7 +304,7 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     int rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, sealed_through, params, &sql);
+        rc = build(a, group, slot, cursor, known, sealed_through, params, &sql);
     if (rc != 0)
         return rc;
     if (!PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)) {
@@ -312,6 +327,7 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     a->n = 0;
     a->sent_cursor = cursor;
     a->sent_sealed_through = sealed_through;
+    a->sent_at = walq__mono_us();
     a->inflight = 1;
     return 0;
 }
@@ -339,7 +355,8 @@ int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished)
     *finished = 0;
     if (!a->inflight)
         return 0;
-    if (!PQconsumeInput(primary)) {
+    /* A connection that does not block may hold part of the statement still. */
+    if (PQflush(primary) < 0 || !PQconsumeInput(primary)) {
         *finished = 1;
         return collect(a, primary);
     }
@@ -351,16 +368,16 @@ int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished)
 
 int walq__ack_wait(walq__ack *a, PGconn *primary)
 {
-    int finished = 0, rc = 0;
+    int rc;
 
-    while (a->inflight && rc == 0 && !finished) {
-        struct pollfd p = {.fd = PQsocket(primary), .events = POLLIN};
-
-        if (poll(&p, 1, 1000) < 0 && errno != EINTR)
-            return walq__error(WALQ_ESYS, NULL, "poll failed: %s", strerror(errno));
-        rc = walq__ack_poll(a, primary, &finished);
+    if (!a->inflight)
+        return 0;
+    rc = walq__wait_result(primary, "record outcomes");
+    if (rc != 0) {
+        a->inflight = 0;
+        return rc;
     }
-    return rc;
+    return collect(a, primary);
 }
 
 void walq__ack_requeue(walq__ack *a)

@@ -28,7 +28,7 @@ typedef struct walq__ack {
     walq__buf done_ids, done_gens; /* the batch rows: jobs done at their first attempt */
     walq__ack_done *done;
     size_t done_cap;
-    char cursor_text[32], done_lsn_text[32], sealed_text[32];
+    char cursor_text[32], done_lsn_text[32], sealed_text[32], known_text[32];
     /*
      * The batch of the statement in flight (walq__ack_send), while the next
      * one gathers in jobs.  At most one statement is in flight.
@@ -37,6 +37,7 @@ typedef struct walq__ack {
     size_t nsent, sentcap;
     uint64_t sent_cursor;
     int32_t sent_sealed_through;
+    int64_t sent_at; /* monotonic: when it was sent */
     int inflight;
     /* The session the statements are prepared in. */
     PGconn *prepared_conn;
@@ -50,17 +51,19 @@ typedef struct walq__ack {
 int walq__ack_add(walq__ack *a, walq__job *job);
 
 /* The ack statement's parameters. */
-#define WALQ__ACK_PARAMS 14
+#define WALQ__ACK_PARAMS 15
 
 /*
  * Writes the batch, the cursor and the last generation whose seal the
  * reader's cursor has passed (sealed_through: every job of the reader in it,
  * and in those before, has an outcome) in one statement.  The batch is left
  * as it was: on success the caller walks a->jobs and empties it; on failure
- * it can try again later with more added.
+ * it can try again later with more added.  known is the cursor the caller
+ * knows committed: a batch written since then may hold the same jobs, sent
+ * by an ack whose answer was lost.
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                    uint64_t cursor, int32_t sealed_through);
+                    uint64_t cursor, uint64_t known, int32_t sealed_through);
 
 /*
  * The same, without waiting: the statement is sent and the batch moves to
@@ -70,12 +73,15 @@ int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char
  * Nothing else may use the connection while a->inflight.
  */
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
-                   uint64_t cursor, int32_t sealed_through);
+                   uint64_t cursor, uint64_t known, int32_t sealed_through);
 
 /* Collects the result if it is in: *finished then, and the statement's outcome. */
 int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished);
 
-/* Blocks until the statement in flight, if any, is finished. */
+/*
+ * Waits until the statement in flight, if any, is finished, within the
+ * bounds of the thread's waiter (db.h).
+ */
 int walq__ack_wait(walq__ack *a, PGconn *primary);
 
 void walq__ack_requeue(walq__ack *a);

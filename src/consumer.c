@@ -37,6 +37,7 @@ typedef struct tentative {
     int64_t run_at;
     /* The job's fields before, restored if the transaction fails. */
     walq__status old_pending;
+    int32_t old_pending_attempts;
     char *old_error;
     int64_t old_run_at;
 } tentative;
@@ -73,6 +74,8 @@ struct walq_consumer {
     int slot_gone;    /* the slot was lost while streaming: start over */
     int flush_failed; /* an ack transaction failed: hold confirmations back */
     int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
+    walq__waiter waiter; /* what waits on a server do meanwhile, and their bound */
+    int reached;         /* set-up reached both servers once */
     walq__txn *cur;   /* the transaction being received, NULL between them */
 
     /* Set-up and recovery. */
@@ -148,6 +151,7 @@ static int record(walq_consumer *c, walq__job *job, walq__status st, const char 
     free(job->last_error);
     job->last_error = text;
     job->pending = st;
+    job->pending_attempts = job->attempts;
     return walq__ack_add(&c->ack, job);
 }
 
@@ -235,6 +239,7 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
     t->run_at = 0;
     t->st = walq__sched_decide(&c->sched, job, v, &t->run_at);
     t->old_pending = job->pending;
+    t->old_pending_attempts = job->pending_attempts;
     t->old_error = job->last_error;
     t->old_run_at = job->run_at;
     job->last_error = NULL;
@@ -243,6 +248,7 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
         return WALQ_ENOMEM;
     }
     job->pending = t->st;
+    job->pending_attempts = job->attempts;
     if (t->st == WALQ__ST_SCHEDULED)
         job->run_at = t->run_at;
     c->ntent++;
@@ -275,6 +281,7 @@ static void tentative_undo(walq_consumer *c, size_t batch_before)
         free(job->last_error);
         job->last_error = c->tent[i].old_error;
         job->pending = c->tent[i].old_pending;
+        job->pending_attempts = c->tent[i].old_pending_attempts;
         job->run_at = c->tent[i].old_run_at;
     }
     c->ntent = 0;
@@ -306,7 +313,7 @@ static size_t in_ack_waiting(const walq_consumer *c)
 
 static void primary_lost(walq_consumer *c)
 {
-    walq__retry_failed(&c->primary_retry, &c->log);
+    walq__retry_lost(&c->primary_retry, &c->log, "the primary");
     if (c->ack.inflight) {
         /* Its result will never come: the batch is written again. */
         c->ack.inflight = 0;
@@ -331,13 +338,26 @@ static void primary_lost(walq_consumer *c)
  * starts over.  A lock still held at the old epoch is this process's own
  * previous session, not yet gone: that is retried.
  */
+/*
+ * A plain connection of the consumer's: it does not block on sends (waits
+ * are walq__wait_result's, bounded), and its statements are bounded too.
+ */
+static int connect_session(walq_consumer *c, PGconn **conn, const char *conninfo)
+{
+    int rc = walq__connect(conn, conninfo, WALQ__CONN_SQL, "walq consume");
+
+    if (rc == 0 && PQsetnonblocking(*conn, 1) != 0)
+        rc = walq__error(WALQ_ECONN, NULL, "could not make a connection non-blocking");
+    if (rc == 0)
+        rc = walq__reg_session(*conn, c->o.primary_timeout_ms);
+    return rc;
+}
+
 static int connect_primary(walq_consumer *c)
 {
     walq__reg_lock lk;
-    int rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
+    int rc = connect_session(c, &c->pconn, c->primary);
 
-    if (rc == 0)
-        rc = walq__reg_session(c->pconn);
     if (rc == 0)
         rc = walq__reg_try_lock(&c->rg, c->pconn, &lk);
     if (rc == 0 && lk.epoch != c->epoch) {
@@ -445,7 +465,7 @@ static int flush_in_ack(walq_consumer *c)
     if (rc == 0) {
         release_txns(c);
         rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn,
-                             c->seals.through);
+                             c->rd.durable, c->seals.through);
     }
     if (rc == 0 && with_jobs)
         rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
@@ -453,8 +473,8 @@ static int flush_in_ack(walq_consumer *c)
         /* Nothing was recorded: the batch stays for the next try. */
         c->flush_failed = 1;
         if (with_jobs) {
-            if (PQstatus(c->pconn) == CONNECTION_OK)
-                PQclear(PQexec(c->pconn, "ROLLBACK"));
+            if (PQstatus(c->pconn) == CONNECTION_OK && rc != WALQ_ECONN)
+                walq__exec(c->pconn, "roll back the ack transaction", "ROLLBACK");
             c->h->in_ack->end(c->h, 0);
             tentative_undo(c, batch_before);
         }
@@ -498,7 +518,8 @@ static int flush_acks(walq_consumer *c)
     if (c->h->in_ack != NULL)
         return flush_in_ack(c);
     release_txns(c);
-    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->seals.through);
+    return walq__ack_send(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->rd.durable,
+                          c->seals.through);
 }
 
 /* Is it time to write the batch? */
@@ -677,15 +698,26 @@ static const walq__reader_ops reader_ops = {on_begin, on_row, on_commit, on_idle
  */
 static int load_timers(walq_consumer *c, int64_t after, int64_t until)
 {
+    size_t room = walq__sched_room(&c->sched);
     PGresult *res;
     int rc, n = 0, later = 0;
 
     rc = settle_acks(c);
-    if (rc != 0 || c->pconn == NULL)
+    if (rc != 0 || c->pconn == NULL || room == 0)
         return rc;
-    rc = walq__reg_timers(&c->rg, c->pconn, after, until, &res);
+    rc = walq__reg_timers(&c->rg, c->pconn, after, until, room, &res);
     if (rc != 0)
         return rc;
+    /*
+     * As many as there is room for: the window ends just before the last
+     * one's time (those of that time that are here already stay, once).
+     */
+    if ((size_t)PQntuples(res) == room) {
+        walq__job_row last;
+
+        walq__reg_job_row(res, PQntuples(res) - 1, &last);
+        until = last.run_at - 1 > after ? last.run_at - 1 : after;
+    }
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
         walq__job_row row;
         walq__job *job;
@@ -732,6 +764,20 @@ static int backfill_done(walq_consumer *c)
 }
 
 /*
+ * The source's connection broke while the backlog was read from it: what is
+ * recorded is safe, and set-up starts over (as for a lost slot), reading the
+ * backlog again from a new snapshot.
+ */
+static int source_lost(walq_consumer *c)
+{
+    walq__warn(&c->log, "%s; finishing the running jobs, then reading the backlog again",
+               walq_last_error());
+    walq__reader_close(&c->rd);
+    c->slot_gone = 1;
+    return 0;
+}
+
+/*
  * The next page of the backlog: jobs of the group's queues that were
  * committed before the slot's consistent point and have no outcome.
  */
@@ -745,12 +791,16 @@ static int backfill_page(walq_consumer *c)
     if (rc != 0 || c->pconn == NULL)
         return rc;
     rc = walq__reg_backlog_page(c->sconn, &page);
+    if (rc == 0 && PQntuples(page) == 0) {
+        PQclear(page);
+        rc = backfill_done(c);
+        if (rc == 0)
+            return 0;
+    }
+    if (rc == WALQ_ECONN)
+        return source_lost(c);
     if (rc != 0)
         return rc;
-    if (PQntuples(page) == 0) {
-        PQclear(page);
-        return backfill_done(c);
-    }
     rc = walq__reg_backlog_known(&c->rg, c->pconn, page, &known);
     for (int i = 0; rc == 0 && i < PQntuples(page); i++) {
         walq__reg_known k = walq__reg_known_at(known, i);
@@ -817,19 +867,19 @@ static int connect_both(walq_consumer *c, char *source_id, size_t len)
     walq__source_info src;
     int rc;
 
-    rc = walq__connect(&c->pconn, c->primary, WALQ__CONN_SQL, "walq consume");
+    rc = connect_session(c, &c->pconn, c->primary);
     if (rc == 0)
         rc = walq__schema_check(c->pconn);
     if (rc == 0 && c->sql != NULL)
         rc = walq__reg_check_sql(c->pconn, c->sql);
     if (rc == 0)
-        rc = walq__reg_session(c->pconn);
-    if (rc == 0)
-        rc = walq__connect(&c->sconn, c->source, WALQ__CONN_SQL, "walq consume");
+        rc = connect_session(c, &c->sconn, c->source);
     if (rc == 0)
         rc = walq__source_check(c->sconn, &src);
     if (rc == 0)
         rc = walq__source_system_id(c->sconn, source_id, len);
+    if (rc == 0)
+        c->reached = 1;
     if (rc == 0 && src.standby) {
         char name[128];
 
@@ -904,7 +954,8 @@ static int resync(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
     int32_t sealed = 0;
     int rc = 0;
 
-    if (si->exists)
+    rc = walq__reg_resync_begins(&c->rg, c->pconn);
+    if (rc == 0 && si->exists)
         rc = walq__reader_drop_slot(&c->rd);
     if (rc == 0)
         rc = walq__reader_create_slot(&c->rd, &consistent, snapshot, sizeof(snapshot),
@@ -1113,6 +1164,16 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
     rc = walq__reader_tick(&c->rd, now, c->ack.n == 0);
     if (rc == 0 && c->sched.in_memory == 0)
         rc = walq__reader_ping(&c->rd, now);
+    /* The ack in flight has as long as any other answer of the primary. */
+    if (rc == 0 && c->ack.inflight && c->waiter.timeout_us > 0 &&
+        now - c->ack.sent_at > c->waiter.timeout_us) {
+        char name[128];
+
+        rc = walq__error(WALQ_ECONN, NULL,
+                         "could not record outcomes: \"%s\" did not answer within %.1f s",
+                         walq__conn_name(c->pconn, name, sizeof(name)),
+                         (double)c->waiter.timeout_us / 1e6);
+    }
     if (rc == 0 && !stopping && c->pconn != NULL && now >= c->next_maintain) {
         rc = settle_acks(c);
         if (rc == 0 && c->pconn != NULL)
@@ -1167,7 +1228,15 @@ static int phase_wait(walq_consumer *c, walq__wait *w, int64_t now, int stopping
     if (!c->backfilling && c->pconn != NULL)
         flags |= WALQ__WAIT_START;
     walq__reader_wait_begin(&c->rd, w, now, flags);
-    *ack_idx = c->ack.inflight && c->pconn ? walq__wait_add(w, PQsocket(c->pconn), POLLIN) : -1;
+    *ack_idx = -1;
+    if (c->ack.inflight && c->pconn != NULL) {
+        /* A connection that does not block may hold part of the statement still. */
+        short events = PQflush(c->pconn) == 1 ? POLLIN | POLLOUT : POLLIN;
+
+        *ack_idx = walq__wait_add(w, PQsocket(c->pconn), events);
+        if (c->waiter.timeout_us > 0)
+            walq__wait_until(w, c->ack.sent_at + c->waiter.timeout_us);
+    }
     w->n += c->h->ops->fds(c->h, w->pfd + w->n, w->cap - w->n, now, &w->wake_at);
     if (c->ack.n > 0)
         walq__wait_until(w, c->ack.oldest + c->ack_delay_us);
@@ -1302,16 +1371,53 @@ static void close_all(walq_consumer *c)
     c->sconn = c->pconn = NULL;
 }
 
+/*
+ * While the consumer waits on a server: status updates go on, handlers past
+ * their timeout are killed, and a stop at once ends the wait.
+ */
+static int wait_tick(void *arg)
+{
+    walq_consumer *c = arg;
+    int64_t now = walq__mono_us();
+
+    settle_durable(c);
+    walq__reader_tick(&c->rd, now, 0);
+    if (c->h->ops->kill_overdue != NULL)
+        c->h->ops->kill_overdue(c->h, now);
+    return c->rd.stop_req == 2;
+}
+
+/*
+ * Set-up failed after both servers were reached (the primary read-only, a
+ * lock timeout, a connection lost meanwhile): tried again with backoff, as
+ * in the loop.  A failure to connect in the first place is the caller's to
+ * see.  Returns whether to try again.
+ */
+static int setup_again(walq_consumer *c, int rc, walq__retry *again)
+{
+    if (rc != WALQ_ECONN || !c->reached || c->rd.stop_req)
+        return 0;
+    walq__retry_failed(again, &c->log);
+    while (!walq__retry_due(again, walq__mono_us()))
+        if (walq__reader_nap(&c->rd, 100))
+            return 0;
+    return 1;
+}
+
 int walq_consumer_run(walq_consumer *c)
 {
+    const walq__waiter *old = walq__waiter_set(&c->waiter);
+    walq__retry again = {0};
     int rc;
 
     c->errmsg[0] = '\0';
+    c->reached = 0;
     for (;;) {
         rc = setup(c);
         if (rc == 0)
             rc = loop(c);
-        if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced) || c->rd.stop_req)
+        if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced || setup_again(c, rc, &again)) ||
+            c->rd.stop_req)
             break;
         /* Everything recorded is safe in the table; the rest comes back. */
         reset_memory(c);
@@ -1321,6 +1427,7 @@ int walq_consumer_run(walq_consumer *c)
         set_errmsg(c);
     reset_memory(c);
     close_all(c);
+    walq__waiter_set(old);
     return rc;
 }
 
@@ -1386,10 +1493,15 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
     walq__reader_config rcfg = {
         c->source, "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
         o->drain,  &reader_ops,    c,       &c->log};
-    walq__sched_config sc = {(size_t)o->max_in_flight, o->timer_horizon_ms * 1000,
-                             o->backoff_min_ms * 1000, o->backoff_max_ms * 1000, &c->log};
+    walq__sched_config sc = {(size_t)o->max_in_flight,      (size_t)o->max_in_flight_bytes,
+                             o->timer_horizon_ms * 1000,     o->backoff_min_ms * 1000,
+                             o->backoff_max_ms * 1000,       &c->log};
     int rc;
 
+    /* A little longer than the server's own statement and lock timeouts. */
+    c->waiter.timeout_us = o->primary_timeout_ms ? o->primary_timeout_ms * 1000 + 2000000 : 0;
+    c->waiter.tick = wait_tick;
+    c->waiter.arg = c;
     c->rg = (walq__registry){c->group,
                              c->slot,
                              c->route.partition,

@@ -1,4 +1,6 @@
 /* Connections, migrations and schema checks. */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,22 +389,131 @@ int walq__connect(PGconn **out, const char *conninfo, walq__conn_kind kind, cons
 
 int walq__conn_failed(PGconn *conn, const PGresult *res)
 {
+    /*
+     * Besides a lost connection: the server takes no writes now (25006: a
+     * standby, or default_transaction_read_only), a lock or statement waited
+     * past its timeout (55P03, 57014), a serialization failure or deadlock
+     * (40001, 40P01), too many connections or another shortage (class 53).
+     * All pass; what failed is tried again, with backoff.
+     */
+    static const char *const transient[] = {"08", "57P0", "25006", "55P03", "57014",
+                                            "40001", "40P01", "53"};
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
     if (PQstatus(conn) == CONNECTION_BAD || res == NULL)
         return 1;
-    /* Class 08 is connection exceptions; 57P0x are shutdowns and crashes. */
-    if (state != NULL)
-        return strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0;
+    if (state != NULL) {
+        for (size_t i = 0; i < WALQ__ARRAY_SIZE(transient); i++)
+            if (strncmp(state, transient[i], strlen(transient[i])) == 0)
+                return 1;
+        return 0;
+    }
     /* Errors made by libpq itself carry no SQLSTATE. */
     return PQresultStatus(res) == PGRES_FATAL_ERROR;
+}
+
+/* ------------------------------------------------------------------ */
+/* Waiting for a server, within bounds                                 */
+
+/* The calling thread's: set while a consumer runs. */
+static _Thread_local const walq__waiter *current_waiter;
+
+const walq__waiter *walq__waiter_set(const walq__waiter *w)
+{
+    const walq__waiter *old = current_waiter;
+
+    current_waiter = w;
+    return old;
+}
+
+/* Waits so long, then the connection is given up for lost. */
+static int gave_up(PGconn *conn, const char *what, int64_t timeout_us)
+{
+    char name[128];
+
+    return walq__error(WALQ_ECONN, NULL, "could not %s: \"%s\" did not answer within %.1f s", what,
+                       walq__conn_name(conn, name, sizeof(name)), (double)timeout_us / 1e6);
+}
+
+int walq__wait_result(PGconn *conn, const char *what)
+{
+    const walq__waiter *w = current_waiter;
+    int64_t start = walq__mono_us(), deadline = 0;
+
+    if (w != NULL && w->timeout_us > 0)
+        deadline = start + w->timeout_us;
+    for (;;) {
+        int flushed = PQflush(conn), ms = 100, n;
+        struct pollfd p = {.fd = PQsocket(conn), .events = POLLIN};
+        int64_t now;
+
+        /* A failure to send shows in the results. */
+        if (flushed < 0 || (flushed == 0 && !PQisBusy(conn)))
+            return 0;
+        now = walq__mono_us();
+        if (deadline != 0 && now >= deadline)
+            return gave_up(conn, what, w->timeout_us);
+        if (deadline != 0 && (deadline - now) / 1000 < ms)
+            ms = (int)((deadline - now + 999) / 1000);
+        if (flushed == 1)
+            p.events |= POLLOUT;
+        n = poll(&p, 1, ms);
+        if (n < 0 && errno != EINTR)
+            return walq__error(WALQ_ESYS, NULL, "poll failed: %s", strerror(errno));
+        if (n > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(conn))
+            return 0;
+        if (w != NULL && w->tick != NULL && w->tick(w->arg) != 0) {
+            PGcancel *cancel = PQgetCancel(conn);
+            char buf[256];
+
+            /* Stopped at once: the server may stop its statement too. */
+            if (cancel != NULL) {
+                PQcancel(cancel, buf, sizeof(buf));
+                PQfreeCancel(cancel);
+            }
+            return walq__error(WALQ_ECANCELED, NULL, "could not %s: stopped at once", what);
+        }
+    }
+}
+
+/* The results of what was sent: the first that failed, or else the last. */
+static PGresult *collect(PGconn *conn)
+{
+    PGresult *r, *keep = NULL;
+    int keep_failed = 0;
+
+    while ((r = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        int failed = st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY;
+
+        if (keep == NULL || !keep_failed) {
+            PQclear(keep);
+            keep = r;
+            keep_failed = failed;
+        } else {
+            PQclear(r);
+        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            break;
+    }
+    return keep;
+}
+
+int walq__finish_query(PGconn *conn, PGresult **res, const char *what)
+{
+    int rc = walq__wait_result(conn, what);
+
+    *res = NULL;
+    return rc ? rc : walq__query_result(conn, collect(conn), res, what);
 }
 
 int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
                 const char *const *params)
 {
-    return walq__query_result(conn, PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0),
-                              res, what);
+    *res = NULL;
+    if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
+        return walq__query_result(conn, NULL, res, what);
+    return walq__finish_query(conn, res, what);
 }
 
 int walq__query_result(PGconn *conn, PGresult *r, PGresult **res, const char *what)
@@ -437,10 +548,18 @@ int walq__query_result(PGconn *conn, PGresult *r, PGresult **res, const char *wh
 
 int walq__exec(PGconn *conn, const char *what, const char *sql)
 {
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
+    PGresult *res = NULL;
+    ExecStatusType st;
     char msg[1024];
     int code;
+
+    if (PQsendQuery(conn, sql)) {
+        code = walq__wait_result(conn, what);
+        if (code != 0)
+            return code;
+        res = collect(conn);
+    }
+    st = PQresultStatus(res);
 
     /*
      * The simple protocol, unlike walq__query, takes several statements.  A

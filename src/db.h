@@ -82,6 +82,32 @@ int walq__exec(PGconn *conn, const char *what, const char *sql);
  */
 int walq__query_result(PGconn *conn, PGresult *r, PGresult **res, const char *what);
 
+/*
+ * What a wait on a server does meanwhile, and how long it may last: set by
+ * a consumer for its thread, so that while the primary is slow or silent its
+ * status updates, handler timeouts and signals go on.  tick runs every
+ * tenth of a second or so; when it returns non-zero the wait ends with
+ * WALQ_ECANCELED.  A wait that lasts timeout_us (0: no limit) ends with
+ * WALQ_ECONN: the connection is then to be given up.
+ */
+typedef struct walq__waiter {
+    int64_t timeout_us;
+    int (*tick)(void *arg);
+    void *arg;
+} walq__waiter;
+
+/* Makes w the calling thread's waiter (NULL: none); returns the one before. */
+const walq__waiter *walq__waiter_set(const walq__waiter *w);
+
+/*
+ * Sends what a PQsend*() call queued and waits until its results can be
+ * read without blocking, within the thread's waiter's bounds.
+ */
+int walq__wait_result(PGconn *conn, const char *what);
+
+/* The same, then the results checked as walq__query_result does. */
+int walq__finish_query(PGconn *conn, PGresult **res, const char *what);
+
 int walq__query(PGconn *conn, PGresult **res, const char *what, const char *sql, int nparams,
 
                 const char *const *params);

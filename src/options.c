@@ -82,6 +82,7 @@ static int seconds_to_ms(int64_t *out, double seconds, const char *field)
 
 int walq__options_from_v1(walq__options *out, const walq__options_v1 *v1)
 {
+    static const walq_options defaults = WALQ_OPTIONS_INIT;
     walq_options *o = &out->o;
     int rc;
 
@@ -110,6 +111,9 @@ int walq__options_from_v1(walq__options *out, const walq__options_v1 *v1)
     o->partition = v1->partition;
     o->partitions = v1->partitions;
     o->keep_outcomes = v1->keep_outcomes;
+    /* Version 1 had neither: the defaults. */
+    o->primary_timeout_ms = defaults.primary_timeout_ms;
+    o->max_in_flight_bytes = defaults.max_in_flight_bytes;
     if ((rc = seconds_to_ms(&o->timeout_ms, v1->timeout, "timeout")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_min_ms, v1->backoff_min, "backoff_min")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_max_ms, v1->backoff_max, "backoff_max")) != 0 ||
@@ -228,8 +232,15 @@ int walq__options_check(const walq__options *opts)
         (rc = check_duration(o->backoff_max_ms, 0, "backoff_max_ms")) != 0 ||
         (rc = check_duration(o->ack_delay_ms, 0, "ack_delay_ms")) != 0 ||
         (rc = check_duration(o->status_interval_ms, 1, "status_interval_ms")) != 0 ||
-        (rc = check_duration(o->timer_horizon_ms, 100, "timer_horizon_ms")) != 0)
+        (rc = check_duration(o->timer_horizon_ms, 100, "timer_horizon_ms")) != 0 ||
+        (rc = check_duration(o->primary_timeout_ms, 0, "primary_timeout_ms")) != 0)
         return rc;
+    if (o->primary_timeout_ms != 0 && o->primary_timeout_ms < 100)
+        return walq__error(WALQ_EINVAL, "Give 0 for no limit, or at least 100 milliseconds.",
+                           "primary_timeout_ms must not be %lld", (long long)o->primary_timeout_ms);
+    if (o->max_in_flight_bytes < 1)
+        return walq__error(WALQ_EINVAL, NULL, "max_in_flight_bytes must be positive, not %lld",
+                           (long long)o->max_in_flight_bytes);
     if (o->backoff_max_ms < o->backoff_min_ms)
         return walq__error(WALQ_EINVAL, NULL,
                            "backoff_max_ms (%lld) must not be less than backoff_min_ms (%lld)",

@@ -48,12 +48,6 @@ static int query_clear(PGconn *conn, const char *what, const char *sql, int npar
     return rc;
 }
 
-int walq__reg_session(PGconn *primary)
-{
-    return walq__exec(primary, "set up the session",
-                      "SET synchronous_commit = on; SET application_name = 'walq consume'");
-}
-
 int walq__reg_check_sql(PGconn *primary, const char *sql)
 {
     walq__buf text = {0};
@@ -62,7 +56,15 @@ int walq__reg_check_sql(PGconn *primary, const char *sql)
 
     if (walq__buf_printf(&text, "PREPARE walq_sql_check (jsonb, bigint) AS %s", sql) != 0)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    res = PQexec(primary, text.data);
+    res = NULL;
+    if (PQsendQuery(primary, text.data) && walq__wait_result(primary, "check the statement") == 0) {
+        PGresult *r;
+
+        while ((r = PQgetResult(primary)) != NULL) {
+            PQclear(res);
+            res = r;
+        }
+    }
     walq__buf_free(&text);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         walq__pg_message(primary, res, msg, sizeof(msg));
@@ -246,9 +248,19 @@ int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *sourc
     if (rc == 0)
         rc = walq__exec(primary, "commit the reader", "COMMIT");
     walq__buf_free(&queues);
-    if (rc != 0 && PQstatus(primary) == CONNECTION_OK)
-        PQclear(PQexec(primary, "ROLLBACK"));
+    if (rc != 0 && PQstatus(primary) == CONNECTION_OK && rc != WALQ_ECONN)
+        walq__exec(primary, "roll back", "ROLLBACK");
     return rc;
+}
+
+int walq__reg_resync_begins(const walq__registry *rg, PGconn *primary)
+{
+    const char *params[1] = {rg->slot};
+
+    return query_clear(primary, "record that the reader resynchronizes",
+                       "UPDATE walq.readers SET sync_lsn = NULL, sealed_through = 0,"
+                       " updated_at = now() WHERE slot_name = $1",
+                       1, params);
 }
 
 int walq__reg_new_slot(const walq__registry *rg, PGconn *primary, uint64_t consistent)
@@ -342,10 +354,11 @@ void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out)
 }
 
 int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, int64_t until,
-                     PGresult **res)
+                     size_t limit, PGresult **res)
 {
-    num_text a = num(after), u = num(until), k = num(rg->partition), n = num(rg->partitions);
-    const char *params[5] = {rg->group, a.s, u.s, k.s, n.s};
+    num_text a = num(after), u = num(until), k = num(rg->partition), n = num(rg->partitions),
+             l = num((long long)limit);
+    const char *params[6] = {rg->group, a.s, u.s, k.s, n.s, l.s};
 
     return walq__query(primary, res, "read scheduled jobs",
                        "SELECT " JOB_COLUMNS ", " RUN_AT_US("coalesce(o.run_at, j.run_at)") ","
@@ -355,8 +368,9 @@ int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, i
                        " WHERE o.group_name = $1 AND o.status = 'scheduled'"
                        "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
                        "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
-                       "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)",
-                       5, params);
+                       "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)"
+                       " ORDER BY o.run_at LIMIT $6::int8",
+                       6, params);
 }
 
 int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later)
@@ -546,13 +560,26 @@ int walq__reg_retried(const walq__registry *rg, PGconn *primary, int64_t id, PGr
 
 void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log)
 {
-    PGresult *res = PQexec(primary, "SELECT pg_log_standby_snapshot()");
+    PGresult *res;
 
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char msg[512];
+    if (walq__query(primary, &res, "log a standby snapshot on the primary",
+                    "SELECT pg_log_standby_snapshot()", 0, NULL) != 0)
+        walq__debug(log, "%s", walq_last_error());
+    else
+        PQclear(res);
+}
 
-        walq__debug(log, "could not log a standby snapshot on the primary: %s",
-                    walq__pg_message(primary, res, msg, sizeof(msg)));
-    }
-    PQclear(res);
+int walq__reg_session(PGconn *primary, int64_t timeout_ms)
+{
+    char sql[256];
+
+    /*
+     * A statement or lock wait of walq's that lasts longer than the consumer
+     * waits for an answer is ended by the server, with a reason.
+     */
+    snprintf(sql, sizeof(sql),
+             "SET synchronous_commit = on; SET application_name = 'walq consume';"
+             " SET statement_timeout = %lld; SET lock_timeout = %lld",
+             (long long)timeout_ms, (long long)timeout_ms);
+    return walq__exec(primary, "set up the session", sql);
 }

@@ -25,8 +25,11 @@ typedef struct walq__registry {
     const walq__log *log;
 } walq__registry;
 
-/* The session settings every primary connection gets. */
-int walq__reg_session(PGconn *primary);
+/*
+ * The session settings every connection of the consumer gets: its
+ * statements and lock waits end after timeout_ms (0: no limit).
+ */
+int walq__reg_session(PGconn *primary, int64_t timeout_ms);
 
 /*
  * Prepares the sql handler's statement once, so that one that cannot even
@@ -62,6 +65,13 @@ typedef struct walq__reg_reader {
 int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *source,
                         const char *source_id, walq__reg_reader *out);
 
+/*
+ * Before the reader's slot is dropped and made again: until the new slot is
+ * recorded (walq__reg_new_slot), a reader that starts again resynchronizes
+ * again, whatever slot it finds.
+ */
+int walq__reg_resync_begins(const walq__registry *rg, PGconn *primary);
+
 /* The reader's new slot, made at consistent: its resync starts there. */
 int walq__reg_new_slot(const walq__registry *rg, PGconn *primary, uint64_t consistent);
 
@@ -71,11 +81,11 @@ int walq__reg_skips(const walq__registry *rg, PGconn *primary, uint64_t cursor, 
 
 /*
  * The reader's jobs recorded as scheduled with run_at in (after, until]
- * (Unix microseconds), as rows for walq__reg_job_row(); *later says whether
- * some are due after until.
+ * (Unix microseconds), the first limit of them by run_at, as rows for
+ * walq__reg_job_row(); *later says whether some are due after until.
  */
 int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, int64_t until,
-                     PGresult **res);
+                     size_t limit, PGresult **res);
 int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later);
 
 /* Row i of a result of walq__reg_timers, the backlog or a retried job. */

@@ -21,6 +21,9 @@ typedef struct walq__retry {
  */
 void walq__retry_failed(walq__retry *r, const walq__log *lg);
 
+/* The same, saying what was lost first ("lost the primary: ..."). */
+void walq__retry_lost(walq__retry *r, const walq__log *lg, const char *what);
+
 /* A try succeeded: the next failure waits the shortest delay again. */
 void walq__retry_ok(walq__retry *r);
 

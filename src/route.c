@@ -136,8 +136,13 @@ int walq__route_job_row(const walq__change *ch, walq__job_row *out)
     out->has_dedup = dedup != NULL && dedup->kind == WALQ__V_STR;
     /* A row of the tables before generations is of the first one. */
     out->generation = gen != NULL && gen->kind == WALQ__V_INT ? (int32_t)gen->i : 1;
+    /*
+     * What walq schedules: the years 1 to 9999, as the CHECK jobs_run_at_range
+     * on walq.jobs allows (infinity parses, and is refused here).
+     */
     if (run_at != NULL && run_at->kind == WALQ__V_STR &&
-        walq__parse_timestamp(run_at->str, run_at->len, &out->run_at) != 0)
+        (walq__parse_timestamp(run_at->str, run_at->len, &out->run_at) != 0 ||
+         out->run_at < WALQ__RUN_AT_MIN || out->run_at >= WALQ__RUN_AT_END))
         out->bad_run_at = run_at->str;
     return 0;
 }

@@ -49,6 +49,10 @@ void walq__route_set_skip(walq__route *rt, int64_t *ids, size_t n);
 
 void walq__route_free(walq__route *rt);
 
+/* The run_at walq schedules, in Unix microseconds: from 0001-01-01 to before 10000-01-01 UTC. */
+#define WALQ__RUN_AT_MIN INT64_C(-62135596800000000)
+#define WALQ__RUN_AT_END INT64_C(253402300800000000)
+
 /*
  * The job an insert into walq.jobs brings, its strings borrowed from ch.
  * WALQ_EDECODE when the row has no usable id or queue; an unreadable run_at

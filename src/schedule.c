@@ -353,6 +353,7 @@ void walq__sched_clear(walq__sched *s)
         walq__sched_forget(s, job);
     walq__idset_clear(&s->live);
     s->in_memory = s->retry_timers = 0;
+    s->bytes = 0;
 }
 
 void walq__sched_free(walq__sched *s)
@@ -385,6 +386,7 @@ walq__job *walq__sched_job(walq__sched *s, const walq__job_row *row)
         walq__job_free(job);
         return NULL;
     }
+    s->bytes += job->payload_len;
     return job;
 }
 
@@ -396,6 +398,7 @@ int walq__sched_has(const walq__sched *s, int64_t id)
 void walq__sched_forget(walq__sched *s, walq__job *job)
 {
     walq__idset_del(&s->live, job->id);
+    s->bytes -= job->payload_len < s->bytes ? job->payload_len : s->bytes;
     walq__job_free(job);
 }
 
@@ -429,6 +432,12 @@ static void offload(walq__sched *s, walq__job *job)
 {
     job->state = WALQ__JOB_ACKING;
     s->timers_offloaded = 1;
+    /*
+     * One left to the table for want of room, not for its time: the window
+     * of timers in memory ends before it, so that the next load reads it.
+     */
+    if (job->run_at <= s->timers_until)
+        s->timers_until = job->run_at - 1;
 }
 
 int walq__sched_admit(walq__sched *s, walq__job *job, int64_t now_wall, int *record_scheduled)
@@ -436,7 +445,11 @@ int walq__sched_admit(walq__sched *s, walq__job *job, int64_t now_wall, int *rec
     *record_scheduled = 0;
     if (job->run_at > now_wall + 1000) {
         *record_scheduled = 1;
-        if (job->run_at > s->timers_until) {
+        /*
+         * Beyond the timers in memory, or no room for it: its record is
+         * enough, and it comes back from the table nearer its time.
+         */
+        if (job->run_at > s->timers_until || walq__sched_full(s)) {
             s->in_memory++; /* until the record commits */
             offload(s, job);
             return 0;
@@ -513,7 +526,7 @@ int walq__sched_settle(walq__sched *s, walq__job *job, walq__status st, int64_t 
         job->run_at = run_at;
         walq__debug(s->cfg.log, "job %lld attempt %d failed, retrying: %s", (long long)job->id,
                     job->attempts, err ? err : "");
-        if (run_at > s->timers_until) {
+        if (run_at > s->timers_until || walq__sched_full(s)) {
             offload(s, job);
             return 0;
         }
@@ -549,7 +562,12 @@ void walq__sched_withdraw(walq__sched *s, walq__job *job)
 
 int walq__sched_full(const walq__sched *s)
 {
-    return s->in_memory >= s->cfg.max_in_flight;
+    return s->live.n >= s->cfg.max_in_flight || s->bytes >= s->cfg.max_bytes;
+}
+
+size_t walq__sched_room(const walq__sched *s)
+{
+    return walq__sched_full(s) ? 0 : s->cfg.max_in_flight - s->live.n;
 }
 
 int64_t walq__sched_next_due(const walq__sched *s, int64_t now_mono, int64_t now_wall)

@@ -47,8 +47,9 @@ typedef struct walq_job {
     int has_dedup;   /* holds a dedup key, which its final outcome releases */
     int has_row;     /* walq.outcomes has a row for it, which its outcomes update */
     size_t heap_idx;
-    /* The outcome waiting for the next ack transaction. */
+    /* The outcome waiting for the next ack transaction, and the attempts it counts. */
     walq__status pending;
+    int32_t pending_attempts;
     int pending_idx; /* index in the ack batch, -1 if none */
     char *last_error;
     void *handler_ctx; /* the run stage's per-job state */
@@ -149,7 +150,8 @@ typedef struct walq__job_row {
  * outcome is acked; the run stage borrows them while they run.
  */
 typedef struct walq__sched_config {
-    size_t max_in_flight;     /* jobs ready, running or being acked, at most */
+    size_t max_in_flight;     /* jobs in memory, at most, whatever their state */
+    size_t max_bytes;         /* their payloads' bytes, at most */
     int64_t timer_horizon_us; /* scheduled jobs due within it are kept in memory */
     int64_t backoff_min_us, backoff_max_us;
     const walq__log *log;
@@ -159,7 +161,8 @@ typedef struct walq__sched {
     walq__sched_config cfg;
     walq__heap ready, timers;
     walq__idset live;    /* ids of the jobs in memory: never two copies of one */
-    size_t in_memory;    /* ready, running and final-but-unacked jobs */
+    size_t in_memory;    /* ready, running and final-but-unacked jobs (not timers) */
+    size_t bytes;        /* payload bytes of every job in memory, timers too */
     size_t retry_timers; /* timers that are retries, which --drain waits for */
     /*
      * Scheduled jobs due before timers_until are all in memory; later ones
@@ -230,8 +233,14 @@ walq__job *walq__sched_find_waiting(walq__sched *s, int64_t id);
 /* A waiting job found so is taken out to be released (cancelled). */
 void walq__sched_withdraw(walq__sched *s, walq__job *job);
 
-/* Is memory full: should the reading of new jobs pause? */
+/*
+ * Is memory full: should the reading of new jobs pause?  Every job in
+ * memory counts, timers included, by number and by payload bytes.
+ */
 int walq__sched_full(const walq__sched *s);
+
+/* How many more jobs memory has room for now (0 when full). */
+size_t walq__sched_room(const walq__sched *s);
 
 /* Monotonic deadline of the next timer, given both clocks now; 0: none. */
 int64_t walq__sched_next_due(const walq__sched *s, int64_t now_mono, int64_t now_wall);

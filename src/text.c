@@ -6,12 +6,13 @@
 
 size_t walq__utf8_seq(const unsigned char *s, size_t len)
 {
-    unsigned c = s[0];
+    unsigned c;
     size_t n;
     unsigned cp, min;
 
-    if (len == 0 || c == 0)
+    if (len == 0 || s[0] == 0)
         return 0;
+    c = s[0];
     if (c < 0x80)
         return 1;
     if (c >= 0xC2 && c <= 0xDF) {

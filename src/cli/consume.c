@@ -93,9 +93,8 @@ static void consume_help(void)
            "                          partition walq.partition_of(j, N)\n"
            "  --concurrency N         handlers running at once (default 1)\n"
            "  --drain                 exit once the jobs committed before the start are done\n"
-           "  --keep-outcomes         keep every outcome in walq.outcome_batches and\n"
-           "                          walq.outcomes instead of compacting the done ones\n"
-           "                          below the group's horizon\n"
+           "  --keep-outcomes         accepted for compatibility: every outcome is kept\n"
+           "                          until the retention removes its job\n"
            "  --noop                  record every job done without running anything\n"
            "  --coprocess             run --concurrency long-lived PROGRAMs that take jobs\n"
            "                          as JSON lines on stdin and reply on stdout\n"
@@ -107,6 +106,10 @@ static void consume_help(void)
            "  --backoff-max SECONDS   longest retry delay (default 600)\n"
            "  --batch-size N          outcomes per ack transaction (default 1000)\n"
            "  --max-in-flight N       jobs in memory before reading pauses (default 10000)\n"
+           "  --max-in-flight-bytes N payload bytes in memory before reading pauses\n"
+           "                          (default 268435456, 256 MiB)\n"
+           "  --primary-timeout SEC   longest wait for one answer of the primary before\n"
+           "                          walq reconnects (default 10; 0: no limit)\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
            "  --timer-horizon SEC     scheduled jobs due within this are kept in memory;\n"
            "                          later ones are read from the table nearer their\n"
@@ -134,6 +137,8 @@ enum {
     O_BMAX,
     O_BATCH,
     O_INFLIGHT,
+    O_INFLIGHT_BYTES,
+    O_PRIMARY_TIMEOUT,
     O_STATUS,
     O_SOURCE,
     O_PRIMARY,
@@ -164,6 +169,8 @@ static const struct option consume_longopts[] = {
     {"batch-size", required_argument, NULL, O_BATCH},
     {"ack-delay-ms", required_argument, NULL, O_ACKDELAY},
     {"max-in-flight", required_argument, NULL, O_INFLIGHT},
+    {"max-in-flight-bytes", required_argument, NULL, O_INFLIGHT_BYTES},
+    {"primary-timeout", required_argument, NULL, O_PRIMARY_TIMEOUT},
     {"status-interval", required_argument, NULL, O_STATUS},
     {"source", required_argument, NULL, O_SOURCE},
     {"primary", required_argument, NULL, O_PRIMARY},
@@ -252,6 +259,23 @@ static int parse_args(consume_args *a, int argc, char **argv)
                 bad = "--ack-delay-ms takes milliseconds from 0 to 60000";
             else
                 o->ack_delay_ms = n;
+            break;
+        case O_INFLIGHT_BYTES: {
+            char *end;
+            long long v;
+
+            errno = 0;
+            v = strtoll(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' || v < 1)
+                bad = "--max-in-flight-bytes takes a positive whole number of bytes";
+            else
+                o->max_in_flight_bytes = v;
+            break;
+        }
+        case O_PRIMARY_TIMEOUT:
+            if (parse_seconds(optarg, 0, 1, &o->primary_timeout_ms) ||
+                (o->primary_timeout_ms != 0 && o->primary_timeout_ms < 100))
+                bad = "--primary-timeout takes seconds, 0 for no limit or at least 0.1";
             break;
         case O_INFLIGHT:
             if (parse_int(optarg, 1, 10000000, &o->max_in_flight))
