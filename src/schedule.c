@@ -143,6 +143,7 @@ walq__txn *walq__txnq_open(walq__txnq *q, uint64_t end_lsn)
         return NULL;
     t->end_lsn = t->through = end_lsn;
     t->open = 1;
+    t->prev = q->tail;
     if (q->tail)
         q->tail->next = t;
     else
@@ -162,6 +163,8 @@ static void pop_finished(walq__txnq *q)
         q->head = t->next;
         if (q->head == NULL)
             q->tail = NULL;
+        else
+            q->head->prev = NULL;
         q->len--;
         free(t);
     }
@@ -175,10 +178,8 @@ void walq__txnq_close(walq__txnq *q, walq__txn *t)
      * one reaches; it needs no entry of its own.
      */
     if (t->outstanding == 0 && t == q->tail && q->head != t) {
-        walq__txn *prev = q->head;
+        walq__txn *prev = t->prev;
 
-        while (prev->next != t)
-            prev = prev->next;
         prev->through = t->through;
         prev->next = NULL;
         q->tail = prev;

@@ -89,6 +89,7 @@ struct walq__txn {
     size_t outstanding;
     int open; /* still receiving jobs (or a backfill still fetching) */
     walq__txn *next;
+    walq__txn *prev; /* so that closing the tail costs no walk */
 };
 
 typedef struct walq__txnq {

@@ -124,6 +124,35 @@ START_TEST(txnq_idle_ignored_while_busy)
 }
 END_TEST
 
+/*
+ * Empty transactions behind a long queue fold into its tail, each without a
+ * walk of the queue, and the cursor then reaches the last of them.
+ */
+START_TEST(txnq_empty_transactions_fold_into_the_tail)
+{
+    walq__txnq q = {0};
+    enum { BUSY = 50000, EMPTY = 50000 };
+    walq__txn **busy = calloc(BUSY, sizeof(*busy));
+
+    ck_assert_ptr_nonnull(busy);
+    for (int i = 0; i < BUSY; i++) {
+        busy[i] = walq__txnq_open(&q, 100 + (uint64_t)i);
+        busy[i]->outstanding = 1;
+        walq__txnq_close(&q, busy[i]);
+    }
+    for (int i = 0; i < EMPTY; i++)
+        walq__txnq_close(&q, walq__txnq_open(&q, 100 + BUSY + (uint64_t)i));
+    ck_assert_uint_eq(q.len, BUSY);
+    ck_assert_uint_eq(q.tail->through, 100 + BUSY + EMPTY - 1);
+    for (int i = 0; i < BUSY; i++)
+        walq__txnq_record(&q, busy[i]);
+    ck_assert_ptr_null(q.head);
+    ck_assert_uint_eq(q.safe_lsn, 100 + BUSY + EMPTY - 1);
+    walq__txnq_free(&q);
+    free(busy);
+}
+END_TEST
+
 START_TEST(backoff_grows_within_bounds)
 {
     uint64_t rng = 42;
@@ -185,6 +214,7 @@ static Suite *schedule_suite(void)
     tcase_add_test(tc, txnq_cursor_waits_for_oldest);
     tcase_add_test(tc, txnq_open_transaction_blocks);
     tcase_add_test(tc, txnq_idle_ignored_while_busy);
+    tcase_add_test(tc, txnq_empty_transactions_fold_into_the_tail);
     tcase_add_test(tc, backoff_grows_within_bounds);
     tcase_add_test(tc, idset_matches_a_reference);
     suite_add_tcase(s, tc);
