@@ -10,7 +10,8 @@
 # Parts: drain (backlog drain, server CPU, dead tuples), subscriber (server
 # CPU on the primary in the subscriber topology, 1 and 3 groups), e2e
 # (producer and consumer at once), latency (commit to handler start at 500
-# jobs/s), backlog (consumer memory and outcome storage over a 1M-job run).
+# jobs/s), backlog (consumer memory, and walq's storage over a 1M-job run
+# that outlasts a short retention).
 set -euo pipefail
 
 usage() {
@@ -30,7 +31,9 @@ Options:
 
 Environment: BENCH_JOBS (drain and e2e backlog, 200000), BENCH_SUB_JOBS
 (subscriber topology, 100000), BENCH_LAT_SECS (seconds per latency run,
-5), BENCH_BACKLOG_JOBS (1000000), BENCH_OUTPUT
+5), BENCH_BACKLOG_JOBS (1000000), BENCH_RETENTION (walq's retention in the
+backlog part, which runs until the backlog's generations are retired: an
+interval, '60 seconds'; --quick: '30 seconds'), BENCH_OUTPUT
 (directory for the results, default build/bench), BENCH_DURABLE=0 (run
 the servers with fsync and synchronous_commit off), WALQ_SKIP_BUILD=1.
 EOF
@@ -105,6 +108,7 @@ if [ "$quick" = 1 ]; then
     export BENCH_LAT_SECS=${BENCH_LAT_SECS:-2}
     export BENCH_BACKLOG_JOBS=${BENCH_BACKLOG_JOBS:-200000}
     export BENCH_BACKLOG_SECS=${BENCH_BACKLOG_SECS:-5}
+    export BENCH_RETENTION=${BENCH_RETENTION:-30 seconds}
 else
     export BENCH_ROUNDS=${rounds:-3}
 fi
