@@ -413,34 +413,99 @@ def section_backlog():
     if R.get(("backlog", "slot_recreated")):
         print("  WARNING: walq recreated its slot and read the backlog from the table")
     print()
-    print(f"6. walq's storage over that run (publish {fmt(jobs, 0)} jobs, consume them all)")
+    storage_section(jobs)
+
+
+def storage_section(jobs):
+    """Part 6: walq.jobs and the outcome storage before the backlog is
+    consumed, at their peak while it drains and the retention runs out, and
+    after its generations are retired."""
+    g = lambda k: med("backlog", k)
+    ret = g("retention_secs")
+    print(f"6. walq's storage over that run (publish {fmt(jobs, 0)} jobs, consume them all, "
+          f"retention {fmt(ret, 0)} s, until the backlog's generations are retired)")
     print()
-    names = sorted({n.split(".", 2)[2] for s, n in R if s == "backlog" and n.startswith("size.before.")})
-    names = [n for n in names if n not in ("schema", "outcomes_all")]
-    names.sort(key=lambda n: -(med("backlog", "size.after." + n) or 0))
-    rows = []
-    for n in names + ["outcomes_all", "schema"]:
-        b, a = med("backlog", "size.before." + n), med("backlog", "size.after." + n)
-        label = {"outcomes_all": "outcome storage (tables outcome*)",
-                 "schema": "schema walq, all tables"}.get(n, "walq." + n)
-        rows.append([label, fmt(None if b is None else b / 1048576, 1),
-                     fmt(None if a is None else a / 1048576, 1),
-                     cell("backlog", "live.after." + n, 0, spread=False),
-                     cell("backlog", "dead.after." + n, 0, spread=False)])
-    table(["table", "MiB before", "MiB after", "live rows after", "dead rows after"], rows)
+    mib = lambda x: None if x is None else x / 1048576
+    whens = ("before", "peak", "after")
+
+    def line(label, name, scale=None, digits=0):
+        vals = [g(f"storage.{w}.{name}") for w in whens]
+        if scale:
+            vals = [scale(v) for v in vals]
+        return [label] + [fmt(v, digits) for v in vals]
+
+    def total(w, *names):
+        vals = [g(f"storage.{w}.{n}") for n in names]
+        return None if any(v is None for v in vals) else sum(vals)
+
+    rows = [line("walq.jobs: rows", "jobs_rows"),
+            line("walq.jobs: MiB", "jobs_bytes", mib, 1),
+            line("walq.jobs: dead tuples", "jobs_dead"),
+            ["outcome storage: rows (walq.outcomes + walq.outcome_batches)"]
+            + [fmt(total(w, "outcomes_rows", "batches_rows"), 0) for w in whens],
+            line("outcome storage: MiB", "outcome_bytes", mib, 1),
+            line("  of which the backlog's generations", "backlog_outcome_bytes", mib, 1),
+            line("outcome storage: dead tuples", "outcome_dead"),
+            line("bookkeeping tables (schema walq): dead tuples", "book_dead")]
+    table(["storage", "before", "peak during", "after"], rows)
     print()
-    print("  sizes: pg_total_relation_size (indexes and TOAST included); outcome storage: every")
-    print("  table whose name starts with outcome (walq.outcomes, walq.outcome_batches).")
+    print("  before: after publishing; peak during: sampled every second from the slow handler's")
+    print("  start until the backlog's generations were retired; after: then.  rows: exact counts")
+    print("  before and after, pg_stat n_live_tup in the samples; MiB: pg_total_relation_size of")
+    print("  every leaf partition (indexes and TOAST included); dead tuples: pg_stat n_dead_tup")
+    print("  (TOAST included); bookkeeping: walq.readers, groups, generations, commands and the")
+    print("  other tables of schema walq, which get UPDATEs and DELETEs.")
+    series = text("backlog", "storage.series")
+    if series:
+        print(f"  time series ({fmt(g('storage.samples'), 0)} samples): {series}")
     print()
-    left = med("backlog", "records.after")
-    peak = med("backlog", "storage.peak")
-    vac = med("backlog", "size.vacuumed.outcomes_all")
-    mib = lambda x: "-" if x is None else fmt(x / 1048576, 1)
-    print(f"  outcome storage: at most {mib(peak)} MiB while the backlog drained (sampled every")
-    print(f"  second), {mib(vac)} MiB after a VACUUM of the outcome tables")
+    parts = [fmt(g(f"storage.{w}.jobs_parts"), 0) for w in whens]
+    print(f"  partitions of each table: {parts[0]} before, at most {parts[1]}, {parts[2]} after "
+          "(a generation's are made")
+    print("  ahead of its opening; the newer ones are empty)")
+    gens = text("backlog", "backlog_generations")
+    last = g("last_done.generation")
+    print(f"  generations: {fmt(g('generations.made'), 0)} made (rows of walq.generations), "
+          f"{fmt(g('generations.opened'), 0)} opened, "
+          f"{fmt(g('generations.retired'), 0)} retired; the backlog was in g{gens or '?'}")
+    ra, sa = g("last_done.retired_after"), g("last_done.sealed_after")
+    if last is not None:
+        seal = "-" if sa is None else (f"{fmt(-sa, 1)} s before it" if sa < 0
+                                       else f"{fmt(sa, 1)} s after it")
+        print(f"  the last job done (g{fmt(last, 0)}) to its generation's retirement: {fmt(ra, 1)} s "
+              f"(g{fmt(last, 0)} sealed {seal})")
+    wait = g("retention.wait_secs")
+    if g("retention.retired") == 0:
+        print(f"  WARNING: the backlog's generations were not all retired {fmt(wait, 0)} s after the drain")
+    print(f"  job records (walq.outcomes rows + ids in walq.outcome_batches): "
+          f"{fmt(g('records.drained'), 0)} once drained, "
+          f"{fmt(total('after', 'outcomes_rows', 'batch_ids'), 0)} after")
+    book = sorted(((n.split(".", 2)[2], med("backlog", n)) for s_, n in R
+                   if s_ == "backlog" and n.startswith("book.after.")),
+                  key=lambda x: -(x[1] or 0))
+    book = [f"walq.{n} {fmt(v, 0)}" for n, v in book if v]
+    if book:
+        print(f"  bookkeeping dead tuples after: {', '.join(book)}")
     print()
-    target_line("outcome records left after 1M jobs", f"{fmt(left, 0)}",
-                "0", verdict(left, "<=", 0))
+    left = g("storage.after.jobs_rows")
+    target_line("walq.jobs rows after the retention", fmt(left, 0), "0", verdict(left, "<=", 0))
+    dead = [g(f"storage.{w}.{n}") for w in ("peak", "after") for n in ("jobs_dead", "outcome_dead")]
+    worst = None if any(d is None for d in dead) else max(dead)
+    dp = None if dead[0] is None or dead[1] is None else dead[0] + dead[1]
+    da = None if dead[2] is None or dead[3] is None else dead[2] + dead[3]
+    target_line("dead tuples in the job and outcome tables", f"{fmt(dp, 0)} peak, {fmt(da, 0)} after",
+                "0", verdict(worst, "<=", 0))
+    peak = g("storage.peak.backlog_outcome_bytes")
+    if peak is None:
+        peak = g("storage.peak.outcome_bytes")
+    per = None if peak is None or not jobs else peak / jobs * 1e6 / 1048576
+    after_records = total("after", "outcomes_rows", "batch_ids")
+    bounded = None if per is None or after_records is None else after_records
+    target_line("outcome storage per million jobs at its peak",
+                f"{fmt(per, 1)} MiB, {fmt(mib(g('storage.after.outcome_bytes')), 1)} after",
+                "bounded", verdict(bounded, "<=", 0))
+    print("    (the outcome partitions of the backlog's generations; bounded: every record of the")
+    print("    backlog gone after the retention)")
     print()
 
 
