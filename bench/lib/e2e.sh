@@ -102,12 +102,14 @@ walq_round() {
             -c "SELECT pg_current_wal_insert_lsn()" -c "COMMIT")
         echo "SELECT bool_and(cursor_lsn >= '$marker') FROM walq.readers WHERE group_name = '$group'"
     }
+    # The lag: the last id published minus the greatest id the group
+    # recorded (an outcome row or the last id of a batch row; every record
+    # is exact now and stays until its generation is retired).
     run_e2e walq "$round" \
         "SELECT (SELECT coalesce(max(id), $base) FROM walq.jobs WHERE queue = '$group')
                 - coalesce(greatest(
                       (SELECT max(job_id) FROM walq.outcomes WHERE group_name = '$group'),
-                      (SELECT max(last_id) FROM walq.outcome_batches WHERE group_name = '$group'),
-                      (SELECT nullif(done_below, 0) - 1 FROM walq.groups WHERE name = '$group')),
+                      (SELECT max(last_id) FROM walq.outcome_batches WHERE group_name = '$group')),
                     $base)"
     result walq.client_cpu "$round" "$(fdiv "$(proc_cpu_ms "$consumer")" $((jobs / 1000)) %.2f)"
     kill -TERM "$consumer"
