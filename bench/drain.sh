@@ -61,7 +61,8 @@ walq consume --group bench --queue bench --drain --noop
 t1=$(now)
 walq_secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 
-done_rows=$(q "SELECT count(*) FROM walq.outcomes WHERE group_name = 'bench' AND status = 'done'")
+# Outcome rows and the ids of batch rows (tests/lib/pgtest.sh).
+done_rows=$(done_count bench)
 [ "$done_rows" -eq "$jobs" ] || fail "walq recorded $done_rows of $jobs jobs done"
 # The comparison holds only if walq read the jobs from its slot.
 if grep -q 'command: DROP_REPLICATION_SLOT "walq_bench"' "$PGTEST_DIR/server.log"; then
