@@ -506,6 +506,10 @@ def storage_section(jobs):
                 "bounded", verdict(bounded, "<=", 0))
     print("    (the outcome partitions of the backlog's generations; bounded: every record of the")
     print("    backlog gone after the retention)")
+    jb = g("storage.before.jobs_bytes")
+    if jb is not None and jobs:
+        print(f"  walq.jobs per million jobs, kept until their generation is retired: "
+              f"{fmt(jb / jobs * 1e6 / 1048576, 1)} MiB")
     print()
 
 
