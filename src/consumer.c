@@ -34,6 +34,7 @@
 typedef struct tentative {
     walq__job *job;
     walq__status st;
+    int recorded; /* st was recorded before: nothing is written, nothing counted */
     int64_t run_at;
     /* The job's fields before, restored if the transaction fails. */
     walq__status old_pending;
@@ -220,9 +221,9 @@ static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
  * An attempt of a handler that runs inside the ack transaction: its outcome
  * joins the batch now, and the job moves only once the transaction commits.
  */
-static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *err)
+/* Room for one more tentative outcome; NULL when out of memory. */
+static tentative *tentative_next(walq_consumer *c, walq__job *job)
 {
-    walq_consumer *c = arg;
     tentative *t;
 
     if (c->ntent == c->tentcap) {
@@ -230,18 +231,29 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
         tentative *grown = realloc(c->tent, cap * sizeof(*grown));
 
         if (grown == NULL)
-            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+            return NULL;
         c->tent = grown;
         c->tentcap = cap;
     }
     t = &c->tent[c->ntent];
     t->job = job;
     t->run_at = 0;
-    t->st = walq__sched_decide(&c->sched, job, v, &t->run_at);
+    t->recorded = 0;
     t->old_pending = job->pending;
     t->old_pending_attempts = job->pending_attempts;
     t->old_error = job->last_error;
     t->old_run_at = job->run_at;
+    return t;
+}
+
+static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *err)
+{
+    walq_consumer *c = arg;
+    tentative *t = tentative_next(c, job);
+
+    if (t == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    t->st = walq__sched_decide(&c->sched, job, v, &t->run_at);
     job->last_error = NULL;
     if (t->st != WALQ__ST_DONE && error_text(err, &job->last_error) != 0) {
         job->last_error = t->old_error;
@@ -255,6 +267,28 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
     return walq__ack_add(&c->ack, job);
 }
 
+/*
+ * A job the group finished in an earlier try (its ack committed, and the
+ * answer was lost): it goes through the batch only to let its transaction
+ * go, as a cancelled one does, so that the outcome that stands is the only
+ * one written.
+ */
+static int on_recorded(void *arg, walq__job *job, walq__status st)
+{
+    walq_consumer *c = arg;
+    tentative *t = tentative_next(c, job);
+
+    if (t == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    t->st = st;
+    t->recorded = 1;
+    job->last_error = NULL;
+    job->pending = WALQ__ST_CANCELLED;
+    job->pending_attempts = job->attempts;
+    c->ntent++;
+    return walq__ack_add(&c->ack, job);
+}
+
 /* The ack transaction committed: the outcomes decided in it stand. */
 static int tentative_commit(walq_consumer *c)
 {
@@ -264,6 +298,15 @@ static int tentative_commit(walq_consumer *c)
         tentative *t = &c->tent[i];
 
         free(t->old_error);
+        if (t->recorded) {
+            walq__info(&c->log, "job %lld was recorded %s already; not run again",
+                       (long long)t->job->id,
+                       t->st == WALQ__ST_DONE  ? "done"
+                       : t->st == WALQ__ST_DEAD ? "dead"
+                                                : "cancelled");
+            t->job->state = WALQ__JOB_ACKING;
+            continue;
+        }
         if (rc == 0)
             rc = walq__sched_settle(&c->sched, t->job, t->st, t->run_at, t->job->last_error);
         count(c, t->st);
@@ -1535,6 +1578,7 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
         return rc;
     c->h->done = on_done;
     c->h->decided = on_decided;
+    c->h->recorded = on_recorded;
     c->h->abandon = on_abandon;
     c->h->arg = c;
     c->h->log = &c->log;

@@ -62,7 +62,8 @@ typedef struct walq__ack_hook {
     int (*due)(walq__handler *h, int64_t now);
     /*
      * Runs them inside the transaction open on conn, reporting each job's
-     * attempt through h->decided before the transaction commits.
+     * attempt through h->decided (or h->recorded, for a job the group
+     * finished already) before the transaction commits.
      */
     int (*run)(walq__handler *h, PGconn *conn);
     /* The transaction committed (their outcomes stand) or failed (they run again). */
@@ -79,6 +80,11 @@ struct walq__handler {
      * batch being written, and holds only if the transaction commits.
      */
     int (*decided)(void *arg, walq__job *job, walq__verdict v, const char *err);
+    /*
+     * A job of those whose final outcome the group recorded already (an
+     * earlier try committed): it did not run, and nothing more is written.
+     */
+    int (*recorded)(void *arg, walq__job *job, walq__status st);
     /* Where jobs of a kill_all go; their outcome is not recorded. */
     void (*abandon)(void *arg, walq__job *job);
     void *arg;

@@ -140,6 +140,21 @@ static int arrays(const sql_handler *s, walq__buf *ids, walq__buf *payloads)
     return rc ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
 }
 
+/* What walq.run_sql found recorded for the job instead of running it, if anything. */
+static walq__status recorded_status(const PGresult *r, int row)
+{
+    const char *v;
+
+    if (PQnfields(r) < 3 || PQgetisnull(r, row, 2))
+        return WALQ__ST_NONE;
+    v = PQgetvalue(r, row, 2);
+    if (strcmp(v, "done") == 0)
+        return WALQ__ST_DONE;
+    if (strcmp(v, "dead") == 0)
+        return WALQ__ST_DEAD;
+    return WALQ__ST_CANCELLED;
+}
+
 static int sql_run(walq__handler *h, PGconn *conn)
 {
     sql_handler *s = (sql_handler *)h;
@@ -151,7 +166,7 @@ static int sql_run(walq__handler *h, PGconn *conn)
         const char *params[4] = {s->group, s->sql, ids.data, payloads.data};
 
         rc = walq__query(conn, &r, "run the sql handler",
-                         "SELECT job_id, error FROM walq.run_sql($1, $2, $3::bigint[],"
+                         "SELECT job_id, error, recorded FROM walq.run_sql($1, $2, $3::bigint[],"
                          " $4::jsonb[])",
                          4, params);
     }
@@ -160,9 +175,16 @@ static int sql_run(walq__handler *h, PGconn *conn)
                          PQntuples(r), s->n);
     for (size_t i = 0; rc == 0 && i < s->n; i++) {
         int failed = !PQgetisnull(r, (int)i, 1);
+        walq__status known = recorded_status(r, (int)i);
 
-        rc = h->decided(h->arg, s->jobs[i], failed ? WALQ__VERDICT_FAIL : WALQ__VERDICT_DONE,
-                        failed ? PQgetvalue(r, (int)i, 1) : NULL);
+        if (strtoll(PQgetvalue(r, (int)i, 0), NULL, 10) != s->jobs[i]->id)
+            rc = walq__error(WALQ_EQUERY, NULL, "walq.run_sql returned job %s in place of job %lld",
+                             PQgetvalue(r, (int)i, 0), (long long)s->jobs[i]->id);
+        else if (known != WALQ__ST_NONE)
+            rc = h->recorded(h->arg, s->jobs[i], known);
+        else
+            rc = h->decided(h->arg, s->jobs[i], failed ? WALQ__VERDICT_FAIL : WALQ__VERDICT_DONE,
+                            failed ? PQgetvalue(r, (int)i, 1) : NULL);
     }
     PQclear(r);
     walq__buf_free(&ids);

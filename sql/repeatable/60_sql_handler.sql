@@ -6,19 +6,39 @@
 -- subtransaction so that one job's error fails that job alone.  Returns one
 -- row per job, in order, with the error message of a failed one.  A job that
 -- already has a final outcome in the group (a row, or in one of its batches)
--- is not run again: after a crash the consumer may hand it over twice, the
--- effects must not happen twice.
+-- is not run again, and its row says which in "recorded": after a crash, or
+-- an ack whose answer was lost, the consumer may hand it over twice; the
+-- effects must not happen twice, nor another outcome be written over the one
+-- that stands (a job recorded dead is not done because it was skipped).
+--
+-- The first walq.run_sql returned (job_id, error); a function's result type
+-- cannot be replaced, so that one is dropped first.  Consumers built for it
+-- select the two columns by name and go on working with this one.
+DO $$
+DECLARE
+    f regprocedure := to_regprocedure('walq.run_sql(text, text, bigint[], jsonb[])');
+BEGIN
+    IF f IS NOT NULL
+       AND pg_get_function_result(f) <> 'TABLE(job_id bigint, error text, recorded text)' THEN
+        DROP FUNCTION walq.run_sql(text, text, bigint[], jsonb[]);
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION walq.run_sql(group_name text, stmt text, job_ids bigint[],
                                         payloads jsonb[])
-RETURNS TABLE (job_id bigint, error text)
+RETURNS TABLE (job_id bigint, error text, recorded text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     FOR i IN 1 .. coalesce(array_length(job_ids, 1), 0) LOOP
         job_id := job_ids[i];
         error := NULL;
-        IF walq.status_in(run_sql.group_name, job_ids[i]) NOT IN ('done', 'dead', 'cancelled')
-        THEN
+        recorded := walq.status_in(run_sql.group_name, job_ids[i]);
+        IF recorded IN ('done', 'dead', 'cancelled') THEN
+            NULL;
+        ELSE
+            recorded := NULL;
             BEGIN
                 EXECUTE stmt USING payloads[i], job_ids[i];
             EXCEPTION WHEN OTHERS THEN

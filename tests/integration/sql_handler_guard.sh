@@ -89,4 +89,36 @@ assert_eq "$(pg_psql -c "BEGIN" \
     -c "SELECT count(*) FROM walq.run_sql('$GROUP', '$SQL', ARRAY[$fresh::bigint], ARRAY['{}'::jsonb])" \
     -c "SELECT count(*) FROM effects WHERE job_id = $fresh" -c "ROLLBACK" | tail -n 1)" 1 \
     "walq.run_sql runs the statement for job $fresh, which has no outcome"
+
+# A job the group finished in an earlier try whose ack committed with its
+# answer lost (made here by writing its outcome by hand, before the
+# consumer reads it): walq.run_sql says what is recorded instead of running
+# the statement, and the consumer writes nothing over it.  Before, a job
+# recorded dead was handed back as done and put in a batch row, a second
+# record of it.  The jobs ran nowhere: their statement would fail.
+q "CREATE TABLE refuse (job_id bigint NOT NULL CHECK (job_id < 0))"
+RSQL='INSERT INTO refuse (job_id) VALUES ($2)'
+capture walq_timeout 60 consume --group rg --queue rq --sql "$RSQL" --drain
+[ "$CAP_RC" -eq 0 ] || fail "--drain of an empty queue exited $CAP_RC: $CAP_ERR"
+dead=$(q "SELECT walq.publish('rq', '{\"n\": 1}')")
+cancelled=$(q "SELECT walq.publish('rq', '{\"n\": 2}')")
+done_=$(q "SELECT walq.publish('rq', '{\"n\": 3}')")
+fresh2=$(q "SELECT walq.publish('rq', '{\"n\": 4}', max_attempts => 1)")
+q "INSERT INTO walq.outcomes (group_name, job_id, status, attempts, last_error, generation)
+   SELECT 'rg', id, s, a, e, generation FROM walq.jobs
+     JOIN (VALUES ($dead, 'dead', 3, 'gave up earlier'), ($cancelled, 'cancelled', 0, NULL),
+                  ($done_, 'done', 2, NULL)) AS v(i, s, a, e) ON id = v.i" >/dev/null
+capture walq_timeout 60 consume --group rg --queue rq --sql "$RSQL" --drain
+[ "$CAP_RC" -eq 0 ] || fail "--drain of rq exited $CAP_RC: $CAP_ERR"
+assert_eq "$(q "SELECT string_agg(job_id || ' ' || status || ' ' || attempts || ' ' || coalesce(last_error, '-'), ', ' ORDER BY job_id)
+                 FROM walq.outcomes WHERE group_name = 'rg' AND job_id <> $fresh2")" \
+    "$dead dead 3 gave up earlier, $cancelled cancelled 0 -, $done_ done 2 -" \
+    "the outcomes recorded before the consumer read the jobs stand as they were"
+assert_eq "$(q "SELECT count(*) FROM walq.outcome_batches WHERE group_name = 'rg'
+                 AND job_ids && ARRAY[$dead, $cancelled, $done_]::bigint[]")" 0 \
+    "no batch row records the three jobs a second time"
+assert_eq "$(q "SELECT status || ' ' || attempts FROM walq.job_status WHERE consumer_group = 'rg' AND job_id = $fresh2")" \
+    "dead 1" "job $fresh2, with no outcome before, ran: its statement failed and it is dead"
+echo "$CAP_ERR" | grep -q "job $dead was recorded dead already; not run again" ||
+    fail "the consumer does not say that job $dead was recorded already: $CAP_ERR"
 pass "all"
