@@ -472,8 +472,10 @@ def storage_section(jobs):
     if last is not None:
         seal = "-" if sa is None else (f"{fmt(-sa, 1)} s before it" if sa < 0
                                        else f"{fmt(sa, 1)} s after it")
+        held = None if ra is None or sa is None else ra - sa
         print(f"  the last job done (g{fmt(last, 0)}) to its generation's retirement: {fmt(ra, 1)} s "
-              f"(g{fmt(last, 0)} sealed {seal})")
+              f"(g{fmt(last, 0)} sealed {seal},")
+        print(f"  retired {fmt(held, 1)} s after its seal; retention {fmt(ret, 0)} s)")
     wait = g("retention.wait_secs")
     if g("retention.retired") == 0:
         print(f"  WARNING: the backlog's generations were not all retired {fmt(wait, 0)} s after the drain")
