@@ -148,10 +148,11 @@ $$;
 -- makes the next generation's partitions ahead of time; every third of the
 -- retention (at most an hour) closes the current generation and opens the
 -- next; seals the closed ones whose inserting transactions have ended,
--- sending their seal to every group; and retires those sealed for the
--- retention whose jobs are all finished.  Returns the seconds until the
--- next round is due.  Consumers that call it at once queue on a lock; one
--- does the work, the others skip it.
+-- sending their seal to every group; notes when every job of a sealed one
+-- has finished; and retires those whose last job finished more than the
+-- retention ago.  Returns the seconds until the next round is due.  Of
+-- consumers that call it at once, one takes the lock and does the work;
+-- the others skip the round.
 CREATE OR REPLACE FUNCTION walq.maintain()
 RETURNS double precision
 LANGUAGE plpgsql VOLATILE AS $$
@@ -197,12 +198,20 @@ BEGIN
         SELECT gr.name, g.generation, 'seal' FROM walq.groups gr;
     END LOOP;
 
+    -- The retention counts from when the last job of a generation finished;
+    -- a job run again (`walq job retry`) starts it over.
     FOR g IN SELECT * FROM walq.generations x
-              WHERE x.sealed_at <= now() - s.retention AND x.retired_at IS NULL
-                AND x.generation < cur
+              WHERE x.sealed_at IS NOT NULL AND x.retired_at IS NULL AND x.generation < cur
               ORDER BY x.generation
     LOOP
-        IF walq.generation_done(g) THEN
+        IF NOT walq.generation_done(g) THEN
+            IF g.finished_at IS NOT NULL THEN
+                UPDATE walq.generations x SET finished_at = NULL
+                 WHERE x.generation = g.generation;
+            END IF;
+        ELSIF g.finished_at IS NULL THEN
+            UPDATE walq.generations x SET finished_at = now() WHERE x.generation = g.generation;
+        ELSIF g.finished_at <= now() - s.retention THEN
             PERFORM walq.retire_generation(g.generation);
         END IF;
     END LOOP;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2016  # wait_for evals its condition later
 # Finished jobs and their records are removed after the retention, without
-# bloat (issue 11, "Retention").  With a retention of 4 s: one job scheduled
+# bloat (issue 11, "Retention"); the retention counts from when a job
+# finished.  With a retention of 4 s: one job scheduled
 # an hour ahead, then 500 jobs done at their first attempt and one dead.
 # Within a minute walq.jobs holds only the scheduled job, which is still
 # scheduled; no row of walq.outcomes or walq.outcome_batches refers to the
@@ -144,6 +145,25 @@ assert_eq "$(q "SELECT count(*) FROM walq.outcome_batches b
     "no row of walq.outcome_batches refers to a removed job"
 assert_eq "$(q "SELECT status FROM walq.job_status WHERE consumer_group = '$GROUP' AND job_id = $later")" \
     scheduled "the job an hour ahead is still scheduled"
+
+# The retention counts from when a job finished, not from its generation's
+# seal: a job due 10 s ahead finishes well after its generation was sealed
+# (a generation lasts a third of the retention), and is kept for the
+# retention after that.  Before, it went at the first round after it ran.
+late=$(q "SELECT walq.publish('$QUEUE', '{\"late\": true}', run_at => now() + interval '10 seconds')")
+late_gen=$(q "SELECT generation FROM walq.jobs WHERE id = $late")
+wait_for 'running && [ "$(q "SELECT sealed_at IS NOT NULL FROM walq.generations WHERE generation = $late_gen")" = t ]' \
+    20 "generation $late_gen, of job $late, to be sealed"
+late_status() {
+    q "SELECT status FROM walq.job_status WHERE consumer_group = '$GROUP' AND job_id = $late"
+}
+wait_for 'running && [ "$(late_status)" = done ]' 30 "job $late to be done"
+sleep 2
+assert_eq "$(late_status)" done \
+    "2 s after job $late finished (its generation sealed long before), its record is still there"
+wait_for 'running && [ -z "$(q "SELECT id FROM walq.jobs WHERE id = $late")" ]' 30 \
+    "job $late to be removed once the retention passed after it finished"
+pass "job $late was kept for the retention after it finished, then removed"
 kill -TERM "$pid"
 bg_wait "$pid" 20
 assert_eq "$BG_RC" 0 "SIGTERM: the consumer exits 0"
