@@ -116,7 +116,7 @@ result wal_mb 1 "$(q "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), confirm
 # The generations that hold the backlog.
 backlog_gens=$(q "SELECT string_agg(DISTINCT generation::text, ',') FROM walq.jobs")
 result backlog_generations 1 "$backlog_gens"
-backlog_parts=$(echo "$backlog_gens" | sed "s/\([0-9]*\)/'g\1'/g")
+backlog_parts="'g${backlog_gens//,/\',\'g}'"
 
 # The storage in one row, cheap enough to run every second: the clock, the
 # current generation, generations made (rows of walq.generations) and
@@ -171,7 +171,7 @@ bg bash -c 'while [ ! -e "$1.stop" ]; do
                     printf "%s\t%s\n" "$(cat "$1.phase" 2>/dev/null)" "$row"
                 sleep 1
             done' storage-sampler "$WORK/storage" "$PGTEST_BINDIR/psql" "$storage_sql" \
-    >"$WORK/storage"
+    >"$WORK/storage.samples"
 storage_sampler=$BG_PID
 
 # 2. A slow handler: the backlog stays; memory must stay bounded.
@@ -299,7 +299,7 @@ q "SELECT generation, opened_at, closed_at, sealed_at, retired_at FROM walq.gene
 # The time series, with seconds from the first sample, and its peaks.
 {
     echo "t_s $columns" | tr ' ' '\t'
-    awk -F '\t' 'NR == 1 { t0 = $2 } { printf "%.1f\t%s\n", $2 - t0, $0 }' "$WORK/storage"
+    awk -F '\t' 'NR == 1 { t0 = $2 } { printf "%.1f\t%s\n", $2 - t0, $0 }' "$WORK/storage.samples"
 } >"$series"
 {
     echo
@@ -307,7 +307,7 @@ q "SELECT generation, opened_at, closed_at, sealed_at, retired_at FROM walq.gene
     sed 's/^/# /' "$WORK/generations"
 } >>"$series"
 result storage.series 1 "$series"
-result storage.samples 1 "$(wc -l <"$WORK/storage")"
+result storage.samples 1 "$(wc -l <"$WORK/storage.samples")"
 i=2
 for name in ${columns#phase }; do
     i=$((i + 1))
