@@ -420,22 +420,14 @@ static int cmd_status(int argc, char **argv)
         rc = walq__query(conn, &res, "read the consumer groups",
                          "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','),"
                          "       r.cursor_lsn::text,"
-                         "       count(*) FILTER (WHERE s.status = 'queued'),"
-                         "       count(*) FILTER (WHERE s.status = 'running'),"
-                         "       count(*) FILTER (WHERE s.status = 'scheduled'),"
-                         "       count(*) FILTER (WHERE s.status = 'done'),"
-                         "       count(*) FILTER (WHERE s.status = 'dead'),"
-                         "       count(*) FILTER (WHERE s.status = 'cancelled'),"
+                         "       c.queued, c.running, c.scheduled, c.done, c.dead, c.cancelled,"
                          "       CASE WHEN r.partitions = 1 THEN '-'"
                          "            ELSE r.partition || '/' || r.partitions END,"
                          "       CASE WHEN walq.reader_lock_pid(r.slot_name) IS NULL THEN '-'"
                          "            ELSE coalesce(r.holder, '?') END"
-                         "  FROM walq.readers r"
-                         "  LEFT JOIN walq.job_status s ON s.consumer_group = r.group_name"
-                         "   AND (r.partitions = 1"
-                         "        OR walq.partition_of(s.job_id, r.partitions) = r.partition)"
+                         "  FROM walq.readers r,"
+                         "       LATERAL walq.group_counts(r.group_name, r.partitions, r.partition) c"
                          " WHERE $1::text IS NULL OR r.group_name = $1"
-                         " GROUP BY r.group_name, r.partition, r.slot_name"
                          " ORDER BY r.group_name, r.partition",
                          1, params);
     }

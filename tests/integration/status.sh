@@ -54,4 +54,34 @@ assert_eq "$(col other "done")" 0 "walq status: nothing done in group other"
 capture walq status --dbname "host=$PGHOST port=$PGPORT dbname=postgres"
 assert_eq "$CAP_RC" 0 "walq status --dbname exits 0"
 assert_match "$CAP_OUT" 'walq_sg' "walq status --dbname shows the group"
+
+# walq.group_counts, which walq status shows, counts as walq.job_status does:
+# for the groups above, for each reader of a group split in two (one that
+# ran, one that did not), and after a dead job was queued again.
+publish_sql sp 40 1
+walq_timeout 60 consume --group sp --queue sp --partition 0/2 --concurrency 2 --drain -- "$odd_fails"
+walq_timeout 60 consume --group sp --queue sp --partition 1/2 --drain --noop
+publish_sql sp 6
+walq job retry "$(q "SELECT min(job_id) FROM walq.job_status WHERE consumer_group = 'sg' AND status = 'dead'")" >/dev/null
+view_counts() {
+    q "SELECT string_agg(n::text, ' ' ORDER BY k) FROM (
+         SELECT k, count(s.status) FILTER (WHERE s.status = st) AS n
+           FROM unnest(ARRAY['queued', 'running', 'scheduled', 'done', 'dead', 'cancelled'])
+                WITH ORDINALITY AS u (st, k)
+           LEFT JOIN walq.job_status s ON s.consumer_group = '$1'
+                AND ($2 = 1 OR walq.partition_of(s.job_id, $2) = $3)
+          GROUP BY k) x"
+}
+fn_counts() {
+    q "SELECT concat_ws(' ', queued, running, scheduled, done, dead, cancelled)
+         FROM walq.group_counts('$1', $2, $3)"
+}
+for spec in "sg 1 0" "other 1 0" "sp 2 0" "sp 2 1"; do
+    # shellcheck disable=SC2086  # spec is three words on purpose
+    set -- $spec
+    want=$(view_counts "$@")
+    assert_eq "$(fn_counts "$@")" "$want" "walq.group_counts($1, $2, $3) counts as walq.job_status: $want"
+done
+assert_eq "$(fn_counts sg 1 0)" "11 0 0 25 24 0" \
+    "group sg: 11 queued (10 new, 1 retried), 25 done, 24 dead"
 pass "all"
