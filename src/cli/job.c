@@ -273,9 +273,9 @@ static int valid_status(const char *s)
 /*
  * Jobs dead, cancelled or scheduled come from walq.outcomes, so that they
  * are found through its index rather than by looking at every job; queued
- * jobs include those with no outcome, and done ones are mostly in batches or
- * below the group's horizon, which only the view has.  Both queries give
- * what walq.job_status gives.
+ * jobs include those with no outcome, and done ones are mostly in batch
+ * rows, which only the view reads.  Both queries give what walq.job_status
+ * gives.
  */
 static const char list_outcomes_sql[] =
     "SELECT o.job_id, j.queue, o.group_name, o.status, o.attempts,"

@@ -461,12 +461,11 @@ def connect_failure(err):
 
 
 class Runner:
-    def __init__(self, plan, work, walq, handler, keep_outcomes, drain_timeout):
+    def __init__(self, plan, work, walq, handler, drain_timeout):
         self.plan = plan
         self.work = work
         self.walq = walq
         self.handler = handler
-        self.keep_outcomes = keep_outcomes
         self.drain_timeout = drain_timeout
         self.sql = Psql()
         self.lock = threading.Lock()
@@ -517,8 +516,6 @@ class Runner:
         if c["partition"]:
             a += ["--partition", c["partition"]]
         a += ["--backoff-min", "0.01", "--backoff-max", "0.2", "--timer-horizon", "2"]
-        if self.keep_outcomes:
-            a.append("--keep-outcomes")
         if c["group"] == GS:
             a += ["--sql", SQL_STATEMENT]
         else:
@@ -1450,7 +1447,6 @@ def main():
     p.add_argument("--work", required=True)
     p.add_argument("--walq", required=True)
     p.add_argument("--handler", required=True)
-    p.add_argument("--keep-outcomes", action="store_true")
     p.add_argument("--drain-timeout", type=int, default=240)
     args = ap.parse_args()
 
@@ -1471,7 +1467,7 @@ def main():
         return 0
     with open(args.plan) as f:
         plan = json.load(f)
-    r = Runner(plan, args.work, args.walq, args.handler, args.keep_outcomes, args.drain_timeout)
+    r = Runner(plan, args.work, args.walq, args.handler, args.drain_timeout)
     return r.run()
 
 
