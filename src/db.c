@@ -630,6 +630,26 @@ static int apply_repeatables(PGconn *conn)
     return rc;
 }
 
+int walq__server_version_check(int version)
+{
+    if (version >= WALQ__MIN_SERVER_VERSION)
+        return 0;
+    if (version <= 0)
+        return walq__error(WALQ_ECONN, NULL, "could not tell the server's version");
+    /* From 10 on, major * 10000 + minor; before, major * 10000 + point * 100 + minor. */
+    if (version >= 100000)
+        return walq__error(WALQ_ESERVER,
+                           "Upgrade the server to PostgreSQL 14 or newer (pg_upgrade), or run "
+                           "walq init against one that is.",
+                           "the server runs PostgreSQL %d.%d, and walq needs 14 or newer",
+                           version / 10000, version % 10000);
+    return walq__error(WALQ_ESERVER,
+                       "Upgrade the server to PostgreSQL 14 or newer (pg_upgrade), or run walq "
+                       "init against one that is.",
+                       "the server runs PostgreSQL %d.%d.%d, and walq needs 14 or newer",
+                       version / 10000, version / 100 % 100, version % 100);
+}
+
 int walq__schema_init(PGconn *conn, int *applied)
 {
     PGresult *res = NULL;
@@ -637,6 +657,9 @@ int walq__schema_init(PGconn *conn, int *applied)
 
     if (applied)
         *applied = 0;
+    rc = walq__server_version_check(PQserverVersion(conn));
+    if (rc != 0)
+        return rc;
     rc = walq__exec(conn, "begin the schema transaction", "BEGIN");
     if (rc != 0)
         return rc;

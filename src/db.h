@@ -122,6 +122,15 @@ const char *walq__pg_message(PGconn *conn, const PGresult *res, char *buf, size_
  */
 int walq__schema_init(PGconn *conn, int *applied);
 
+/* The oldest PostgreSQL walq's schema runs on (CREATE OR REPLACE TRIGGER). */
+#define WALQ__MIN_SERVER_VERSION 140000
+
+/*
+ * 0 for a server version (PQserverVersion's number) walq's schema runs on;
+ * otherwise WALQ_ESERVER, naming the version found and the one needed.
+ */
+int walq__server_version_check(int version);
+
 /*
  * Fails with a hint to run `walq init` when the schema is missing or old:
  * this program's newest migration is not recorded, or its repeatable set is

@@ -181,6 +181,26 @@ START_TEST(connect_failure_message_has_no_password)
 }
 END_TEST
 
+START_TEST(server_version_needed)
+{
+    ck_assert_int_eq(walq__server_version_check(140000), 0);
+    ck_assert_int_eq(walq__server_version_check(180001), 0);
+    ck_assert_int_eq(walq__server_version_check(130016), WALQ_ESERVER);
+    ck_assert_msg(strstr(walq_last_error(),
+                         "the server runs PostgreSQL 13.16, and walq needs 14 or newer") ==
+                      walq_last_error(),
+                  "%s", walq_last_error());
+    ck_assert_msg(strstr(walq_last_error(), "Upgrade the server to PostgreSQL 14 or newer") != NULL,
+                  "%s", walq_last_error());
+    ck_assert_int_eq(walq__server_version_check(90624), WALQ_ESERVER);
+    ck_assert_msg(strstr(walq_last_error(),
+                         "the server runs PostgreSQL 9.6.24, and walq needs 14 or newer") ==
+                      walq_last_error(),
+                  "%s", walq_last_error());
+    ck_assert_int_eq(walq__server_version_check(0), WALQ_ECONN);
+}
+END_TEST
+
 static Suite *conninfo_suite(void)
 {
     Suite *s = suite_create("conninfo");
@@ -191,6 +211,7 @@ static Suite *conninfo_suite(void)
     tcase_add_test(tc, mask_hides_passwords);
     tcase_add_test(tc, invalid_string_message_has_no_password);
     tcase_add_test(tc, connect_failure_message_has_no_password);
+    tcase_add_test(tc, server_version_needed);
     suite_add_tcase(s, tc);
     return s;
 }
