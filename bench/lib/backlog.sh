@@ -283,18 +283,25 @@ point after
 result generations.made 1 "$(q "SELECT count(*) FROM walq.generations")"
 result generations.opened 1 "$(q "SELECT count(*) FROM walq.generations WHERE opened_at IS NOT NULL")"
 result generations.retired 1 "$(q "SELECT count(*) FROM walq.generations WHERE retired_at IS NOT NULL")"
+# finished_at (sql/008: when walq.maintain() first saw every job of the
+# generation finished; the retention counts from there) is read through
+# to_jsonb, so that a schema without it gives "-".
+gen_times="SELECT generation, opened_at, closed_at, sealed_at, to_jsonb(x) ->> 'finished_at',
+                  retired_at
+             FROM walq.generations x ORDER BY generation"
 if [ -n "${last_gen:-}" ]; then
     result last_done.generation 1 "$last_gen"
-    read -r sealed_after retired_after < <(q "SELECT extract(epoch FROM sealed_at) - $last_done,
-                                                     extract(epoch FROM retired_at) - $last_done
-                                                FROM walq.generations WHERE generation = $last_gen" |
-        tr '|' ' ') || true
+    IFS='|' read -r sealed_after finished_after retired_after < <(q "
+        SELECT extract(epoch FROM sealed_at) - $last_done,
+               extract(epoch FROM (to_jsonb(x) ->> 'finished_at')::timestamptz) - $last_done,
+               extract(epoch FROM retired_at) - $last_done
+          FROM walq.generations x WHERE generation = $last_gen") || true
     # Negative: sealed before its last job was done (the usual case).
     result last_done.sealed_after 1 "${sealed_after:--}"
+    result last_done.finished_after 1 "${finished_after:--}"
     result last_done.retired_after 1 "${retired_after:--}"
 fi
-q "SELECT generation, opened_at, closed_at, sealed_at, retired_at FROM walq.generations
-    ORDER BY generation" >"$WORK/generations"
+q "$gen_times" >"$WORK/generations"
 
 # The time series, with seconds from the first sample, and its peaks.
 {
@@ -303,7 +310,7 @@ q "SELECT generation, opened_at, closed_at, sealed_at, retired_at FROM walq.gene
 } >"$series"
 {
     echo
-    echo "# walq.generations at the end: generation|opened_at|closed_at|sealed_at|retired_at"
+    echo "# walq.generations at the end: generation|opened_at|closed_at|sealed_at|finished_at|retired_at"
     sed 's/^/# /' "$WORK/generations"
 } >>"$series"
 result storage.series 1 "$series"

@@ -468,14 +468,14 @@ def storage_section(jobs):
     print(f"  generations: {fmt(g('generations.made'), 0)} made (rows of walq.generations), "
           f"{fmt(g('generations.opened'), 0)} opened, "
           f"{fmt(g('generations.retired'), 0)} retired; the backlog was in g{gens or '?'}")
-    ra, sa = g("last_done.retired_after"), g("last_done.sealed_after")
+    ra, sa, fa = (g(f"last_done.{k}_after") for k in ("retired", "sealed", "finished"))
     if last is not None:
-        seal = "-" if sa is None else (f"{fmt(-sa, 1)} s before it" if sa < 0
-                                       else f"{fmt(sa, 1)} s after it")
-        held = None if ra is None or sa is None else ra - sa
+        rel = lambda x: "-" if x is None else (f"{fmt(-x, 1)} s before it" if x < 0
+                                               else f"{fmt(x, 1)} s after it")
         print(f"  the last job done (g{fmt(last, 0)}) to its generation's retirement: {fmt(ra, 1)} s "
-              f"(g{fmt(last, 0)} sealed {seal},")
-        print(f"  retired {fmt(held, 1)} s after its seal; retention {fmt(ret, 0)} s)")
+              f"(retention {fmt(ret, 0)} s);")
+        print(f"  g{fmt(last, 0)} was sealed {rel(sa)}, seen finished by walq.maintain() {rel(fa)}, "
+              f"retired {fmt(None if ra is None or sa is None else ra - sa, 1)} s after its seal")
     wait = g("retention.wait_secs")
     if g("retention.retired") == 0:
         print(f"  WARNING: the backlog's generations were not all retired {fmt(wait, 0)} s after the drain")
