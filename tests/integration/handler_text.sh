@@ -9,7 +9,11 @@
 #      512-byte tail walq keeps starts inside a two-byte character;
 #   3. coprocess: a reply whose error string holds the raw byte 0xE9;
 #   4. C callback (tests/helpers/badtext_consumer.c): "caf\xe9" in err,
-#      WALQ_JOB_RETRY.
+#      WALQ_JOB_RETRY;
+#   5. sql: the statement raises an error of 6,000 bytes of 'é' (the kept
+#      text is cut to 2,048 bytes, which must not split a character) with a
+#      control character and a tab; its effects roll back with the job's
+#      subtransaction.
 # Bad jobs have max_attempts 1, so their first failure makes them dead.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
@@ -103,12 +107,24 @@ settled() {
     [ "$(count "$4" "done")" -eq "$5" ] && [ "$(count "$4" dead)" -eq "$6" ]
 }
 
-# check NAME GROUP QUEUE PID LOG DONE DEAD TEXT_RE: every job of the group has one
-# final outcome, the bad ones dead with valid text matching TEXT_RE, the
-# good ones done at their first attempt, the handler ran once per job, and
-# the consumer still works: new jobs are done, SIGTERM exits 0.
+# ran_ids GROUP: the ids of the jobs the group's handler ran, one per run;
+# the sql group's are the rows its statement left (none for a failed job).
+ran_ids() {
+    if [ "$1" = gs ]; then
+        q "SELECT job_id FROM sql_ran ORDER BY 1"
+    else
+        cat "$WORK/ran-$1.log"
+    fi
+}
+
+# check NAME GROUP QUEUE PID LOG DONE DEAD TEXT_RE [RAN]: every job of the
+# group has one final outcome, the bad ones dead with valid text matching
+# TEXT_RE, the good ones done at their first attempt, the handler ran once
+# per job (RAN runs in all, DONE + DEAD unless given), and the consumer
+# still works: new jobs are done, SIGTERM exits 0.
 check() {
     local name=$1 group=$2 queue=$3 pid=$4 log=$5 ndone=$6 ndead=$7 re=$8 err
+    local nran=${9:-$((ndone + ndead))}
     wait_for "settled '$name' $pid '$log' $group $ndone $ndead" 40 \
         "$name: $ndone jobs done and $ndead dead"
     assert_eq "$(q "SELECT count(*) FROM walq.jobs j WHERE j.queue = '$queue' AND NOT EXISTS (
@@ -129,11 +145,13 @@ check() {
         # checks it once more, byte for byte, on this side.
         iconv -f UTF-8 -t UTF-8 <<<"$err" >/dev/null 2>&1 ||
             fail "$name: last_error of job $id is not valid UTF-8: $(od -c <<<"$err" | head -n 5)"
-        assert_match "$err" "$re" "$name: dead job $id keeps the handler's text ($err)"
+        assert_match "$err" "$re" "$name: dead job $id keeps the handler's text (${err:0:80})"
+        [ "$(printf '%s' "$err" | wc -c)" -le 2048 ] ||
+            fail "$name: last_error of job $id is $(printf '%s' "$err" | wc -c) bytes, more than 2048"
     done < <(q "SELECT s.job_id FROM walq.job_status s JOIN walq.jobs j ON j.id = s.job_id
                  WHERE s.consumer_group = '$group' AND j.payload ? 'bad' ORDER BY 1")
-    assert_eq "$(q "SELECT count(*) FROM walq.jobs WHERE queue = '$queue'")|$(sort -u "$WORK/ran-$group.log" | wc -l)|$(wc -l <"$WORK/ran-$group.log")" \
-        "$((ndone + ndead))|$((ndone + ndead))|$((ndone + ndead))" \
+    assert_eq "$(q "SELECT count(*) FROM walq.jobs WHERE queue = '$queue'")|$(ran_ids "$group" | sort -u | wc -l)|$(ran_ids "$group" | wc -l)" \
+        "$((ndone + ndead))|$nran|$nran" \
         "$name: the handler ran once for each job"
     # The group still runs: a job published now is done.
     publish_sql "$queue" 5
@@ -151,11 +169,12 @@ check() {
 
 backoff=(--backoff-min 0.01 --backoff-max 0.05)
 
-# The four consumers run side by side, each its own group and queue.
+# The five consumers run side by side, each its own group and queue.
 publish tl latin latin
 publish tc cut cut
 publish tp x x
 publish tb x x
+publish ts x x
 
 bg "$WALQ_BIN" consume --group gl --queue tl --concurrency 2 "${backoff[@]}" -- "$h" \
     2>"$WORK/gl.err"
@@ -168,10 +187,23 @@ RAN_LOG=$WORK/ran-gp.log bg "$WALQ_BIN" consume --group gp --queue tp --coproces
 pp=$BG_PID
 bg "$WALQ_BADTEXT_BIN" gb tb >"$WORK/ran-gb.log" 2>"$WORK/gb.err"
 pb=$BG_PID
+# The sql handler: a bad job's statement raises 6,000 bytes of text.
+q "CREATE TABLE sql_ran (job_id bigint NOT NULL);
+   CREATE FUNCTION text_job(p jsonb, id bigint) RETURNS void LANGUAGE plpgsql AS \$\$
+   BEGIN
+     INSERT INTO sql_ran VALUES (id);
+     IF p ? 'bad' THEN
+       RAISE EXCEPTION 'bad %', repeat('é', 3000) || E'\\x01\\t.';
+     END IF;
+   END \$\$" >/dev/null
+bg "$WALQ_BIN" consume --group gs --queue ts "${backoff[@]}" --sql 'SELECT text_job($1, $2)' \
+    2>"$WORK/gs.err"
+ps_=$BG_PID
 
 # 7 good jobs and 2 bad ones in each transaction.
 check "exec, Latin-1 stderr" gl tl "$pl" "$WORK/gl.err" 9 2 'caf'
 check "exec, stderr tail cut inside a character" gc tc "$pc" "$WORK/gc.err" 9 2 'éééé'
 check "coprocess, 0xE9 in the error of a reply" gp tp "$pp" "$WORK/gp.err" 9 2 'caf'
 check "C callback, caf\\xe9 in err" gb tb "$pb" "$WORK/gb.err" 9 2 'caf'
+check "sql, 6,000 bytes of error" gs ts "$ps_" "$WORK/gs.err" 9 2 '^bad éééé' 9
 pass "all"
