@@ -286,8 +286,8 @@ result generations.retired 1 "$(q "SELECT count(*) FROM walq.generations WHERE r
 # finished_at (sql/008: when walq.maintain() first saw every job of the
 # generation finished; the retention counts from there) is read through
 # to_jsonb, so that a schema without it gives "-".
-gen_times="SELECT generation, opened_at, closed_at, sealed_at, to_jsonb(x) ->> 'finished_at',
-                  retired_at
+gen_times="SELECT generation, opened_at, closed_at, sealed_at,
+                  (to_jsonb(x) ->> 'finished_at')::timestamptz, retired_at
              FROM walq.generations x ORDER BY generation"
 if [ -n "${last_gen:-}" ]; then
     result last_done.generation 1 "$last_gen"
