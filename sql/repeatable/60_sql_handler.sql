@@ -30,8 +30,19 @@ CREATE OR REPLACE FUNCTION walq.run_sql(group_name text, stmt text, job_ids bigi
 RETURNS TABLE (job_id bigint, error text, recorded text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+DECLARE
+    n integer := coalesce(array_length(job_ids, 1), 0);
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(job_ids, 1), 0) LOOP
+    -- The stream brings a transaction once its commit is in the WAL, which
+    -- is a moment before other sessions see it: a statement run now might
+    -- not see what the producer wrote with its jobs.  Each try of this loop
+    -- takes a new snapshot (READ COMMITTED); it waits until the jobs are
+    -- there, 5 s at most (a job deleted by hand never is).
+    FOR k IN 1 .. 5000 LOOP
+        EXIT WHEN (SELECT count(*) FROM walq.jobs j WHERE j.id = ANY (run_sql.job_ids)) >= n;
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+    FOR i IN 1 .. n LOOP
         job_id := job_ids[i];
         error := NULL;
         recorded := walq.status_in(run_sql.group_name, job_ids[i]);
