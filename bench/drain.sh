@@ -51,7 +51,7 @@ t0=$(now)
 "$PGTEST_BINDIR/pg_recvlogical" -d "$PGDATABASE" --slot bench_pg_recvlogical --start --no-loop \
     --endpos "$end_lsn" -f /dev/null \
     -o format-version=2 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1 \
-    -o include-types=0 -o add-tables=walq.jobs,walq.commands -o actions=insert
+    -o include-types=0 -o add-tables=walq.jobs,walq_jobs.*,walq.commands -o actions=insert
 t1=$(now)
 pg_secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 

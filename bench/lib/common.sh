@@ -101,10 +101,14 @@ proc_cpu_ms() {
 # client_cpu_ms FILE: user + sys of a `timed` file, in ms.
 client_cpu_ms() { tail -n 1 "$1" | awk '{ printf "%.0f\n", ($1 + $2) * 1000 }'; }
 
-# table_stat REL: "inserted updated deleted dead live" from pg_stat_user_tables.
+# table_stat REL: "inserted updated deleted dead live" from pg_stat_user_tables,
+# summed over REL and its partitions (a partitioned table's own counters stay 0).
 table_stat() {
-    q "SELECT n_tup_ins, n_tup_upd, n_tup_del, n_dead_tup, n_live_tup
-         FROM pg_stat_user_tables WHERE relid = '$1'::regclass" | tr '|' ' '
+    q "SELECT coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_del), 0),
+              coalesce(sum(n_dead_tup), 0), coalesce(sum(n_live_tup), 0)
+         FROM pg_stat_user_tables
+        WHERE relid = '$1'::regclass
+           OR relid IN (SELECT relid FROM pg_partition_tree('$1'::regclass))" | tr '|' ' '
 }
 
 # pgbench_run ARGS...: pgbench quietly, its output in $WORK/pgbench.log.

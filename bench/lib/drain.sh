@@ -97,7 +97,7 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
         "$PGTEST_BINDIR/pg_recvlogical" -d "$PGDATABASE" --slot bench_recvlogical --start \
         --no-loop --endpos "$end_lsn" -f /dev/null \
         -o format-version=2 -o include-xids=1 -o include-timestamp=1 -o include-lsn=1 \
-        -o include-types=0 -o add-tables=walq.jobs,walq.commands -o actions=insert
+        -o include-types=0 -o add-tables=walq.jobs,walq_jobs.*,walq.commands -o actions=insert
 
     truncate_outcomes
     measure walq "$round" walq.jobs "$WALQ_BIN" consume --group "$group" --queue "$group" --drain \
