@@ -32,7 +32,8 @@
 
 struct walq__audit {
     walq__audit_options o;
-    char *source, *target, *group, *output, *into;
+    const char *source, *target, *group, *output, *into; /* in strings */
+    char *strings; /* one block: the options' strings, copied */
     char slot[64];
     walq__log log;
     walq__audit_sink sink;
@@ -158,6 +159,29 @@ static int check_options(const walq__audit_options *opts)
     return 0;
 }
 
+/* The options' strings, kept in one block that the audit owns. */
+static int copy_strings(walq__audit *a, const walq__audit_options *opts)
+{
+    const char *from[] = {opts->group, opts->source, opts->target, opts->into,
+                          opts->into ? "" : opts->output ? opts->output : "-"};
+    const char **to[] = {&a->group, &a->source, &a->target, &a->into, &a->output};
+    size_t len = 0;
+    char *p;
+
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(from); i++)
+        len += from[i] ? strlen(from[i]) + 1 : 0;
+    a->strings = p = malloc(len);
+    if (p == NULL)
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(from); i++) {
+        size_t n = from[i] ? strlen(from[i]) + 1 : 0;
+
+        *to[i] = from[i] ? memcpy(p, from[i], n) : NULL;
+        p += n;
+    }
+    return 0;
+}
+
 int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
 {
     walq__audit *a;
@@ -174,21 +198,16 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     a->rd.wake[0] = a->rd.wake[1] = -1;
     if (a->o.status_interval <= 0)
         a->o.status_interval = 10.0;
-    a->group = walq__strdup(opts->group);
-    a->source = opts->source ? walq__strdup(opts->source) : NULL;
-    a->target = opts->target ? walq__strdup(opts->target) : NULL;
-    a->into = opts->into ? walq__strdup(opts->into) : NULL;
-    a->output = walq__strdup(opts->into ? "" : opts->output ? opts->output : "-");
+    rc = copy_strings(a, opts);
     /* Before anything can fail: walq__audit_free() closes the sink. */
     walq__audit_sink_init(&a->sink, &(walq__audit_sink_config){.output = a->into ? NULL : a->output,
                                                                .into = a->into,
                                                                .target = a->target,
                                                                .group = a->group,
                                                                .log = &a->log});
-    if (a->group == NULL || a->output == NULL || (opts->source && a->source == NULL) ||
-        (opts->target && a->target == NULL) || (opts->into && a->into == NULL)) {
+    if (rc != 0) {
         walq__audit_free(a);
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        return rc;
     }
     a->o.group = a->group;
     a->o.source = a->source;
@@ -245,11 +264,7 @@ void walq__audit_free(walq__audit *a)
         return;
     close_all(a);
     walq__reader_free(&a->rd);
-    free(a->source);
-    free(a->target);
-    free(a->group);
-    free(a->output);
-    free(a->into);
+    free(a->strings);
     free(a);
 }
 

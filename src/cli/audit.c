@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,17 +22,11 @@
 
 #define progname walq__progname
 
-static walq__audit *running_audit;
-static volatile sig_atomic_t signals_seen;
-
 #define usage_error(...) walq__cli_usage("audit", NULL, __VA_ARGS__)
 
-static void on_stop_signal(int sig)
+static void stop_audit(void *a, int immediate)
 {
-    (void)sig;
-    signals_seen++;
-    if (running_audit != NULL)
-        walq__audit_stop(running_audit, signals_seen > 1);
+    walq__audit_stop(a, immediate);
 }
 
 static void help(void)
@@ -158,17 +151,14 @@ int walq__cli_audit(int argc, char **argv)
         o.source = dbname;
 
     rc = walq__audit_open(&a, &o);
-    if (rc != 0) {
-        walq__cli_fail(rc);
-        return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
-    }
-    running_audit = a;
-    walq__cli_on_stop(on_stop_signal);
+    if (rc != 0)
+        return walq__cli_open_failed(rc);
+    walq__cli_on_stop(stop_audit, a);
 
     t0 = walq__mono_us();
     rc = walq__audit_run(a);
     walq__audit_stats_get(a, &st);
-    running_audit = NULL;
+    walq__cli_on_stop(NULL, NULL);
     walq__audit_free(a);
     if (rc != 0) {
         walq__cli_fail(rc);

@@ -55,14 +55,39 @@ void walq__cli_log(walq_log_level level, const char *msg, void *payload)
     walq__cli_message(names[level], msg);
 }
 
-void walq__cli_on_stop(void (*fn)(int))
+static void (*volatile stop_fn)(void *arg, int immediate);
+static void *volatile stop_arg;
+static volatile sig_atomic_t stop_signals;
+
+static void on_stop_signal(int sig)
+{
+    void (*fn)(void *, int) = stop_fn;
+
+    (void)sig;
+    stop_signals++;
+    if (fn != NULL)
+        fn(stop_arg, stop_signals > 1);
+}
+
+void walq__cli_on_stop(void (*stop)(void *arg, int immediate), void *arg)
 {
     struct sigaction sa;
 
+    stop_fn = NULL;
+    stop_arg = arg;
+    stop_fn = stop;
+    if (stop == NULL)
+        return;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = fn;
+    sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+int walq__cli_open_failed(int rc)
+{
+    walq__cli_fail(rc);
+    return rc == WALQ_EINVAL ? 2 : 1;
 }

@@ -20,10 +20,15 @@ void walq__cli_fail(int rc);
 void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...) WALQ__PRINTF(3, 4);
 
 /*
- * Sends SIGTERM and SIGINT to fn (which stops the running command: drain on
- * the first, at once on the second) and ignores SIGPIPE.
+ * The stop rule of the long-running commands: the first SIGTERM or SIGINT
+ * calls stop(arg, 0) (finish what is under way, then exit), any later one
+ * stop(arg, 1) (at once).  SIGPIPE is ignored.  walq__cli_on_stop(NULL,
+ * NULL) once the command's object is gone.
  */
-void walq__cli_on_stop(void (*fn)(int));
+void walq__cli_on_stop(void (*stop)(void *arg, int immediate), void *arg);
+
+/* A command's open failed with rc: prints why; the exit status (2 for bad options). */
+int walq__cli_open_failed(int rc);
 
 /* The log callback of the program's long-running commands: stamped lines on stderr. */
 void walq__cli_log(walq_log_level level, const char *msg, void *payload);

@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,15 +31,9 @@ typedef struct consume_args {
     int nprogram;
 } consume_args;
 
-static walq_consumer *running_consumer;
-static volatile sig_atomic_t signals_seen;
-
-static void on_stop_signal(int sig)
+static void stop_consumer(void *c, int immediate)
 {
-    (void)sig;
-    signals_seen++;
-    if (running_consumer != NULL)
-        walq_consumer_stop(running_consumer, signals_seen > 1);
+    walq_consumer_stop(c, immediate);
 }
 
 /* Seconds, as the command line takes them, into the milliseconds of the options. */
@@ -391,16 +384,13 @@ static int run(const consume_args *a)
     int rc;
 
     rc = walq_consumer_open(&c, &a->opts);
-    if (rc != 0) {
-        walq__cli_fail(rc);
-        return rc == WALQ_EINVAL ? EXIT_USAGE : 1;
-    }
-    running_consumer = c;
-    walq__cli_on_stop(on_stop_signal);
+    if (rc != 0)
+        return walq__cli_open_failed(rc);
+    walq__cli_on_stop(stop_consumer, c);
     t0 = walq__mono_us();
     rc = walq_consumer_run(c);
     report(a, c, rc, walq__mono_us() - t0);
-    running_consumer = NULL;
+    walq__cli_on_stop(NULL, NULL);
     walq_consumer_free(c);
     return rc == 0 ? 0 : 1;
 }
