@@ -834,7 +834,15 @@ static void coproc_kill_overdue(walq__handler *h, int64_t now)
 
     for (int i = 0; i < c->nworkers; i++) {
         cp_worker *w = &c->w[i];
+        struct pollfd pfd = {.fd = w->out_fd, .events = POLLIN};
 
+        /*
+         * A worker with output waiting may have answered in time, while the
+         * consumer was busy: process() reads it before it judges the
+         * deadlines.
+         */
+        if (w->out_fd >= 0 && poll(&pfd, 1, 0) > 0)
+            continue;
         if (w->state != CP_DOWN)
             worker_overdue(c, w, now);
     }

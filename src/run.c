@@ -262,6 +262,20 @@ void walq__proc_kill(walq__proc *p, int sig)
         kill(-p->pid, sig);
 }
 
+int walq__proc_exited(const walq__proc *p)
+{
+    siginfo_t info;
+    int r;
+
+    if (p->pid <= 0)
+        return 1;
+    memset(&info, 0, sizeof(info));
+    do {
+        r = waitid(P_PID, (id_t)p->pid, &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (r < 0 && errno == EINTR);
+    return r == 0 && info.si_pid == p->pid;
+}
+
 /*
  * ": " and the end of what the child wrote to stderr, in at most len bytes
  * (with the NUL), or "" when it wrote nothing.  The text is valid UTF-8

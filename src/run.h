@@ -85,6 +85,13 @@ void walq__proc_drain_stderr(walq__proc *p);
 void walq__proc_kill(walq__proc *p, int sig);
 
 /*
+ * Whether the child has exited (it is not reaped: walq__proc_reap still
+ * reports how).  One past its deadline that exited by itself, while the
+ * caller was busy elsewhere, did not time out.
+ */
+int walq__proc_exited(const walq__proc *p);
+
+/*
  * Reaps the child if it has exited.  Returns 1 with the verdict and a
  * description of a failure in err (valid UTF-8, with the end of its stderr),
  * or 0 if it is still running.

@@ -99,6 +99,13 @@ one_outcome_each() {
     assert_eq "$(qs "$1" "SELECT count(*) FROM walq.job_status s JOIN walq.jobs j ON j.id = s.job_id
                      WHERE s.consumer_group = '$2' AND j.payload ? 'sleep'
                        AND s.last_error !~* 'time'")" 0 "group $2: the sleeping jobs died of their timeout"
+    # A handler that exited at once while the consumer waited on its
+    # primary did not time out: it was reaped as it ended, not killed for
+    # a deadline that passed while nobody looked.
+    assert_eq "$(qs "$1" "SELECT coalesce(string_agg(s.job_id || ': ' || s.attempts || ' attempts', ', '), '')
+                     FROM walq.job_status s JOIN walq.jobs j ON j.id = s.job_id
+                     WHERE s.consumer_group = '$2' AND NOT j.payload ? 'sleep' AND s.attempts <> 1")" "" \
+        "group $2: every job that does not sleep was done at its first attempt"
     pass "group $2: each of its $(qs "$1" "SELECT count(*) FROM walq.jobs WHERE queue = '$3'") jobs has exactly one final outcome"
 }
 publish() { # SERVER QUEUE N [sleep]
