@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 typedef enum walq__action {
+    /* A message that carries nothing for the owner (pgoutput's Relation, Type, Origin). */
+    WALQ__ACT_NONE = 0,
     WALQ__ACT_BEGIN = 'B',
     WALQ__ACT_COMMIT = 'C',
     WALQ__ACT_INSERT = 'I',
