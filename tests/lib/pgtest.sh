@@ -34,10 +34,42 @@
 #   pg_start_standby NAME [conf lines...]  a hot standby of the first server
 #                                          (pg_basebackup, physical slot NAME)
 #
+#   pg_restart_extra NAME / pg_crash_extra NAME   pg_restart / pg_crash of it
+#   pg_promote NAME                        promotes the standby NAME, waits until
+#                                          it takes writes
+#
 # A connection string is "host=DIR port=P user=postgres dbname=postgres": a
 # unix socket only.  NAME is [a-z0-9_]+.  Extra servers are stopped and
 # removed by the same cleanup as the first, and by the watchdog when the
 # script is killed outright.
+#
+# The server under test (docs/testing.md, "The matrix"): WALQ_TEST_PG picks
+# its PostgreSQL major version.
+#
+#   15 (default)  Debian 12's, in /usr/lib/postgresql/15/bin
+#   17            Debian 13's, with wal2json and pg_basebackup, in the trixie
+#                 chroot that tests/lib/pgserver-trixie.sh builds; it runs as
+#                 the chroot's postgres user
+#   16, 18        npm's relocatable builds (pgoutput only, no pg_basebackup)
+#                 that tests/lib/pgserver-npm.sh installs
+#
+# The chroot and the npm servers live in WALQ_TEST_PG_CACHE (default:
+# pgservers/ beside $WALQ_BIN, where the ctest fixtures put them).  When the
+# chosen server is not there, sourcing this file prints "SKIP: ..." with the
+# reason and exits 77.  So does WALQ_PLUGIN=pgoutput with a walq that has no
+# --plugin option yet (unless PGTEST_NO_DECODING=1).  The clients (psql, pg_recvlogical; PGTEST_BINDIR)
+# are always the host's PostgreSQL 15 ones, which talk to newer servers.
+# With the chroot, every directory made here (the servers', $WORK) is in the
+# chroot's /tmp and the same path on the host is a symlink to it: one path
+# names a file for the server and for the test alike.
+#
+#   PGTEST_PG                              the server's major version
+#   PGTEST_WAL2JSON                        1 when the server has wal2json; pg_start
+#                                          then lists it in output_plugin_libraries
+#                                          where that setting exists
+#   pgtest_skip MSG                        "SKIP: TEST: MSG", exit 77 (the test is skipped)
+#   pgtest_require_pg MAJOR WHY            skips on a server older than MAJOR
+#   pgtest_require_wal2json WHY            skips on a server without wal2json
 
 set -Eeuo pipefail
 
@@ -45,6 +77,85 @@ PGTEST_BINDIR=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
 WALQ_SOURCE_DIR=${WALQ_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 WALQ_BIN=${WALQ_BIN:-$WALQ_SOURCE_DIR/build/walq}
 TEST_NAME=${TEST_NAME:-$(basename "$0" .sh)}
+
+# pgtest_skip MSG: the test is skipped (ctest's SKIP_RETURN_CODE 77), with
+# the reason on a line of its own for tests/run.sh to list.
+pgtest_skip() {
+    PGTEST_SKIPPED=1
+    echo "SKIP: ${TEST_NAME}: $*"
+    exit 77
+}
+
+# The server programs (initdb, pg_ctl, postgres, pg_basebackup) of the server
+# under test, and how to run them: PGTEST_MODE is host, chroot or npm.  These
+# are exported so that a helper run by a test (faultgen.py's pg_restart)
+# finds the same server.
+_pgtest_select_server() {
+    local cache want=${WALQ_TEST_PG:-15} dir reason
+    cache=$(realpath -m "${WALQ_TEST_PG_CACHE:-$(dirname "$WALQ_BIN")/pgservers}")
+    PGTEST_CHROOT=""
+    PGTEST_CHROOT_USER=""
+    case $want in
+    15)
+        PGTEST_MODE=host
+        PGTEST_SERVER_BINDIR=${PGTEST_SERVER_BINDIR:-$PGTEST_BINDIR}
+        ;;
+    17)
+        PGTEST_MODE=chroot
+        dir=$cache/trixie
+        if [ ! -f "$dir/.walq-ready" ]; then
+            reason=$(cat "$dir.skip" 2>/dev/null) ||
+                reason="it is not built (bash tests/lib/pgserver-trixie.sh setup $dir)"
+            pgtest_skip "PostgreSQL 17 (the trixie chroot in $dir) is not available: $reason"
+        fi
+        [ "$(id -u)" -eq 0 ] || pgtest_skip "PostgreSQL 17 runs in a chroot, which needs root"
+        PGTEST_CHROOT=$dir
+        # The chroot's postgres user, whose ids need not be the host's.
+        PGTEST_CHROOT_USER=$(awk -F: '$1 == "postgres" { print $3 ":" $4 }' "$dir/etc/passwd")
+        PGTEST_SERVER_BINDIR=/usr/lib/postgresql/17/bin
+        ;;
+    16 | 18)
+        PGTEST_MODE=npm
+        dir=$cache/npm
+        if [ ! -f "$dir/.walq-ready" ]; then
+            reason=$(cat "$dir.skip" 2>/dev/null) ||
+                reason="they are not installed (bash tests/lib/pgserver-npm.sh setup $dir)"
+            pgtest_skip "PostgreSQL $want (npm's servers in $dir) is not available: $reason"
+        fi
+        # Resolved: the postgres user may not be able to go through $dir.
+        PGTEST_SERVER_BINDIR=$(readlink -f "$dir/pg$want")/bin
+        ;;
+    *)
+        echo "FAIL: ${TEST_NAME}: WALQ_TEST_PG=$want: choose 15, 16, 17 or 18" >&2
+        exit 1
+        ;;
+    esac
+    PGTEST_PG=$want
+    PGTEST_WAL2JSON=0
+    if [ -f "$PGTEST_CHROOT$(dirname "$PGTEST_SERVER_BINDIR")/lib/wal2json.so" ]; then
+        PGTEST_WAL2JSON=1
+    fi
+    export PGTEST_MODE PGTEST_SERVER_BINDIR PGTEST_CHROOT PGTEST_CHROOT_USER PGTEST_PG PGTEST_WAL2JSON
+}
+PGTEST_SKIPPED=0
+_pgtest_select_server
+
+# The pgoutput legs of the matrix wait for a walq that can read pgoutput;
+# a test that decodes nothing sets PGTEST_NO_DECODING=1 and runs anyway.
+if [ "${WALQ_PLUGIN:-}" = pgoutput ] && [ "${PGTEST_NO_DECODING:-0}" != 1 ] &&
+    [ -x "$WALQ_BIN" ] && ! grep -q -- '--plugin' <<<"$("$WALQ_BIN" consume --help 2>&1)"; then
+    pgtest_skip "WALQ_PLUGIN=pgoutput: this walq has no --plugin option (no pgoutput support yet)"
+fi
+
+# pgtest_require_pg MAJOR WHY: skips the test on a server older than MAJOR.
+pgtest_require_pg() {
+    [ "$PGTEST_PG" -ge "$1" ] || pgtest_skip "$2 (this server is PostgreSQL $PGTEST_PG)"
+}
+
+# pgtest_require_wal2json WHY: skips the test on a server without wal2json.
+pgtest_require_wal2json() {
+    [ "$PGTEST_WAL2JSON" = 1 ] || pgtest_skip "$1 (PostgreSQL $PGTEST_PG here has no wal2json)"
+}
 
 PGTEST_DIR=""        # the server's directory: data/, socket, server.log
 PGTEST_DATA=""
@@ -59,23 +170,72 @@ CAP_RC=0
 CAP_OUT=""
 CAP_ERR=""
 
+_pgtest_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# _pgtest_mktemp NAME [PARENT]: makes a new directory PARENT/NAME.XXXXXX
+# (PARENT: /tmp) and prints its path.  With the chroot the directory is the
+# chroot's /tmp/NAME.XXXXXX, and the same path on the host a symlink to it.
+_pgtest_mktemp() {
+    local real path i
+    if [ "$PGTEST_MODE" != chroot ]; then
+        mktemp -d "${2:-/tmp}/$1.XXXXXX"
+        return
+    fi
+    for i in 1 2 3 4 5; do
+        real=$(mktemp -d "$PGTEST_CHROOT/tmp/$1.XXXXXX")
+        path=/tmp/${real##*/}
+        if ln -sT "$real" "$path" 2>/dev/null; then
+            echo "$path"
+            return 0
+        fi
+        rmdir "$real"
+        : "$i"
+    done
+    echo "pgtest: could not make a directory /tmp/$1.* for the chroot" >&2
+    return 1
+}
+
+# _pgtest_rmtemp DIR...: removes directories made by _pgtest_mktemp.
+_pgtest_rmtemp() {
+    local d
+    for d in "$@"; do
+        [ -n "$d" ] || continue
+        if [ -L "$d" ]; then
+            rm -rf -- "$(readlink "$d")"
+        fi
+        rm -rf -- "$d"
+    done
+}
+
 # Scratch space for the test itself (handlers, their output files).  Mode
 # 0755 so that a server running as postgres could read files put here.
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/walq-${TEST_NAME}.XXXXXX")
+WORK=$(_pgtest_mktemp "walq-${TEST_NAME}" "${TMPDIR:-/tmp}")
 chmod 0755 "$WORK"
 
-_pgtest_is_root() { [ "$(id -u)" -eq 0 ]; }
+# _pgtest_own DIR: gives DIR to the user the servers run as.
+_pgtest_own() {
+    chmod 0755 "$1"
+    if [ "$PGTEST_MODE" = chroot ]; then
+        chown "$PGTEST_CHROOT_USER" "$(readlink "$1")"
+    elif _pgtest_is_root; then
+        chown postgres:postgres "$1"
+    fi
+}
 
 # Runs a server binary as the user that owns the cluster.
 _pg_as() {
     _pg_as_in "$PGTEST_DIR" "$@"
 }
 
-# _pg_as_in DIR CMD...: the same for the server in DIR.
+# _pg_as_in DIR CMD...: the same for the server in DIR, from DIR.  In the
+# chroot with an environment of its own: none of the host's PG* settings.
 _pg_as_in() {
     local dir=$1
     shift
-    if _pgtest_is_root; then
+    if [ "$PGTEST_MODE" = chroot ]; then
+        chroot --userspec="$PGTEST_CHROOT_USER" "$PGTEST_CHROOT" /usr/bin/env -i -C "$dir" \
+            PATH=/usr/bin:/bin HOME=/var/lib/postgresql LANG=C "$@"
+    elif _pgtest_is_root; then
         (cd "$dir" && runuser -u postgres -- "$@")
     else
         "$@"
@@ -204,12 +364,9 @@ _pgtest_free_port() {
 _pgtest_initdb() {
     local dir=$1 port=$2
     shift 2
-    chmod 0755 "$dir"
-    if _pgtest_is_root; then
-        chown postgres:postgres "$dir"
-    fi
-    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/initdb" -D "$dir/data" -A trust -U postgres --no-sync \
-        --locale=C -E UTF8 >"$dir/initdb.log" 2>&1; then
+    _pgtest_own "$dir"
+    if ! _pg_as_in "$dir" "$PGTEST_SERVER_BINDIR/initdb" -D "$dir/data" -A trust -U postgres \
+        --no-sync --locale=C -E UTF8 >"$dir/initdb.log" 2>&1; then
         cat "$dir/initdb.log" >&2
         fail "initdb failed"
     fi
@@ -230,15 +387,36 @@ max_connections = 60
 log_min_duration_statement = -1
 log_line_prefix = '%m [%p] %q%a '
 EOF
+    _pgtest_allow_wal2json "$dir"
     if [ $# -gt 0 ]; then
         printf '%s\n' "$@" >>"$dir/data/postgresql.conf"
+    fi
+}
+
+# Current minor releases decode only with the plugins listed in
+# output_plugin_libraries (default 'pgoutput, test_decoding').  Where the
+# setting exists and the server has wal2json, the tests' servers allow it
+# too; a test of the default sets it again (a later line wins).
+# _pgtest_allow_wal2json DIR
+_pgtest_allow_wal2json() {
+    [ "$PGTEST_WAL2JSON" = 1 ] || return 0
+    if [ -z "${_PGTEST_OPL:-}" ]; then
+        _PGTEST_OPL=no
+        if _pg_as_in "$1" "$PGTEST_SERVER_BINDIR/postgres" -D "$1/data" \
+            -C output_plugin_libraries >/dev/null 2>&1; then
+            _PGTEST_OPL=yes
+        fi
+    fi
+    if [ "$_PGTEST_OPL" = yes ]; then
+        echo "output_plugin_libraries = 'pgoutput, test_decoding, wal2json'" \
+            >>"$1/data/postgresql.conf"
     fi
 }
 
 # shellcheck disable=SC2120  # the settings are optional
 pg_start() {
     [ -z "$PGTEST_DIR" ] || fail "pg_start: a server is already running in $PGTEST_DIR"
-    PGTEST_DIR=$(mktemp -d /tmp/walq-pg.XXXXXX)
+    PGTEST_DIR=$(_pgtest_mktemp walq-pg)
     PGTEST_DATA=$PGTEST_DIR/data
     local port
     port=$(_pgtest_free_port)
@@ -259,7 +437,7 @@ pg_start_extra() {
         fail "pg_start_extra: invalid server name \"$name\" (use [a-z0-9_]+)"
     shift
     [ -z "${PGTEST_EXTRA[$name]:-}" ] || fail "pg_start_extra: server \"$name\" already exists"
-    dir=$(mktemp -d "/tmp/walq-pg-$name.XXXXXX")
+    dir=$(_pgtest_mktemp "walq-pg-$name")
     PGTEST_EXTRA[$name]=$dir
     port=$(_pgtest_free_port)
     _pgtest_initdb "$dir" "$port" "$@"
@@ -271,8 +449,9 @@ pg_start_extra() {
 }
 
 # pg_start_standby NAME [postgresql.conf lines...]: a hot standby of the
-# first server, cloned with pg_basebackup and streaming from it through a
-# physical slot called NAME, with hot_standby_feedback on.  Sets the same
+# first server, cloned with pg_basebackup (or, on servers without it, a copy
+# between pg_backup_start and pg_backup_stop) and streaming from it through
+# a physical slot called NAME, with hot_standby_feedback on.  Sets the same
 # variables as pg_start_extra.
 pg_start_standby() {
     local name=${1:-} dir port var
@@ -280,18 +459,20 @@ pg_start_standby() {
         fail "pg_start_standby: invalid server name \"$name\" (use [a-z0-9_]+)"
     shift
     [ -z "${PGTEST_EXTRA[$name]:-}" ] || fail "pg_start_standby: server \"$name\" already exists"
-    dir=$(mktemp -d "/tmp/walq-pg-$name.XXXXXX")
-    chmod 0755 "$dir"
-    if _pgtest_is_root; then
-        chown postgres:postgres "$dir"
-    fi
+    dir=$(_pgtest_mktemp "walq-pg-$name")
+    _pgtest_own "$dir"
     PGTEST_EXTRA[$name]=$dir
     port=$(_pgtest_free_port)
-    q "SELECT pg_create_physical_replication_slot('$name')" >/dev/null
-    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/pg_basebackup" -D "$dir/data" -R -S "$name" -X stream \
-        -h "$PGTEST_DIR" -p "$PGPORT" -U postgres >"$dir/basebackup.log" 2>&1; then
-        cat "$dir/basebackup.log" >&2
-        fail "pg_basebackup failed"
+    _pgtest_watchdog "$dir"
+    if [ -x "$PGTEST_CHROOT$PGTEST_SERVER_BINDIR/pg_basebackup" ]; then
+        q "SELECT pg_create_physical_replication_slot('$name')" >/dev/null
+        if ! _pg_as_in "$dir" "$PGTEST_SERVER_BINDIR/pg_basebackup" -D "$dir/data" -R -S "$name" \
+            -X stream -h "$PGTEST_DIR" -p "$PGPORT" -U postgres >"$dir/basebackup.log" 2>&1; then
+            cat "$dir/basebackup.log" >&2
+            fail "pg_basebackup failed"
+        fi
+    else
+        _pgtest_copy_backup "$dir" "$name"
     fi
     cat >>"$dir/data/postgresql.conf" <<EOF
 
@@ -307,8 +488,48 @@ EOF
     var=${name^^}
     printf -v "PGTEST_CONN_$var" '%s' "host=$dir port=$port user=postgres dbname=postgres"
     printf -v "PGTEST_DIR_$var" '%s' "$dir"
-    _pgtest_watchdog "$dir"
     _pg_ctl_start_in "$dir"
+}
+
+# _pgtest_copy_backup DIR NAME: what pg_basebackup -R -S NAME -X none would
+# do, for servers without it (npm's): a copy of the data directory between
+# pg_backup_start and pg_backup_stop, in one session of the primary.  The
+# standby streams the WAL from the backup's start through the physical slot
+# NAME, reserved before the backup starts.
+_pgtest_copy_backup() {
+    local dir=$1 name=$2
+    q "SELECT pg_create_physical_replication_slot('$name', true)" >/dev/null
+    # tar's status 1 is "a file changed as it was read", which the WAL replay
+    # from the backup's start repairs, as for any base backup.
+    cat >"$dir/copy.sh" <<EOF
+set -u
+mkdir -m 0700 '$dir/data'
+tar -C '$PGTEST_DATA' -cf - --exclude=./postmaster.pid --exclude=./postmaster.opts \\
+    --exclude='./pg_wal/*' --exclude='./pg_replslot/*' --warning=none --ignore-failed-read . |
+    tar -C '$dir/data' -xpf -
+[ "\${PIPESTATUS[0]}" -le 1 ] && [ "\${PIPESTATUS[1]}" -eq 0 ] || echo "pgtest: the copy failed" >&2
+EOF
+    if ! pg_psql >"$dir/basebackup.log" 2>&1 <<EOF; then
+SELECT pg_backup_start('pgtest $name', true);
+\\! bash '$dir/copy.sh'
+\\o '$dir/data/backup_label'
+SELECT labelfile FROM pg_backup_stop(false);
+EOF
+        cat "$dir/basebackup.log" >&2
+        fail "the backup for standby \"$name\" failed"
+    fi
+    if grep -q 'pgtest: the copy failed' "$dir/basebackup.log"; then
+        cat "$dir/basebackup.log" >&2
+        fail "the copy of the primary for standby \"$name\" failed"
+    fi
+    touch "$dir/data/standby.signal"
+    cat >>"$dir/data/postgresql.auto.conf" <<EOF
+primary_conninfo = 'host=$PGTEST_DIR port=$PGPORT user=postgres application_name=$name'
+primary_slot_name = '$name'
+EOF
+    if _pgtest_is_root; then
+        chown postgres:postgres "$dir/data" "$dir/data/backup_label" "$dir/data/standby.signal"
+    fi
 }
 
 # The directory of the extra server NAME, in _PGTEST_XDIR (not printed: a
@@ -320,8 +541,31 @@ _pgtest_extra() {
 
 pg_stop_extra() {
     _pgtest_extra "$1"
-    _pg_as_in "$_PGTEST_XDIR" "$PGTEST_BINDIR/pg_ctl" -D "$_PGTEST_XDIR/data" -m fast -w -t 60 \
-        stop >/dev/null
+    _pg_as_in "$_PGTEST_XDIR" "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$_PGTEST_XDIR/data" -m fast \
+        -w -t 60 stop >/dev/null
+}
+
+# pg_restart_extra NAME / pg_crash_extra NAME: a fast / an immediate stop of
+# the extra server NAME, then a start.
+pg_restart_extra() {
+    pg_stop_extra "$1"
+    _pg_ctl_start_in "$_PGTEST_XDIR"
+}
+
+pg_crash_extra() {
+    _pgtest_extra "$1"
+    _pg_as_in "$_PGTEST_XDIR" "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$_PGTEST_XDIR/data" \
+        -m immediate -w -t 60 stop >/dev/null
+    _pg_ctl_start_in "$_PGTEST_XDIR"
+}
+
+# pg_promote NAME: promotes the standby NAME and waits until it is out of
+# recovery.  The first server, if still up, goes on as a primary of its own.
+pg_promote() {
+    _pgtest_extra "$1"
+    _pg_as_in "$_PGTEST_XDIR" "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$_PGTEST_XDIR/data" -w -t 60 \
+        promote >/dev/null
+    wait_for "[ \"\$(q_on $1 'SELECT pg_is_in_recovery()')\" = f ]" 60 "standby $1 to be promoted"
 }
 
 # pg_psql_on NAME ARGS...: pg_psql against the extra server NAME.
@@ -344,12 +588,11 @@ q_on() {
 # server has its own watchdog; what they share they may both do.
 # _pgtest_watchdog DIR
 _pgtest_watchdog() {
-    local dir=$1 as=""
-    _pgtest_is_root && as="runuser -u postgres --"
+    local dir=$1
     (
         # shellcheck disable=SC2016  # expanded by the watchdog's own shell
-        setsid bash -c '
-            parent=$1 dir=$2 work=$3 bindir=$4 keep=$5 as=$6
+        setsid bash -c "$(declare -f _pgtest_is_root _pg_as_in _pgtest_rmtemp)"'
+            parent=$1 dir=$2 work=$3 bindir=$4 keep=$5
             while kill -0 "$parent" 2>/dev/null; do sleep 1; done
             if [ -f "$work/.sessions" ]; then
                 while read -r s; do
@@ -357,10 +600,10 @@ _pgtest_watchdog() {
                 done <"$work/.sessions"
             fi
             if [ -f "$dir/data/postmaster.pid" ]; then
-                cd "$dir" && $as "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop
+                _pg_as_in "$dir" "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop
             fi
-            [ "$keep" = 1 ] || rm -rf "$dir" "$work"
-        ' pgtest-watchdog "$$" "$dir" "$WORK" "$PGTEST_BINDIR" "${PGTEST_KEEP:-0}" "$as" \
+            [ "$keep" = 1 ] || _pgtest_rmtemp "$dir" "$work"
+        ' pgtest-watchdog "$$" "$dir" "$WORK" "$PGTEST_SERVER_BINDIR" "${PGTEST_KEEP:-0}" \
             </dev/null >/dev/null 2>&1 &
     )
 }
@@ -376,7 +619,7 @@ _pg_ctl_start() {
 
 _pg_ctl_start_in() {
     local dir=$1
-    if ! _pg_as_in "$dir" "$PGTEST_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" \
+    if ! _pg_as_in "$dir" "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" \
         -w -t 60 start >/dev/null; then
         tail -n 30 "$dir/server.log" >&2 || true
         fail "the server did not start"
@@ -385,18 +628,18 @@ _pg_ctl_start_in() {
 
 pg_stop() {
     [ -n "$PGTEST_DATA" ] || return 0
-    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
+    _pg_as "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
 }
 
 pg_restart() {
-    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
+    _pg_as "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m fast -w -t 60 stop >/dev/null
     _pg_ctl_start
 }
 
 # An immediate stop is PostgreSQL's crash: no shutdown checkpoint, crash
 # recovery at the next start.
 pg_crash() {
-    _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 60 stop >/dev/null
+    _pg_as "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 60 stop >/dev/null
     _pg_ctl_start
 }
 
@@ -413,7 +656,7 @@ _pgtest_cleanup() {
     local rc=$? name dir
     set +e
     trap - ERR
-    if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -ne 0 ] && [ "$PGTEST_SKIPPED" -eq 0 ]; then
         [ "$PGTEST_FAILED" -eq 1 ] || echo "FAIL: ${TEST_NAME}: exited with status $rc" >&2
         if [ -n "$PGTEST_DIR" ] && [ -f "$PGTEST_DIR/server.log" ]; then
             echo "--- last lines of the server log ---" >&2
@@ -436,12 +679,13 @@ _pgtest_cleanup() {
             pkill -KILL -s "$p"
         done
         if [ -n "$PGTEST_DATA" ] && [ -f "$PGTEST_DATA/postmaster.pid" ]; then
-            _pg_as "$PGTEST_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 30 stop >/dev/null
+            _pg_as "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$PGTEST_DATA" -m immediate -w -t 30 \
+                stop >/dev/null
         fi
         for name in "${!PGTEST_EXTRA[@]}"; do
             dir=${PGTEST_EXTRA[$name]}
             if [ -f "$dir/data/postmaster.pid" ]; then
-                _pg_as_in "$dir" "$PGTEST_BINDIR/pg_ctl" -D "$dir/data" -m immediate -w -t 30 \
+                _pg_as_in "$dir" "$PGTEST_SERVER_BINDIR/pg_ctl" -D "$dir/data" -m immediate -w -t 30 \
                     stop >/dev/null
             fi
         done
@@ -449,11 +693,7 @@ _pgtest_cleanup() {
     if [ "${PGTEST_KEEP:-0}" = 1 ]; then
         echo "kept: $WORK ${PGTEST_DIR} ${PGTEST_EXTRA[*]}" >&2
     else
-        [ -z "$PGTEST_DIR" ] || rm -rf "$PGTEST_DIR"
-        for name in "${!PGTEST_EXTRA[@]}"; do
-            rm -rf "${PGTEST_EXTRA[$name]}"
-        done
-        rm -rf "$WORK"
+        _pgtest_rmtemp "$PGTEST_DIR" "${PGTEST_EXTRA[@]+"${PGTEST_EXTRA[@]}"}" "$WORK"
     fi
     exit "$rc"
 }
