@@ -5,6 +5,7 @@
 # created on either server.  (The PostgreSQL 16+ path is standby.sh.)
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
+[ "$PGTEST_PG" = 15 ] || pgtest_skip "the refusal of a PostgreSQL 15 standby needs PostgreSQL 15"
 require_walq
 pg_start
 walq init
