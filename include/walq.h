@@ -172,6 +172,13 @@ typedef struct walq_options {
      * or for their ack) before the stream is paused, beside max_in_flight.
      */
     int64_t max_in_flight_bytes;
+    /*
+     * The output plugin a new slot is made with: "pgoutput" (PostgreSQL's
+     * own, allowed on every server), "wal2json", or NULL or "auto" for
+     * pgoutput.  A slot that exists keeps the plugin it was made with; naming
+     * another one is an error.
+     */
+    const char *plugin;
 } walq_options;
 
 /*
@@ -194,7 +201,7 @@ typedef struct walq_options {
         .coprocess_inflight = 16, .batch_size = 1000, .ack_delay_ms = 10, .max_in_flight = 10000,  \
         .status_interval_ms = 10000, .timer_horizon_ms = 60000, .log = NULL, .log_payload = NULL,  \
         .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0,           \
-        .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456                              \
+        .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456, .plugin = NULL               \
     }
 
 /*

@@ -21,6 +21,7 @@
 #include "text.h"
 #include "lsn.h"
 #include "options.h"
+#include "publication.h"
 #include "reader.h"
 #include "registry.h"
 #include "retry.h"
@@ -50,6 +51,7 @@ struct walq_consumer {
     char **argv;
     char *sql;
     char slot[64];
+    char plugin[16]; /* the plugin asked for: "", "auto", "pgoutput", "wal2json" */
     walq__log log;
     char errmsg[2048];
     walq_stats stats;
@@ -984,6 +986,43 @@ static int wait_for_slot(walq_consumer *c, walq__slot_info *si)
     }
 }
 
+/* The publication of a reader on pgoutput. */
+static walq__pub_spec pub_spec(const walq_consumer *c)
+{
+    return (walq__pub_spec){c->slot,      c->group,           (const char *const *)c->queues,
+                            c->o.nqueues, c->route.partition, c->route.partitions};
+}
+
+/*
+ * The publication is made (or redefined) before the slot: pgoutput reads it
+ * as the catalog was when each transaction committed.  A standby cannot
+ * take it, so the primary does, and the slot waits until the standby has
+ * replayed it.
+ */
+static int define_publication(walq_consumer *c)
+{
+    walq__pub_spec spec = pub_spec(c);
+    PGconn *conn = c->standby ? c->pconn : c->sconn;
+    char lsn[WALQ__LSN_BUFSZ];
+    uint64_t made = 0, replayed = 0;
+    int rc = walq__pub_define(conn, &spec);
+
+    if (rc != 0 || !c->standby)
+        return rc;
+    rc = walq__source_wal_lsn(c->pconn, &made);
+    for (int i = 0; rc == 0; i++) {
+        rc = walq__source_wal_lsn(c->sconn, &replayed);
+        if (rc != 0 || replayed >= made)
+            break;
+        if (i == 20)
+            walq__warn(&c->log, "waiting for the standby to replay publication \"%s\" (at %s)",
+                       c->slot, walq__lsn_format(made, lsn));
+        if (walq__reader_nap(&c->rd, 100))
+            return walq__error(WALQ_ECONN, NULL, "stopped while waiting for the standby");
+    }
+    return rc;
+}
+
 /*
  * Creates the slot afresh and reads, from the snapshot of its consistent
  * point, every job of the group's queues that has no outcome: the table
@@ -1000,6 +1039,8 @@ static int resync(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
     rc = walq__reg_resync_begins(&c->rg, c->pconn);
     if (rc == 0 && si->exists)
         rc = walq__reader_drop_slot(&c->rd);
+    if (rc == 0 && c->rd.pgoutput)
+        rc = define_publication(c);
     if (rc == 0)
         rc = walq__reader_create_slot(&c->rd, &consistent, snapshot, sizeof(snapshot),
                                       c->standby ? log_standby_snapshot : NULL, c);
@@ -1049,16 +1090,63 @@ static int resume(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
     return 0;
 }
 
+/*
+ * A slot that exists keeps its plugin, and naming another is an error; a
+ * new one is made with the plugin asked for, pgoutput when none is.
+ */
+static int choose_plugin(walq_consumer *c, const walq__slot_info *si)
+{
+    int asked = c->plugin[0] != '\0' && strcmp(c->plugin, "auto") != 0;
+
+    if (!si->exists) {
+        walq__reader_use_plugin(&c->rd, asked ? c->plugin : "pgoutput");
+        return 0;
+    }
+    if (strcmp(si->plugin, "wal2json") != 0 && strcmp(si->plugin, "pgoutput") != 0)
+        return walq__error(WALQ_ESLOT, "Drop the slot, or choose another group name.",
+                           "replication slot \"%s\" exists but uses plugin \"%s\"; walq reads "
+                           "pgoutput and wal2json",
+                           c->slot, si->plugin);
+    if (asked && strcmp(si->plugin, c->plugin) != 0) {
+        char hint[512];
+
+        snprintf(hint, sizeof(hint),
+                 "Run without --plugin (or with --plugin %s) to go on reading it. To move the "
+                 "group to %s, stop its consumers and drop the slot (SELECT "
+                 "pg_drop_replication_slot('%s')): the next walq consume makes it with %s and "
+                 "reads the group's unfinished jobs from walq.jobs.",
+                 si->plugin, c->plugin, c->slot, c->plugin);
+        return walq__error(WALQ_EINVAL, hint,
+                           "replication slot \"%s\" was made with plugin %s, not %s", c->slot,
+                           si->plugin, c->plugin);
+    }
+    walq__reader_use_plugin(&c->rd, si->plugin);
+    return 0;
+}
+
 /* Resumes the slot, or resynchronizes from the table when it cannot. */
 static int start_reading(walq_consumer *c, const walq__slot_info *si, const walq__reg_reader *rs)
 {
     int synced = rs->cursor >= rs->sync_lsn;
+    walq__pub_state pub = WALQ__PUB_OK;
+    int rc = choose_plugin(c, si);
 
-    if (si->exists && strcmp(si->plugin, "wal2json") != 0)
-        return walq__error(WALQ_ESLOT, "Drop the slot, or choose another group name.",
-                           "replication slot \"%s\" exists but uses plugin \"%s\", not wal2json",
-                           c->slot, si->plugin);
-    if (si->exists && !si->lost && synced && !rs->queues_changed)
+    if (rc != 0)
+        return rc;
+    walq__debug(&c->log, "reading with %s", walq__reader_plugin(&c->rd));
+    if (c->rd.pgoutput && si->exists && !si->lost && synced && !rs->queues_changed) {
+        walq__pub_spec spec = pub_spec(c);
+
+        rc = walq__pub_check(c->sconn, &spec, &pub);
+        if (rc != 0)
+            return rc;
+        if (pub == WALQ__PUB_MISSING)
+            walq__warn(&c->log,
+                       "publication \"%s\" of replication slot \"%s\" is missing; making it "
+                       "anew and resynchronizing the group from walq.jobs",
+                       c->slot, c->slot);
+    }
+    if (si->exists && !si->lost && synced && !rs->queues_changed && pub == WALQ__PUB_OK)
         return resume(c, si, rs->cursor);
     if (synced && !si->exists)
         walq__warn(&c->log,
@@ -1535,10 +1623,10 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
     const walq_options *o = &c->o;
     walq__reader_config rcfg = {
         c->source, "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
-        o->drain,  &reader_ops,    c,       &c->log};
-    walq__sched_config sc = {(size_t)o->max_in_flight,      (size_t)o->max_in_flight_bytes,
-                             o->timer_horizon_ms * 1000,     o->backoff_min_ms * 1000,
-                             o->backoff_max_ms * 1000,       &c->log};
+        o->drain,  &reader_ops,    c,       &c->log,        c->slot};
+    walq__sched_config sc = {(size_t)o->max_in_flight,   (size_t)o->max_in_flight_bytes,
+                             o->timer_horizon_ms * 1000, o->backoff_min_ms * 1000,
+                             o->backoff_max_ms * 1000,   &c->log};
     int rc;
 
     /* A little longer than the server's own statement and lock timeouts. */
@@ -1623,6 +1711,8 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     c->route.partition = opts->partition;
     c->route.partitions = opts->partitions > 0 ? opts->partitions : 1;
     c->ack_delay_us = opts->ack_delay_ms * 1000;
+    snprintf(c->plugin, sizeof(c->plugin), "%s", opts->plugin ? opts->plugin : "");
+    c->o.plugin = NULL; /* borrowed from the caller: c->plugin is the copy */
     if (!c->source || !c->primary || !c->group || !c->queues || (runs_program && !c->argv) ||
         (opts->sql && !c->sql))
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");

@@ -111,9 +111,10 @@ int walq__options_from_v1(walq__options *out, const walq__options_v1 *v1)
     o->partition = v1->partition;
     o->partitions = v1->partitions;
     o->keep_outcomes = v1->keep_outcomes;
-    /* Version 1 had neither: the defaults. */
+    /* Version 1 had none of these: the defaults. */
     o->primary_timeout_ms = defaults.primary_timeout_ms;
     o->max_in_flight_bytes = defaults.max_in_flight_bytes;
+    o->plugin = defaults.plugin;
     if ((rc = seconds_to_ms(&o->timeout_ms, v1->timeout, "timeout")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_min_ms, v1->backoff_min, "backoff_min")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_max_ms, v1->backoff_max, "backoff_max")) != 0 ||
@@ -238,6 +239,10 @@ int walq__options_check(const walq__options *opts)
     if (o->primary_timeout_ms != 0 && o->primary_timeout_ms < 100)
         return walq__error(WALQ_EINVAL, "Give 0 for no limit, or at least 100 milliseconds.",
                            "primary_timeout_ms must not be %lld", (long long)o->primary_timeout_ms);
+    if (o->plugin != NULL && o->plugin[0] != '\0' && strcmp(o->plugin, "auto") != 0 &&
+        strcmp(o->plugin, "pgoutput") != 0 && strcmp(o->plugin, "wal2json") != 0)
+        return walq__error(WALQ_EINVAL, "Give pgoutput, wal2json or auto.",
+                           "unknown output plugin \"%s\"", o->plugin);
     if (o->max_in_flight_bytes < 1)
         return walq__error(WALQ_EINVAL, NULL, "max_in_flight_bytes must be positive, not %lld",
                            (long long)o->max_in_flight_bytes);

@@ -26,8 +26,10 @@ int walq__reader_init(walq__reader *r, const walq__reader_config *cfg)
     memset(r, 0, sizeof(*r));
     r->cfg = *cfg;
     r->wake[0] = r->wake[1] = -1;
-    if (walq__decoder_new(&r->dec) != 0)
+    if (walq__decoder_new(&r->dec) != 0 || walq__pgoutput_new(&r->pgo) != 0) {
+        walq__reader_free(r);
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
     if (pipe2(r->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         int rc = walq__error(WALQ_ESYS, NULL, "could not create a pipe: %s", strerror(errno));
 
@@ -42,6 +44,8 @@ void walq__reader_free(walq__reader *r)
     walq__stream_close(&r->st);
     walq__decoder_free(r->dec);
     r->dec = NULL;
+    walq__pgoutput_free(r->pgo);
+    r->pgo = NULL;
     for (int i = 0; i < 2; i++) {
         if (r->wake[i] >= 0)
             close(r->wake[i]);
@@ -196,6 +200,22 @@ int walq__reader_slot(const walq__reader *r, PGconn *conn, walq__slot_info *si)
     return 0;
 }
 
+void walq__reader_use_plugin(walq__reader *r, const char *plugin)
+{
+    r->pgoutput = strcmp(plugin, "pgoutput") == 0;
+    /* Protocol 1: whole transactions, after their commit, as wal2json sends them. */
+    r->pgo_options[0] = "proto_version";
+    r->pgo_options[1] = "1";
+    r->pgo_options[2] = "publication_names";
+    r->pgo_options[3] = r->cfg.publication;
+    r->pgo_options[4] = NULL;
+}
+
+const char *walq__reader_plugin(const walq__reader *r)
+{
+    return r->pgoutput ? "pgoutput" : "wal2json";
+}
+
 int walq__reader_connect(walq__reader *r)
 {
     if (r->st.conn != NULL)
@@ -209,8 +229,8 @@ int walq__reader_create_slot(walq__reader *r, uint64_t *consistent, char *snapsh
     int rc = walq__reader_connect(r);
 
     return rc ? rc
-              : walq__stream_create_slot_waiting(&r->st, r->cfg.slot, consistent, snapshot, len,
-                                                 tick, arg);
+              : walq__stream_create_slot_waiting(&r->st, r->cfg.slot, walq__reader_plugin(r),
+                                                 consistent, snapshot, len, tick, arg);
 }
 
 int walq__reader_drop_slot(walq__reader *r)
@@ -246,10 +266,13 @@ int walq__reader_start(walq__reader *r)
      * server's wal_sender_timeout.
      */
     int rc = walq__stream_open(&r->st, r->cfg.conninfo, r->cfg.appname, r->cfg.slot, r->last_end,
-                               r->cfg.plugin_options, r->cfg.status_us, &r->status_us);
+                               r->pgoutput ? r->pgo_options : r->cfg.plugin_options,
+                               r->cfg.status_us, &r->status_us);
 
     if (rc != 0)
         return rc;
+    /* A new session describes its relations again. */
+    walq__pgoutput_reset(r->pgo);
     walq__info(r->cfg.log, "streaming slot \"%s\" from %s", r->cfg.slot,
                walq__lsn_format(r->last_end, lsn));
     walq__retry_ok(&r->retry);
@@ -394,6 +417,30 @@ static void on_keepalive(walq__reader *r, const walq__msg *msg)
         r->reply_now = 1;
 }
 
+/* The message as a change, framed the same whatever the plugin. */
+static int decode(walq__reader *r, const walq__msg *msg, walq__change *ch)
+{
+    int rc;
+
+    if (!r->pgoutput) {
+        rc = walq__decode(r->dec, msg->data, msg->len, ch);
+        if (rc != 0)
+            return walq__error(rc, NULL, "could not decode the change at %X/%X: %s",
+                               (unsigned)(msg->wal_start >> 32), (unsigned)msg->wal_start,
+                               walq__decoder_error(r->dec));
+        return 0;
+    }
+    rc = walq__pgoutput_decode(r->pgo, msg->data, msg->len, ch);
+    if (rc != 0)
+        return walq__error(rc, NULL, "could not decode the pgoutput message at %X/%X: %s",
+                           (unsigned)(msg->wal_start >> 32), (unsigned)msg->wal_start,
+                           walq__pgoutput_error(r->pgo));
+    /* Known by the commit record's start plus one (walq__reader_use_plugin). */
+    if (ch->action == WALQ__ACT_BEGIN || ch->action == WALQ__ACT_COMMIT)
+        ch->next_lsn = ch->lsn + 1;
+    return 0;
+}
+
 int walq__reader_read(walq__reader *r, int *more)
 {
     if (more != NULL)
@@ -417,11 +464,9 @@ int walq__reader_read(walq__reader *r, int *more)
             on_keepalive(r, &msg);
             continue;
         }
-        rc = walq__decode(r->dec, msg.data, msg.len, &ch);
+        rc = decode(r, &msg, &ch);
         if (rc != 0)
-            return walq__error(rc, NULL, "could not decode the change at %X/%X: %s",
-                               (unsigned)(msg.wal_start >> 32), (unsigned)msg.wal_start,
-                               walq__decoder_error(r->dec));
+            return rc;
         rc = on_change(r, &ch, msg.wal_start);
         if (rc != 0)
             return rc;

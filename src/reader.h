@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "decode.h"
+#include "pgoutput.h"
 #include "retry.h"
 #include "stream.h"
 
@@ -63,12 +64,17 @@ typedef struct walq__reader_config {
     const char *conninfo;              /* the source; NULL or "": the libpq environment */
     const char *appname;               /* "walq consume", for the server and for messages */
     const char *slot;                  /* the slot's name */
-    const char *const *plugin_options; /* pairs of name and value, NULL-terminated */
+    const char *const *plugin_options; /* wal2json's: pairs of name and value, NULL-terminated */
     int64_t status_us;                 /* wanted interval between status updates */
     int drain;                         /* the owner stops once caught up */
     const walq__reader_ops *ops;
     void *owner;
     const walq__log *log;
+    /*
+     * pgoutput's publication (the slot's name), or NULL when the owner reads
+     * wal2json only.
+     */
+    const char *publication;
 } walq__reader_config;
 
 /* A replication slot as pg_replication_slots shows it. */
@@ -94,7 +100,10 @@ typedef struct walq__source_info {
 typedef struct walq__reader {
     walq__reader_config cfg;
     walq__stream st;
-    walq__decoder *dec;
+    walq__decoder *dec;   /* wal2json's */
+    walq__pgoutput *pgo;  /* pgoutput's */
+    int pgoutput;         /* the slot is read with pgoutput */
+    const char *pgo_options[7];
     int wake[2];
     volatile sig_atomic_t stop_req; /* 1: finish and stop; 2: stop at once */
 
@@ -155,6 +164,18 @@ int walq__reader_slot(const walq__reader *r, PGconn *conn, walq__slot_info *out)
 int walq__reader_create_slot(walq__reader *r, uint64_t *consistent, char *snapshot, size_t len,
                              void (*tick)(void *), void *arg);
 int walq__reader_drop_slot(walq__reader *r);
+
+/*
+ * The plugin the slot is made with or was made with: "pgoutput" or
+ * "wal2json".  pgoutput's Begin carries no end LSN, so a transaction is
+ * known by its commit record's start plus one: the first position past
+ * which the server does not send it again.  That is what the reader
+ * reports as end_lsn and what it confirms; it is at most the record's end.
+ */
+void walq__reader_use_plugin(walq__reader *r, const char *plugin);
+
+/* The plugin in use, as a name. */
+const char *walq__reader_plugin(const walq__reader *r);
 
 /* Makes the replication connection now, so that its errors show at set-up. */
 int walq__reader_connect(walq__reader *r);

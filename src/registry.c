@@ -110,6 +110,37 @@ int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, walq__reg_lock
     return 0;
 }
 
+/* DROP PUBLICATION IF EXISTS name, on a server that takes writes. */
+static int drop_publication(PGconn *conn, const char *name)
+{
+    char *id = PQescapeIdentifier(conn, name, strlen(name));
+    walq__buf sql = {0};
+    int rc;
+
+    if (id == NULL || walq__buf_printf(&sql, "DROP PUBLICATION IF EXISTS %s", id) != 0)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    else
+        rc = walq__exec(conn, "drop the publication of a slot of the previous partitions",
+                        sql.data);
+    PQfreemem(id);
+    walq__buf_free(&sql);
+    return rc;
+}
+
+/* Whether the server is a hot standby. */
+static int in_recovery(PGconn *conn, int *out)
+{
+    PGresult *res;
+    int rc = walq__query(conn, &res, "ask whether the source is a standby",
+                         "SELECT pg_is_in_recovery()", 0, NULL);
+
+    if (rc != 0)
+        return rc;
+    *out = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
 /*
  * Readers of the group set up for another number of partitions: their slots
  * are dropped and their rows deleted, unless one of them is still running.
@@ -120,7 +151,7 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
 {
     const char *params[2] = {rg->group, np};
     PGresult *res;
-    int rc;
+    int rc, standby = 0;
 
     rc = walq__query(primary, &res, "read the group's other readers",
                      "SELECT slot_name, partition, partitions,"
@@ -142,6 +173,8 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
             break;
         }
     }
+    if (rc == 0 && PQntuples(res) > 0)
+        rc = in_recovery(source, &standby);
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
         const char *slot[1] = {PQgetvalue(res, i, 0)};
 
@@ -149,6 +182,12 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
                          "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
                          " WHERE slot_name = $1",
                          1, slot);
+        /*
+         * Its publication, if it read with pgoutput, is where publications
+         * are made: on the source, or on the primary of a standby source.
+         */
+        if (rc == 0)
+            rc = drop_publication(standby ? primary : source, slot[0]);
         if (rc == 0)
             rc = query_clear(primary, "forget a reader of the previous partitions",
                              "DELETE FROM walq.readers WHERE slot_name = $1", 1, slot);

@@ -49,6 +49,7 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
 {
     char msg[1024];
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int audit = s->appname != NULL && strcmp(s->appname, "walq audit") == 0;
 
     walq__pg_message(s->conn, res, msg, sizeof(msg));
     if (walq__conn_failed(s->conn, res))
@@ -58,12 +59,38 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
         return walq__error(
             WALQ_ESERVER, "Set wal_level = logical in postgresql.conf and restart the server.",
             "could not %s replication slot \"%s\" on \"%s\": %s", action, slot, s->server, msg);
-    if (strstr(msg, "wal2json") != NULL || (state && strcmp(state, "58P01") == 0))
-        return walq__error(WALQ_ESERVER,
-                           "Install the wal2json output plugin on the source server (on Debian: "
-                           "apt-get install postgresql-15-wal2json).",
-                           "could not %s replication slot \"%s\" on \"%s\": %s", action, slot,
-                           s->server, msg);
+    if (strstr(msg, "may not be used as an output plugin") != NULL) {
+        /* Installed, but current minor releases allow only the plugins listed. */
+        char hint[512];
+
+        snprintf(hint, sizeof(hint),
+                 "A superuser allows wal2json on the source server with ALTER SYSTEM SET "
+                 "output_plugin_libraries = 'pgoutput, test_decoding, wal2json' and SELECT "
+                 "pg_reload_conf()%s",
+                 audit ? ": walq audit reads with wal2json, since it records each change with "
+                         "the end of its commit, which pgoutput sends only after the changes."
+                       : ", or run walq consume with --plugin pgoutput, which every server "
+                         "allows.");
+        return walq__error(WALQ_ESERVER, hint, "could not %s replication slot \"%s\" on \"%s\": %s",
+                           action, slot, s->server, msg);
+    }
+    if (strstr(msg, "wal2json") != NULL || (state && strcmp(state, "58P01") == 0)) {
+        char hint[256];
+        int major = PQserverVersion(s->conn) / 10000;
+
+        snprintf(hint, sizeof(hint),
+                 "Install the wal2json output plugin on the source server (on Debian: apt-get "
+                 "install postgresql-%d-wal2json)%s",
+                 major > 0 ? major : 15,
+                 audit ? "."
+                       : ", or run walq consume with --plugin pgoutput, which PostgreSQL "
+                         "has built in.");
+        return walq__error(WALQ_ESERVER, hint, "could not %s replication slot \"%s\" on \"%s\": %s",
+                           action, slot, s->server, msg);
+    }
+    if (strstr(msg, "publication") != NULL && strstr(msg, "does not exist") != NULL)
+        return walq__error(WALQ_ESLOT, NULL, "could not %s replication slot \"%s\": %s", action,
+                           slot, msg);
     if (strstr(msg, "is active for PID") != NULL || (state && strcmp(state, "55006") == 0)) {
         char hint[160];
 
@@ -91,10 +118,11 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
                        msg);
 }
 
-int walq__stream_create_slot(walq__stream *s, const char *slot, uint64_t *consistent,
-                             char *snapshot, size_t snaplen)
+int walq__stream_create_slot(walq__stream *s, const char *slot, const char *plugin,
+                             uint64_t *consistent, char *snapshot, size_t snaplen)
 {
-    return walq__stream_create_slot_waiting(s, slot, consistent, snapshot, snaplen, NULL, NULL);
+    return walq__stream_create_slot_waiting(s, slot, plugin, consistent, snapshot, snaplen, NULL,
+                                            NULL);
 }
 
 /* The command's last result, with tick called every second while it runs. */
@@ -122,16 +150,16 @@ static PGresult *exec_ticking(PGconn *conn, const char *sql, void (*tick)(void *
     return last;
 }
 
-int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, uint64_t *consistent,
-                                     char *snapshot, size_t snaplen, void (*tick)(void *),
-                                     void *arg)
+int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, const char *plugin,
+                                     uint64_t *consistent, char *snapshot, size_t snaplen,
+                                     void (*tick)(void *), void *arg)
 {
-    char sql[160];
+    char sql[192];
     PGresult *res;
     int rc;
 
-    snprintf(sql, sizeof(sql),
-             "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"wal2json\" EXPORT_SNAPSHOT", slot);
+    snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"%s\" EXPORT_SNAPSHOT",
+             slot, plugin);
     res = exec_ticking(s->conn, sql, tick, arg);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
 
@@ -241,7 +269,12 @@ int walq__stream_read(walq__stream *s, walq__msg *msg)
         int rc;
 
         walq__pg_message(s->conn, res, msgbuf, sizeof(msgbuf));
-        if (strstr(msgbuf, "no longer get changes") || strstr(msgbuf, "invalidated"))
+        /*
+         * A slot that can no longer be read, or a publication dropped under
+         * it: both are read again from the table.
+         */
+        if (strstr(msgbuf, "no longer get changes") || strstr(msgbuf, "invalidated") ||
+            (strstr(msgbuf, "publication") && strstr(msgbuf, "does not exist")))
             rc = WALQ_ESLOT;
         else
             rc = WALQ_ECONN;

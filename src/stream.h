@@ -22,21 +22,21 @@ typedef struct walq__stream {
 int walq__stream_connect(walq__stream *s, const char *conninfo, const char *appname);
 
 /*
- * Creates a logical slot for wal2json and exports a snapshot of the moment
- * the slot became consistent.  The snapshot lives until the next command on
- * this connection.
+ * Creates a logical slot for the output plugin ("pgoutput", "wal2json") and
+ * exports a snapshot of the moment the slot became consistent.  The snapshot
+ * lives until the next command on this connection.
  */
-int walq__stream_create_slot(walq__stream *s, const char *slot, uint64_t *consistent,
-                             char *snapshot, size_t snaplen);
+int walq__stream_create_slot(walq__stream *s, const char *slot, const char *plugin,
+                             uint64_t *consistent, char *snapshot, size_t snaplen);
 
 /*
  * The same, calling tick(arg) every second while the server works on it: a
  * standby waits for the primary to log its running transactions, which
  * tick can ask for.
  */
-int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, uint64_t *consistent,
-                                     char *snapshot, size_t snaplen, void (*tick)(void *),
-                                     void *arg);
+int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, const char *plugin,
+                                     uint64_t *consistent, char *snapshot, size_t snaplen,
+                                     void (*tick)(void *), void *arg);
 
 int walq__stream_drop_slot(walq__stream *s, const char *slot);
 

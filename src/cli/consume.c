@@ -104,6 +104,9 @@ static void consume_help(void)
            "  --primary-timeout SEC   longest wait for one answer of the primary before\n"
            "                          walq reconnects (default 10; 0: no limit)\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
+           "  --plugin NAME           output plugin of a new slot: pgoutput (the default,\n"
+           "                          allowed on every server) or wal2json; a slot that\n"
+           "                          exists keeps its own (default: $WALQ_PLUGIN, or auto)\n"
            "  --timer-horizon SEC     scheduled jobs due within this are kept in memory;\n"
            "                          later ones are read from the table nearer their\n"
            "                          time (default 60)\n"
@@ -142,7 +145,8 @@ enum {
     O_COPROC,
     O_COPROC_INFLIGHT,
     O_PARTITION,
-    O_KEEP
+    O_KEEP,
+    O_PLUGIN
 };
 static const struct option consume_longopts[] = {
     {"group", required_argument, NULL, O_GROUP},
@@ -165,6 +169,7 @@ static const struct option consume_longopts[] = {
     {"max-in-flight-bytes", required_argument, NULL, O_INFLIGHT_BYTES},
     {"primary-timeout", required_argument, NULL, O_PRIMARY_TIMEOUT},
     {"status-interval", required_argument, NULL, O_STATUS},
+    {"plugin", required_argument, NULL, O_PLUGIN},
     {"source", required_argument, NULL, O_SOURCE},
     {"primary", required_argument, NULL, O_PRIMARY},
     {"dbname", required_argument, NULL, O_DBNAME},
@@ -277,6 +282,13 @@ static int parse_args(consume_args *a, int argc, char **argv)
         case O_STATUS:
             if (parse_seconds(optarg, 0, 0, &o->status_interval_ms))
                 bad = "--status-interval takes seconds above 0";
+            break;
+        case O_PLUGIN:
+            if (strcmp(optarg, "pgoutput") != 0 && strcmp(optarg, "wal2json") != 0 &&
+                strcmp(optarg, "auto") != 0)
+                bad = "--plugin takes pgoutput, wal2json or auto";
+            else
+                o->plugin = optarg;
             break;
         case O_SOURCE:
             o->source = optarg;
@@ -405,6 +417,15 @@ int walq__cli_consume(int argc, char **argv)
     if (a.queues == NULL)
         return 1;
     a.opts.log = walq__cli_log;
+    /* The environment's choice, which --plugin overrides. */
+    a.opts.plugin = getenv("WALQ_PLUGIN");
+    if (a.opts.plugin != NULL && a.opts.plugin[0] != '\0' &&
+        strcmp(a.opts.plugin, "pgoutput") != 0 && strcmp(a.opts.plugin, "wal2json") != 0 &&
+        strcmp(a.opts.plugin, "auto") != 0) {
+        usage_error("WALQ_PLUGIN takes pgoutput, wal2json or auto, not \"%s\"", a.opts.plugin);
+        free(a.queues);
+        return EXIT_USAGE;
+    }
     status = parse_args(&a, argc, argv);
     if (status == GO_ON)
         status = check_args(&a);

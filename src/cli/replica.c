@@ -1189,7 +1189,7 @@ static int report_group_slots(PGconn *sconn)
 
     rc = walq__query(sconn, &res, "list the group slots on the source",
                      "SELECT slot_name FROM pg_replication_slots"
-                     " WHERE plugin = 'wal2json' AND slot_name ~ '^walq_'"
+                     " WHERE plugin IN ('pgoutput', 'wal2json') AND slot_name ~ '^walq_'"
                      "   AND database = current_database() ORDER BY slot_name",
                      0, NULL);
     if (rc != 0)
@@ -1203,7 +1203,8 @@ static int report_group_slots(PGconn *sconn)
         say("source: %d consumer group slot%s stay%s: %s", n, n == 1 ? "" : "s", n == 1 ? "s" : "",
             names.data ? names.data : "");
         say("source: %s WAL on the source; once a group's consumers are stopped for good, "
-            "drop its slot there with SELECT pg_drop_replication_slot('%s')",
+            "drop its slot there with SELECT pg_drop_replication_slot('%s'), and the "
+            "publication of the same name if it has one",
             n == 1 ? "it keeps" : "they keep", PQgetvalue(res, 0, 0));
     }
     PQclear(res);

@@ -35,8 +35,10 @@ assert_eq "$(q "SELECT count(*) FILTER (WHERE status = 'done'), count(*)
                  FROM walq.job_status WHERE consumer_group = 'bf'")" "500|500" "job_status: 500 rows, all done"
 assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'bf' AND queue <> 'emails'")" 0 \
     "job_status: nothing of other queues"
+plugin=${WALQ_PLUGIN:-auto}
+[ "$plugin" != auto ] || plugin=pgoutput
 assert_eq "$(q "SELECT slot_name || ' ' || plugin FROM pg_replication_slots WHERE slot_name = 'walq_bf'")" \
-    "walq_bf wal2json" "the group's slot is walq_bf, on wal2json"
+    "walq_bf $plugin" "the group's slot is walq_bf, on $plugin"
 assert_eq "$(q "SELECT slot_name FROM walq.readers WHERE group_name = 'bf'")" walq_bf "walq.readers names the slot"
 
 # Another drain with nothing new runs nothing.

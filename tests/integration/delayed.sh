@@ -47,20 +47,23 @@ publish_both() {
 
 # observe: in one statement, "S|SLOT|CURSOR": how many of the jobs
 # walq.job_status shows scheduled in group dl, and whether the slot's
-# confirmed position and the group's cursor are at or past the commit records
-# of the jobs' transactions (found in the WAL with pg_walinspect, so that
-# this does not take walq's word for where they are).
+# confirmed position and the group's cursor are past the commit records of
+# the jobs' transactions (found in the WAL with pg_walinspect, so that this
+# does not take walq's word for where they are).  Past means beyond the
+# record's start, which is what the server goes by when it decides not to
+# send a transaction again: wal2json readers confirm the record's end,
+# pgoutput readers its start plus one (pgoutput's Begin has no end).
 observe() {
     q "WITH x AS (SELECT DISTINCT xmin AS xid FROM walq.jobs WHERE id IN ($IDS)),
-            c AS (SELECT count(*) AS n, max(r.end_lsn) AS commit_end
+            c AS (SELECT count(*) AS n, max(r.start_lsn) AS commit_start
                     FROM pg_get_wal_records_info('$FROM_LSN', pg_current_wal_flush_lsn()) r
                     JOIN x ON r.xid = x.xid
                    WHERE r.resource_manager = 'Transaction' AND r.record_type LIKE 'COMMIT%')
        SELECT (SELECT count(*) FROM walq.job_status
                 WHERE consumer_group = 'dl' AND job_id IN ($IDS) AND status = 'scheduled'),
               coalesce(c.n = (SELECT count(*) FROM x)
-                       AND s.confirmed_flush_lsn >= c.commit_end, false),
-              coalesce(c.n = (SELECT count(*) FROM x) AND g.cursor_lsn >= c.commit_end, false)
+                       AND s.confirmed_flush_lsn > c.commit_start, false),
+              coalesce(c.n = (SELECT count(*) FROM x) AND g.cursor_lsn > c.commit_start, false)
          FROM c, pg_replication_slots s, walq.readers g
         WHERE s.slot_name = 'walq_dl' AND g.group_name = 'dl'"
 }

@@ -95,5 +95,7 @@ mkdir "$WORK/nolib"
 pg_conf "dynamic_library_path = '$WORK/nolib'"
 pg_restart
 expect_error 1 'wal2json' "wal2json not installed" \
-    "$WALQ_BIN" consume --group nowal --queue q --drain -- "$true_handler"
+    "$WALQ_BIN" consume --group nowal --queue q --plugin wal2json --drain -- "$true_handler"
+assert_match "$CAP_ERR" 'apt-get install postgresql-[0-9]+-wal2json' "the hint names the package"
+assert_match "$CAP_ERR" '--plugin pgoutput' "and the plugin every server has"
 pass "all"

@@ -91,6 +91,11 @@ for k in 0 1; do
 done
 assert_eq "$(q "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots")" \
     "walq_p_0of2,walq_p_1of2" "the slots of the 3-way partitioning are gone"
+# pgoutput readers' publications go with their slots.
+if [ "$(q "SELECT count(*) FROM pg_replication_slots WHERE plugin = 'pgoutput'")" = 2 ]; then
+    assert_eq "$(q "SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication")" \
+        "walq_p_0of2,walq_p_1of2" "and so are their publications"
+fi
 assert_eq "$(q "SELECT string_agg(partition || '/' || partitions, ',' ORDER BY partition)
                  FROM walq.readers WHERE group_name = 'p'")" "0/2,1/2" "walq.readers: two readers"
 assert_all_done p '^pq$' 1050

@@ -208,7 +208,10 @@ assert_eq "$CAP_RC" 0 "the moved group drains from the replica"
 assert_match "$CAP_ERR" 'last read from another source server; resynchronizing' \
     "the consumer sees the change of source"
 assert_all_done moved '^work$' "$n"
+# What the move leaves on the primary: the group's slot, and its publication
+# when it read with pgoutput.
 q "SELECT pg_drop_replication_slot('walq_moved')" >/dev/null
+q "DROP PUBLICATION IF EXISTS walq_moved" >/dev/null
 
 # ---- Teardown --------------------------------------------------------
 
