@@ -63,11 +63,16 @@ stop_all() {
     fi
 }
 
-# Nothing is mounted in the chroot, and rm stays on its file system; a
-# mount that someone made by hand is refused rather than followed.
+# The tests mount nothing in the chroot, but debootstrap mounts /proc (and
+# maybe more) there while it runs, and leaves it when it is killed.  Those
+# go first, the deepest first; rm then stays on the chroot's file system.
 remove() {
+    local m
+    while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done < <(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r)
     if grep -q " $dir/" /proc/mounts; then
-        echo "pgserver-trixie: something is mounted under $dir; unmount it first" >&2
+        echo "pgserver-trixie: something is still mounted under $dir" >&2
         exit 1
     fi
     rm -rf --one-file-system -- "$dir"
@@ -91,7 +96,9 @@ setup() {
     remove
     mkdir -p "$(dirname "$dir")"
     echo "pgserver-trixie: debootstrap of trixie into $dir (about 40 s)"
-    if ! debootstrap --variant=minbase trixie "$dir" "$mirror" >"$dir.log" 2>&1; then
+    # Bounded, so that a stalled download fails here and not at ctest's
+    # timeout, which would leave debootstrap running.
+    if ! timeout -k 10 420 debootstrap --variant=minbase trixie "$dir" "$mirror" >"$dir.log" 2>&1; then
         tail -n 5 "$dir.log"
         stop_all
         remove
@@ -106,7 +113,7 @@ setup() {
     # POSIX shared memory (shm_open) then lives in files there.
     chmod 1777 "$dir/dev/shm"
     echo "pgserver-trixie: apt-get install ${packages[*]}"
-    if ! chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    if ! timeout -k 10 420 chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         "${packages[@]}" >>"$dir.log" 2>&1; then
         tail -n 5 "$dir.log"
