@@ -7,7 +7,8 @@
 #
 #   bash bench/run.sh [--quick] [--only PARTS] [--rounds N]
 #
-# Parts: drain (backlog drain, server CPU, dead tuples), subscriber (server
+# Parts: drain (backlog drain on wal2json and pgoutput, in transactions of
+# 1000 rows and of one, server CPU, dead tuples), subscriber (server
 # CPU on the primary in the subscriber topology, 1 and 3 groups), e2e
 # (producer and consumer at once), latency (commit to handler start at 500
 # jobs/s), backlog (consumer memory, and walq's storage over a 1M-job run
@@ -29,7 +30,8 @@ Options:
   --rounds N      rounds per figure (default 3; --quick: 1)
   --help          this text
 
-Environment: BENCH_JOBS (drain and e2e backlog, 200000), BENCH_SUB_JOBS
+Environment: BENCH_JOBS (drain and e2e backlog, 200000), BENCH_TX1_JOBS
+(drain backlog in single-row transactions, 50000), BENCH_SUB_JOBS
 (subscriber topology, 100000), BENCH_LAT_SECS (seconds per latency run,
 5), BENCH_BACKLOG_JOBS (1000000), BENCH_RETENTION (walq's retention in the
 backlog part, which runs until the backlog's generations are retired: an
@@ -103,6 +105,7 @@ export BENCH_QUICK=$quick
 if [ "$quick" = 1 ]; then
     export BENCH_ROUNDS=${rounds:-1}
     export BENCH_JOBS=${BENCH_JOBS:-40000}
+    export BENCH_TX1_JOBS=${BENCH_TX1_JOBS:-8000}
     export BENCH_SKIP_CLIENTS=${BENCH_SKIP_CLIENTS:-2 8}
     export BENCH_SUB_JOBS=${BENCH_SUB_JOBS:-20000}
     export BENCH_LAT_SECS=${BENCH_LAT_SECS:-2}
