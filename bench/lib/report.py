@@ -148,39 +148,79 @@ def skip_label(cfg):
 # ---------------------------------------------------------------------------
 
 
+# The stream readers of the drain, in the order of the table: (key, label).
+# The keys of the backlog in single-row transactions have the prefix tx1_.
+READERS = [("recvlogical", "pg_recvlogical, wal2json, to /dev/null"),
+           ("walq", "walq consume --plugin wal2json --drain --noop"),
+           ("recvlogical_pgoutput", "pg_recvlogical, pgoutput, walq's publication, to /dev/null"),
+           ("walq_pgoutput", "walq consume --drain --noop (pgoutput)")]
+
+
+def backlog_jobs(prefix):
+    """The jobs of a drain backlog, from walq's time and rate."""
+    secs = med("drain", prefix + "walq.secs")
+    rate = med("drain", prefix + "walq.rate")
+    return round(secs * rate, -3 if prefix == "" else -2) if secs and rate else None
+
+
+def reader_row(key, label):
+    return [label, cell("drain", key + ".rate"),
+            cell("drain", key + ".server_cpu", 1),
+            cell("drain", key + ".client_cpu", 1, spread=False),
+            cell("drain", key + ".vacuum_cpu", 1, spread=False),
+            cell("drain", key + ".dead_made", 2, spread=False),
+            cell("drain", key + ".dead_left", 0, spread=False)]
+
+
+READER_HEADER = ["reader", "jobs/s", "server CPU ms/1k", "consumer CPU", "VACUUM after",
+                 "dead tuples/job", "n_dead_tup left"]
+
+
+def plugin_lines(prefix, size):
+    """The pgoutput targets and ratios of one backlog: walq on pgoutput
+    against pg_recvlogical on pgoutput (target >= 0.9), against walq on
+    wal2json, and pg_recvlogical's two plugins against each other."""
+    r, s = ratio("drain", prefix + "walq_pgoutput.rate", "drain", prefix + "recvlogical_pgoutput.rate")
+    target_line(f"{size}, pgoutput: walq / pg_recvlogical", s, ">= 0.9", verdict(r, ">=", 0.9))
+    _, s = ratio("drain", prefix + "walq_pgoutput.rate", "drain", prefix + "walq.rate")
+    print(f"  {size + ', walq: pgoutput / wal2json':<50} {s}")
+    _, s = ratio("drain", prefix + "recvlogical_pgoutput.rate", "drain", prefix + "recvlogical.rate")
+    print(f"  {size + ', pg_recvlogical: pgoutput / wal2json':<50} {s}")
+
+
+def recorded_line(prefix, jobs):
+    short = []
+    for key, _ in READERS:
+        if key.startswith("walq"):
+            short += [f"{key} round {k}" for k, v in nums("drain", prefix + key + ".recorded").items()
+                      if v != jobs]
+    if jobs and any(nums("drain", prefix + k + ".recorded") for k, _ in READERS):
+        print(f"  walq recorded every job done: {'no: ' + ', '.join(short) if short else 'yes'}")
+    for key, _ in READERS:
+        if R.get(("drain", prefix + key + ".slot_recreated")):
+            print(f"  WARNING: {prefix + key}: walq recreated its slot and read the backlog from the table")
+
+
 def section_drain():
     if not any(sec == "drain" for sec, _ in R):
         return
-    jobs = None
-    secs = med("drain", "walq.secs")
-    rate = med("drain", "walq.rate")
-    if secs and rate:
-        jobs = round(secs * rate, -3)
-    print(f"1. Drain of a {fmt(jobs, 0)}-job backlog, published first, then consumed")
+    jobs = backlog_jobs("")
+    print(f"1. Drain of a {fmt(jobs, 0)}-job backlog in transactions of 1000 rows, "
+          "published first, then consumed")
     print()
-    rows = []
-    names = [("recvlogical", "pg_recvlogical, wal2json, to /dev/null"),
-             ("walq", "walq consume --drain --noop")]
-    names += [(c, skip_label(c)) for c in skip_configs()]
+    names = list(READERS) + [(c, skip_label(c)) for c in skip_configs()]
     best = best_skip()
-    for key, label in names:
-        if key == best:
-            label += " (best)"
-        rows.append([label, cell("drain", key + ".rate"),
-                     cell("drain", key + ".server_cpu", 1),
-                     cell("drain", key + ".client_cpu", 1, spread=False),
-                     cell("drain", key + ".vacuum_cpu", 1, spread=False),
-                     cell("drain", key + ".dead_made", 2, spread=False),
-                     cell("drain", key + ".dead_left", 0, spread=False)])
-    table(["reader", "jobs/s", "server CPU ms/1k", "consumer CPU", "VACUUM after",
-           "dead tuples/job", "n_dead_tup left"], rows)
+    rows = [reader_row(key, label + (" (best)" if key == best else "")) for key, label in names]
+    table(READER_HEADER, rows)
     print()
     print("  server CPU: all server processes during consumption (walsender, backends, and")
     print("  background processes), ms per 1000 jobs; consumer CPU: the client process, ms/1k;")
     print("  VACUUM after: the server CPU of vacuuming the table the consumer wrote, ms/1k.")
+    print("  The four stream readers read the same WAL range; the SKIP LOCKED lines and issue 5's")
+    print("  targets below are against walq on wal2json, as in the runs before pgoutput.")
     print()
     r, s = ratio("drain", "walq.rate", "drain", "recvlogical.rate")
-    target_line("drain rate: walq / pg_recvlogical", s, ">= 0.8", verdict(r, ">=", 0.8))
+    target_line("drain rate, wal2json: walq / pg_recvlogical", s, ">= 0.8", verdict(r, ">=", 0.8))
     for label, cfg in baselines():
         r, s = ratio("drain", "walq.rate", "drain", cfg + ".rate")
         target_line(f"drain rate: walq / SKIP LOCKED {label.split(' (')[0]}", s, ">= 1.8",
@@ -189,18 +229,36 @@ def section_drain():
         print(f"    SKIP LOCKED {label}: best at {cfg.split('_')[2]} clients")
     r, s = ratio("drain", "recvlogical.rate", "drain", best + ".rate") if best else (None, "-")
     print(f"    (decoding alone, pg_recvlogical / SKIP LOCKED fastest: {s})")
+    if R.get(("drain", "walq_pgoutput.rate")):
+        plugin_lines("", "1000-row tx")
     dm, dl = med("drain", "walq.dead_made"), med("drain", "walq.dead_left")
     dead = None if dm is None else max(dm, dl or 0)
     target_line("walq.jobs dead tuples from consumption",
                 f"{fmt(dm, 3)}/job, {fmt(dl, 0)} left", "0", verdict(dead, "<=", 0))
     print(f"  publishing the backlog (pgbench, one client, 1000 jobs per transaction): "
           f"{cell('drain', 'publish.rate')} jobs/s")
-    rec = nums("drain", "walq.recorded")
-    if rec and jobs:
-        short = [k for k, v in rec.items() if v != jobs]
-        print(f"  walq recorded every job done: {'no, rounds ' + str(short) if short else 'yes'}")
-    if R.get(("drain", "walq.slot_recreated")):
-        print("  WARNING: walq recreated its slot and read the backlog from the table")
+    recorded_line("", jobs)
+    print()
+    section_drain_tx1()
+
+
+def section_drain_tx1():
+    """The four stream readers over a backlog in single-row transactions."""
+    if not R.get(("drain", "tx1_walq.rate")):
+        return
+    jobs = backlog_jobs("tx1_")
+    print(f"1b. The same readers over a {fmt(jobs, 0)}-job backlog in single-row transactions")
+    print()
+    table(READER_HEADER, [reader_row("tx1_" + key, label) for key, label in READERS])
+    print()
+    print("  server CPU, consumer CPU and VACUUM after: as in 1, per 1000 jobs (and transactions).")
+    print()
+    r, s = ratio("drain", "tx1_walq.rate", "drain", "tx1_recvlogical.rate")
+    print(f"  {'1-row tx, wal2json: walq / pg_recvlogical':<50} {s}")
+    plugin_lines("tx1_", "1-row tx")
+    print(f"  publishing the backlog (pgbench, 4 clients, synchronous_commit off, one job per "
+          f"transaction): {cell('drain', 'tx1_publish.rate')} jobs/s")
+    recorded_line("tx1_", jobs)
     print()
 
 
@@ -216,8 +274,13 @@ def section_cpu():
         rows.append([skip_label(cfg), cell("drain", cfg + ".server_cpu", 1),
                      cell("drain", cfg + ".vacuum_cpu", 1, spread=False), "-", "-"])
     if best:
-        rows.append(["walq, slot on the primary (part 1's drain)", cell("drain", "walq.server_cpu", 1),
+        rows.append(["walq, slot on the primary (part 1's drain, wal2json)",
+                     cell("drain", "walq.server_cpu", 1),
                      cell("drain", "walq.vacuum_cpu", 1, spread=False), "-", "-"])
+        if R.get(("drain", "walq_pgoutput.server_cpu")):
+            rows.append(["walq, slot on the primary (part 1's drain, pgoutput)",
+                         cell("drain", "walq_pgoutput.server_cpu", 1),
+                         cell("drain", "walq_pgoutput.vacuum_cpu", 1, spread=False), "-", "-"])
     for g in (1, 3):
         if R.get(("subscriber", f"g{g}.primary_cpu")):
             rows.append([f"walq, subscriber topology, {g} group{'s' if g > 1 else ''}",
