@@ -1,13 +1,10 @@
 #!/bin/sh
-# The standby container's command: installs wal2json, clones the primary
-# with pg_basebackup on the first start (-R writes primary_conninfo and
-# standby.signal; -C -S gives it a physical slot, so that the primary keeps
-# honouring hot_standby_feedback while the standby is disconnected), then
-# runs PostgreSQL 16 as a hot standby that logical decoding can read.
+# The standby container's command: clones the primary with pg_basebackup on
+# the first start (-R writes primary_conninfo and standby.signal; -C -S gives
+# it a physical slot, so that the primary keeps honouring hot_standby_feedback
+# while the standby is disconnected), then runs PostgreSQL 16 as a hot standby
+# that logical decoding can read.
 set -eu
-
-apt-get update
-apt-get install -y --no-install-recommends postgresql-16-wal2json
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     until pg_isready -q -h primary -U postgres; do sleep 1; done

@@ -29,7 +29,11 @@ services=$(awk '/^[a-z]/ { top = $1 } top == "services:" && /^  [a-z][a-z0-9_-]*
 assert_eq "$services" "consumer init primary publisher standby " \
     "the services: a primary, a standby, the schema, a publisher and a consumer"
 assert_match "$resolved" 'image: postgres:16' "the servers run PostgreSQL 16"
-assert_match "$resolved" 'postgresql-16-wal2json' "with wal2json"
+# walq consume reads with pgoutput, built into postgres:16: nothing to install.
+case $resolved in
+*wal2json*) fail "docker-compose.yml names wal2json, which its consumer does not need" ;;
+esac
+pass "no wal2json: the consumer reads with pgoutput, which postgres:16 has built in"
 assert_match "$resolved" '--source' "the consumer names a source"
 assert_match "$resolved" 'host=standby' "which is the standby"
 
@@ -38,6 +42,9 @@ n=0
 while read -r path; do
     [ -e "$path" ] || fail "docker-compose.yml mounts $path, which does not exist"
     case $path in *.sh) sh -n "$path" || fail "$path is not valid sh" ;; esac
+    if grep -q 'install.*wal2json' "$path"; then
+        fail "$path installs wal2json, which the consumer does not need"
+    fi
     n=$((n + 1))
 done < <(grep -oE "$WALQ_SOURCE_DIR/[^: ]+" <<<"$resolved" | sort -u)
 [ "$n" -ge 2 ] || fail "expected the primary's and the standby's scripts among the mounts, found $n paths"
