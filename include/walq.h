@@ -179,6 +179,13 @@ typedef struct walq_options {
      * another one is an error.
      */
     const char *plugin;
+    /*
+     * Make the slot a failover slot (PostgreSQL 17 and later, a slot on the
+     * primary): standbys with sync_replication_slots = on keep a copy, and
+     * after a failover the group reads on from the promoted standby without
+     * reading walq.jobs again.  A slot that exists is made one.
+     */
+    int failover_slot;
 } walq_options;
 
 /*
@@ -201,7 +208,8 @@ typedef struct walq_options {
         .coprocess_inflight = 16, .batch_size = 1000, .ack_delay_ms = 10, .max_in_flight = 10000,  \
         .status_interval_ms = 10000, .timer_horizon_ms = 60000, .log = NULL, .log_payload = NULL,  \
         .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0,           \
-        .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456, .plugin = NULL               \
+        .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456, .plugin = NULL,             \
+        .failover_slot = 0                                                                         \
     }
 
 /*

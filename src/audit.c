@@ -221,7 +221,7 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     snprintf(a->log.prefix, sizeof(a->log.prefix), "audit \"%s\": ", a->group);
     rcfg = (walq__reader_config){
         a->source,  "walq audit", a->slot, plugin_options, (int64_t)(a->o.status_interval * 1e6),
-        a->o.drain, &reader_ops,  a,       &a->log,        NULL};
+        a->o.drain, &reader_ops,  a,       &a->log,        NULL,    0};
     rc = walq__reader_init(&a->rd, &rcfg);
     if (rc != 0) {
         walq__audit_free(a);

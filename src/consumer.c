@@ -1133,6 +1133,27 @@ static int start_reading(walq_consumer *c, const walq__slot_info *si, const walq
 
     if (rc != 0)
         return rc;
+    if (c->standby && si->exists && si->synced)
+        return walq__error(WALQ_ESLOT,
+                           "Read the group from the primary (--source) until it fails over; once "
+                           "this standby is promoted, the group reads on from the copy here.",
+                           "replication slot \"%s\" on the standby is the copy of the "
+                           "primary's failover slot, which PostgreSQL lets nobody read before "
+                           "the standby is promoted",
+                           c->slot);
+    if (c->standby && c->o.failover_slot)
+        return walq__error(WALQ_EINVAL,
+                           "Give --failover-slot to a group read from the primary; a group read "
+                           "from a standby resynchronizes after a failover.",
+                           "replication slot \"%s\" cannot be a failover slot: its source is a "
+                           "standby, and failover slots live on the primary",
+                           c->slot);
+    if (c->o.failover_slot && si->exists && !si->lost && !si->failover) {
+        rc = walq__reader_set_failover(&c->rd);
+        if (rc != 0)
+            return rc;
+        walq__info(&c->log, "replication slot \"%s\" is a failover slot now", c->slot);
+    }
     walq__debug(&c->log, "reading with %s", walq__reader_plugin(&c->rd));
     if (c->rd.pgoutput && si->exists && !si->lost && synced && !rs->queues_changed) {
         walq__pub_spec spec = pub_spec(c);
@@ -1623,7 +1644,7 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
     const walq_options *o = &c->o;
     walq__reader_config rcfg = {
         c->source, "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
-        o->drain,  &reader_ops,    c,       &c->log,        c->slot};
+        o->drain,  &reader_ops,    c,       &c->log,        c->slot, o->failover_slot};
     walq__sched_config sc = {(size_t)o->max_in_flight,   (size_t)o->max_in_flight_bytes,
                              o->timer_horizon_ms * 1000, o->backoff_min_ms * 1000,
                              o->backoff_max_ms * 1000,   &c->log};

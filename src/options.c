@@ -115,6 +115,7 @@ int walq__options_from_v1(walq__options *out, const walq__options_v1 *v1)
     o->primary_timeout_ms = defaults.primary_timeout_ms;
     o->max_in_flight_bytes = defaults.max_in_flight_bytes;
     o->plugin = defaults.plugin;
+    o->failover_slot = defaults.failover_slot;
     if ((rc = seconds_to_ms(&o->timeout_ms, v1->timeout, "timeout")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_min_ms, v1->backoff_min, "backoff_min")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_max_ms, v1->backoff_max, "backoff_max")) != 0 ||

@@ -181,8 +181,11 @@ int walq__reader_slot(const walq__reader *r, PGconn *conn, walq__slot_info *si)
     rc = walq__query(conn, &res, "look up the replication slot",
                      "SELECT coalesce(confirmed_flush_lsn::text, ''), coalesce(wal_status, ''),"
                      "       coalesce(active_pid::text, ''), coalesce(plugin, ''),"
-                     "       coalesce(database, '')"
-                     "  FROM pg_replication_slots WHERE slot_name = $1",
+                     "       coalesce(database, ''),"
+                     /* Columns of PostgreSQL 17, read the same way on every version. */
+                     "       coalesce((to_jsonb(s) ->> 'failover')::boolean, false),"
+                     "       coalesce((to_jsonb(s) ->> 'synced')::boolean, false)"
+                     "  FROM pg_replication_slots s WHERE slot_name = $1",
                      1, params);
     if (rc != 0)
         return rc;
@@ -195,6 +198,8 @@ int walq__reader_slot(const walq__reader *r, PGconn *conn, walq__slot_info *si)
         si->active = si->active_pid[0] != '\0';
         snprintf(si->plugin, sizeof(si->plugin), "%s", PQgetvalue(res, 0, 3));
         snprintf(si->database, sizeof(si->database), "%s", PQgetvalue(res, 0, 4));
+        si->failover = strcmp(PQgetvalue(res, 0, 5), "t") == 0;
+        si->synced = strcmp(PQgetvalue(res, 0, 6), "t") == 0;
     }
     PQclear(res);
     return 0;
@@ -230,7 +235,8 @@ int walq__reader_create_slot(walq__reader *r, uint64_t *consistent, char *snapsh
 
     return rc ? rc
               : walq__stream_create_slot_waiting(&r->st, r->cfg.slot, walq__reader_plugin(r),
-                                                 consistent, snapshot, len, tick, arg);
+                                                 r->cfg.failover, consistent, snapshot, len, tick,
+                                                 arg);
 }
 
 int walq__reader_drop_slot(walq__reader *r)
@@ -238,6 +244,13 @@ int walq__reader_drop_slot(walq__reader *r)
     int rc = walq__reader_connect(r);
 
     return rc ? rc : walq__stream_drop_slot(&r->st, r->cfg.slot);
+}
+
+int walq__reader_set_failover(walq__reader *r)
+{
+    int rc = walq__reader_connect(r);
+
+    return rc ? rc : walq__stream_set_failover(&r->st, r->cfg.slot);
 }
 
 /* ------------------------------------------------------------------ */

@@ -75,6 +75,7 @@ typedef struct walq__reader_config {
      * wal2json only.
      */
     const char *publication;
+    int failover; /* the slot is made a failover slot */
 } walq__reader_config;
 
 /* A replication slot as pg_replication_slots shows it. */
@@ -86,6 +87,8 @@ typedef struct walq__slot_info {
     char plugin[64];
     char database[128];
     uint64_t confirmed;
+    int failover; /* a failover slot (PostgreSQL 17) */
+    int synced;   /* a standby's copy of a primary's failover slot */
 } walq__slot_info;
 
 /* What a reader needs to know of its source server. */
@@ -164,6 +167,9 @@ int walq__reader_slot(const walq__reader *r, PGconn *conn, walq__slot_info *out)
 int walq__reader_create_slot(walq__reader *r, uint64_t *consistent, char *snapshot, size_t len,
                              void (*tick)(void *), void *arg);
 int walq__reader_drop_slot(walq__reader *r);
+
+/* Makes the existing slot a failover slot. */
+int walq__reader_set_failover(walq__reader *r);
 
 /*
  * The plugin the slot is made with or was made with: "pgoutput" or

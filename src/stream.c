@@ -65,12 +65,16 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
 
         snprintf(hint, sizeof(hint),
                  "A superuser allows wal2json on the source server with ALTER SYSTEM SET "
-                 "output_plugin_libraries = 'pgoutput, test_decoding, wal2json' and SELECT "
+                 "output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json' (a list "
+                 "of names: one quoted string would be one name) and SELECT "
                  "pg_reload_conf()%s",
                  audit ? ": walq audit reads with wal2json, since it records each change with "
                          "the end of its commit, which pgoutput sends only after the changes."
-                       : ", or run walq consume with --plugin pgoutput, which every server "
-                         "allows.");
+                 : strcmp(action, "create") == 0
+                     ? ", or run walq consume with --plugin pgoutput, which every server allows."
+                     : ", or move the group to pgoutput, which every server allows: drop the "
+                       "slot, and the next walq consume makes a pgoutput one and reads the "
+                       "group's unfinished jobs from walq.jobs.");
         return walq__error(WALQ_ESERVER, hint, "could not %s replication slot \"%s\" on \"%s\": %s",
                            action, slot, s->server, msg);
     }
@@ -121,8 +125,22 @@ static int explain_slot_failure(walq__stream *s, PGresult *res, const char *acti
 int walq__stream_create_slot(walq__stream *s, const char *slot, const char *plugin,
                              uint64_t *consistent, char *snapshot, size_t snaplen)
 {
-    return walq__stream_create_slot_waiting(s, slot, plugin, consistent, snapshot, snaplen, NULL,
-                                            NULL);
+    return walq__stream_create_slot_waiting(s, slot, plugin, 0, consistent, snapshot, snaplen,
+                                            NULL, NULL);
+}
+
+/* Failover slots are PostgreSQL 17's, and a primary's. */
+static int failover_possible(walq__stream *s, const char *slot)
+{
+    int v = PQserverVersion(s->conn);
+
+    if (v < 170000)
+        return walq__error(WALQ_ESERVER,
+                           "Run without --failover-slot, or read from PostgreSQL 17 or later.",
+                           "replication slot \"%s\" cannot be a failover slot: \"%s\" runs "
+                           "PostgreSQL %d.%d, and failover slots came with PostgreSQL 17",
+                           slot, s->server, v / 10000, v % 10000);
+    return 0;
 }
 
 /* The command's last result, with tick called every second while it runs. */
@@ -151,15 +169,23 @@ static PGresult *exec_ticking(PGconn *conn, const char *sql, void (*tick)(void *
 }
 
 int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, const char *plugin,
-                                     uint64_t *consistent, char *snapshot, size_t snaplen,
-                                     void (*tick)(void *), void *arg)
+                                     int failover, uint64_t *consistent, char *snapshot,
+                                     size_t snaplen, void (*tick)(void *), void *arg)
 {
     char sql[192];
     PGresult *res;
     int rc;
 
-    snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"%s\" EXPORT_SNAPSHOT",
-             slot, plugin);
+    if (failover && (rc = failover_possible(s, slot)) != 0)
+        return rc;
+    /* The option list came with PostgreSQL 15; the old keyword works everywhere. */
+    if (failover)
+        snprintf(sql, sizeof(sql),
+                 "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"%s\" (SNAPSHOT 'export', FAILOVER true)",
+                 slot, plugin);
+    else
+        snprintf(sql, sizeof(sql),
+                 "CREATE_REPLICATION_SLOT \"%s\" LOGICAL \"%s\" EXPORT_SNAPSHOT", slot, plugin);
     res = exec_ticking(s->conn, sql, tick, arg);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 4) {
 
@@ -176,6 +202,23 @@ int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, const ch
     snprintf(snapshot, snaplen, "%s", PQgetvalue(res, 0, 2));
     PQclear(res);
     return 0;
+}
+
+int walq__stream_set_failover(walq__stream *s, const char *slot)
+{
+    char sql[128];
+    PGresult *res;
+    int rc;
+
+    if ((rc = failover_possible(s, slot)) != 0)
+        return rc;
+    snprintf(sql, sizeof(sql), "ALTER_REPLICATION_SLOT \"%s\" (FAILOVER true)", slot);
+    res = PQexec(s->conn, sql);
+    rc = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK
+             ? 0
+             : explain_slot_failure(s, res, "make a failover slot of", slot);
+    PQclear(res);
+    return rc;
 }
 
 int walq__stream_drop_slot(walq__stream *s, const char *slot)

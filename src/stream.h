@@ -32,11 +32,18 @@ int walq__stream_create_slot(walq__stream *s, const char *slot, const char *plug
 /*
  * The same, calling tick(arg) every second while the server works on it: a
  * standby waits for the primary to log its running transactions, which
- * tick can ask for.
+ * tick can ask for.  failover: a failover slot (PostgreSQL 17).
  */
 int walq__stream_create_slot_waiting(walq__stream *s, const char *slot, const char *plugin,
-                                     uint64_t *consistent, char *snapshot, size_t snaplen,
-                                     void (*tick)(void *), void *arg);
+                                     int failover, uint64_t *consistent, char *snapshot,
+                                     size_t snaplen, void (*tick)(void *), void *arg);
+
+/*
+ * Makes an existing slot a failover slot (ALTER_REPLICATION_SLOT, PostgreSQL
+ * 17); the slot must not be in use.  Failover is refused with the reason on
+ * an older server.
+ */
+int walq__stream_set_failover(walq__stream *s, const char *slot);
 
 int walq__stream_drop_slot(walq__stream *s, const char *slot);
 

@@ -107,6 +107,9 @@ static void consume_help(void)
            "  --plugin NAME           output plugin of a new slot: pgoutput (the default,\n"
            "                          allowed on every server) or wal2json; a slot that\n"
            "                          exists keeps its own (default: $WALQ_PLUGIN, or auto)\n"
+           "  --failover-slot         make the slot a failover slot (PostgreSQL 17+): a\n"
+           "                          standby with sync_replication_slots keeps it, and\n"
+           "                          the group reads on from it once it is promoted\n"
            "  --timer-horizon SEC     scheduled jobs due within this are kept in memory;\n"
            "                          later ones are read from the table nearer their\n"
            "                          time (default 60)\n"
@@ -146,7 +149,8 @@ enum {
     O_COPROC_INFLIGHT,
     O_PARTITION,
     O_KEEP,
-    O_PLUGIN
+    O_PLUGIN,
+    O_FAILOVER
 };
 static const struct option consume_longopts[] = {
     {"group", required_argument, NULL, O_GROUP},
@@ -170,6 +174,7 @@ static const struct option consume_longopts[] = {
     {"primary-timeout", required_argument, NULL, O_PRIMARY_TIMEOUT},
     {"status-interval", required_argument, NULL, O_STATUS},
     {"plugin", required_argument, NULL, O_PLUGIN},
+    {"failover-slot", no_argument, NULL, O_FAILOVER},
     {"source", required_argument, NULL, O_SOURCE},
     {"primary", required_argument, NULL, O_PRIMARY},
     {"dbname", required_argument, NULL, O_DBNAME},
@@ -289,6 +294,9 @@ static int parse_args(consume_args *a, int argc, char **argv)
                 bad = "--plugin takes pgoutput, wal2json or auto";
             else
                 o->plugin = optarg;
+            break;
+        case O_FAILOVER:
+            o->failover_slot = 1;
             break;
         case O_SOURCE:
             o->source = optarg;

@@ -15,6 +15,15 @@ walq init
 unset WALQ_PLUGIN
 version=$(q "SHOW server_version_num")
 has_libraries=$(q "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'")
+# The server as it comes: the harness allows wal2json where it can, and
+# that is put back to the default here.
+if [ "$has_libraries" = 1 ]; then
+    q "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding'" >/dev/null
+    q "SELECT pg_reload_conf()" >/dev/null
+    wait_for '[ "$(q "SHOW output_plugin_libraries" | tr -d " ")" = pgoutput,test_decoding ]' 10 \
+        "output_plugin_libraries to be the default"
+    pass "output_plugin_libraries is the default: $(q "SHOW output_plugin_libraries")"
+fi
 
 jobs_of_a() { q "SELECT count(*) FROM walq.jobs WHERE queue = 'a'"; }
 done_of() { q "SELECT count(*) FROM walq.job_status WHERE consumer_group = '$1' AND status = 'done'"; }
@@ -88,14 +97,15 @@ assert_eq "$(q "SELECT count(*) FROM pg_publication WHERE pubname = 'walq_p1'")"
 
 # --- wal2json when asked for; the slot keeps it; another plugin named is refused.
 if [ "$has_libraries" = 1 ]; then
-    q "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput, test_decoding'" >/dev/null
+    q "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding'" >/dev/null
     q "SELECT pg_reload_conf()" >/dev/null
     capture walq_timeout 30 consume --group w1 --queue a --plugin wal2json --drain --noop
     printf '%s\n' "$CAP_ERR" | sed 's/^/    | /'
     assert_eq "$CAP_RC" 1 "wal2json not allowed: consume exits 1"
-    assert_match "$CAP_ERR" "output_plugin_libraries = 'pgoutput, test_decoding, wal2json'" \
+    assert_match "$CAP_ERR" "output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'" \
         "the hint gives the ALTER SYSTEM line"
-    q "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput, test_decoding, wal2json'" >/dev/null
+    # The line of the hint, as given: a list of names.
+    q "$(grep -o "ALTER SYSTEM SET output_plugin_libraries = [^(]*" <<<"$CAP_ERR" | sed 's/ *$//')" >/dev/null
     q "SELECT pg_reload_conf()" >/dev/null
     sleep 1
 else
