@@ -74,6 +74,7 @@ struct walq_consumer {
     int64_t epoch;    /* of the reader's row when this process took it */
     int fenced;       /* another process had the reader meanwhile: start over */
     int standby;      /* the source is a hot standby */
+    int pub_seen;     /* the primary sees the source's publications (one system) */
     int slot_gone;    /* the slot was lost while streaming: start over */
     int flush_failed; /* an ack transaction failed: hold confirmations back */
     int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
@@ -923,6 +924,12 @@ static int connect_both(walq_consumer *c, char *source_id, size_t len)
         rc = walq__source_check(c->sconn, &src);
     if (rc == 0)
         rc = walq__source_system_id(c->sconn, source_id, len);
+    if (rc == 0) {
+        char primary_id[32];
+
+        rc = walq__source_system_id(c->pconn, primary_id, sizeof(primary_id));
+        c->pub_seen = rc == 0 && strcmp(primary_id, source_id) == 0;
+    }
     if (rc == 0)
         c->reached = 1;
     if (rc == 0 && src.standby) {
@@ -1308,6 +1315,27 @@ static void settle_durable(walq_consumer *c)
  * primary: the next generation, seals, and the removal of finished jobs
  * after the retention period.
  */
+/*
+ * PostgreSQL 18 skips a publication that went away, and the stream goes on
+ * sending nothing; 15 to 17 end it.  Where the primary sees the source's
+ * publications (the source is the primary or its standby), a pgoutput
+ * reader looks for its own now and then and reads the group again from
+ * walq.jobs when it is gone.
+ */
+static int check_publication(walq_consumer *c)
+{
+    int exists = 1;
+    int rc;
+
+    if (!c->rd.pgoutput || !c->pub_seen || !c->rd.st.streaming || c->pconn == NULL)
+        return 0;
+    rc = walq__pub_exists(c->pconn, c->slot, &exists);
+    if (rc == 0 && !exists)
+        rc = walq__error(WALQ_ESLOT, NULL, "publication \"%s\" of replication slot \"%s\" is gone",
+                         c->slot, c->slot);
+    return rc;
+}
+
 static int phase_tick(walq_consumer *c, int64_t now, int stopping)
 {
     int rc;
@@ -1330,6 +1358,8 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
         rc = settle_acks(c);
         if (rc == 0 && c->pconn != NULL)
             rc = walq__reg_maintain(c->pconn, &c->maintain_us);
+        if (rc == 0)
+            rc = check_publication(c);
         if (rc == 0)
             c->next_maintain = now + c->maintain_us;
     }

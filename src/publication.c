@@ -270,3 +270,17 @@ int walq__pub_check(PGconn *conn, const walq__pub_spec *spec, walq__pub_state *s
     pub_row_free(&p);
     return rc;
 }
+
+int walq__pub_exists(PGconn *conn, const char *name, int *exists)
+{
+    const char *params[1] = {name};
+    PGresult *res;
+    int rc = walq__query(conn, &res, "look up the reader's publication",
+                         "SELECT 1 FROM pg_publication WHERE pubname = $1", 1, params);
+
+    if (rc != 0)
+        return rc;
+    *exists = PQntuples(res) == 1;
+    PQclear(res);
+    return 0;
+}

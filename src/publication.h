@@ -49,4 +49,11 @@ typedef enum walq__pub_state {
  */
 int walq__pub_check(PGconn *conn, const walq__pub_spec *spec, walq__pub_state *state);
 
+/*
+ * Whether the publication is there, cheaply, for a reader that streams:
+ * PostgreSQL 18 skips a publication that went away instead of ending the
+ * stream, so a reader checks now and then.
+ */
+int walq__pub_exists(PGconn *conn, const char *name, int *exists);
+
 #endif
