@@ -271,7 +271,7 @@ static int colvec_reserve(colvec *cv, size_t n)
  * value.  yajl has checked the syntax, so anything but a digit after the
  * optional minus sign is a fraction or an exponent.
  */
-static int int_from_text(const char *s, size_t len, int64_t *out)
+int walq__int64_from_text(const char *s, size_t len, int64_t *out)
 {
     uint64_t u = 0, limit = INT64_MAX;
     int neg = len > 0 && s[0] == '-';
@@ -403,7 +403,7 @@ static int set_value(walq__decoder *d, walq__value *v, jkind kind, const char *s
         if (kind == J_STRING)
             v->kind = WALQ__V_STR;
         else
-            v->kind = int_from_text(s, len, &v->i) ? WALQ__V_INT : WALQ__V_NUM;
+            v->kind = walq__int64_from_text(s, len, &v->i) ? WALQ__V_INT : WALQ__V_NUM;
         return 1;
     }
 }
@@ -925,7 +925,7 @@ static int parse_xid(walq__decoder *d, uint32_t *out)
 
     switch (k->kind) {
     case J_NUMBER:
-        if (int_from_text(k->str, k->len, &xid) && xid >= 0 && xid <= (int64_t)UINT32_MAX) {
+        if (walq__int64_from_text(k->str, k->len, &xid) && xid >= 0 && xid <= (int64_t)UINT32_MAX) {
             *out = (uint32_t)xid;
             return 0;
         }

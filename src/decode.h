@@ -75,6 +75,13 @@ int walq__decode(walq__decoder *d, const char *buf, size_t len, walq__change *ou
 
 const char *walq__decoder_error(const walq__decoder *d);
 
+/*
+ * Whether s (len bytes) is a whole number that fits int64, and its value in
+ * *out: an optional minus sign and digits only, as both decoders read
+ * integers.
+ */
+int walq__int64_from_text(const char *s, size_t len, int64_t *out);
+
 /* The column called name in the new row, or NULL. */
 const walq__value *walq__change_column(const walq__change *c, const char *name);
 

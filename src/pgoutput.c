@@ -418,33 +418,6 @@ static const char *int_type_name(uint32_t type_oid)
     }
 }
 
-/* Whether text is an integer that fits int64, and its value (as decode.c reads numbers). */
-static int int_from_text(const unsigned char *s, size_t len, int64_t *out)
-{
-    uint64_t u = 0, limit = INT64_MAX;
-    int neg = len > 0 && s[0] == '-';
-    size_t i = neg ? 1 : 0;
-
-    if (neg)
-        limit = (uint64_t)INT64_MAX + 1;
-    if (i == len)
-        return 0;
-    for (; i < len; i++) {
-        unsigned digit = (unsigned)s[i] - '0';
-
-        if (digit > 9 || u > (limit - digit) / 10)
-            return 0;
-        u = u * 10 + digit;
-    }
-    if (!neg)
-        *out = (int64_t)u;
-    else if (u == (uint64_t)INT64_MAX + 1)
-        *out = INT64_MIN;
-    else
-        *out = -(int64_t)u;
-    return 1;
-}
-
 /*
  * float4, float8 and numeric print these words for values no JSON number
  * holds; wal2json quotes them, so they are strings here too.
@@ -507,7 +480,7 @@ static int set_value(cursor *c, const rel_column *col, uint8_t kind, const unsig
         return 0;
     switch (col->cls) {
     case VC_INT:
-        if (!int_from_text(s, n, &v->i))
+        if (!walq__int64_from_text((const char *)s, n, &v->i))
             return fail(c->d,
                         "invalid %s message: the value%s at offset %zu is of type %s, but its "
                         "text \"%.*s\" is not an integer of 64 bits",

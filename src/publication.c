@@ -13,35 +13,31 @@
 
 /*
  * What the publication is, as one line: its tables with their filters as
- * the server prints them, and what it publishes.  Filters are PostgreSQL
- * 15's; schemas in a publication too.
+ * the server prints them, and what it publishes; then its owner, the
+ * session's role, whether that role may act as the owner, and the comment.
+ * Filters, and schemas in a publication, are PostgreSQL 15's.
  */
+#define FINGERPRINT_TAIL                                                                           \
+    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"                 \
+    " via root %s)', p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,"        \
+    "              p.pubviaroot),"                                                                 \
+    "  pg_get_userbyid(p.pubowner), current_user,"                                                 \
+    "  pg_has_role(current_user, p.pubowner, 'USAGE'),"                                            \
+    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"                                     \
+    "  FROM pg_publication p WHERE p.pubname = $1"
+
 static const char fingerprint_15[] =
     "SELECT coalesce((SELECT string_agg(r.prrelid::regclass::text"
     "         || coalesce(' WHERE ' || pg_get_expr(r.prqual, r.prrelid), ''), '; '"
     "         ORDER BY r.prrelid::regclass::text)"
     "         FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')"
     "    || coalesce((SELECT '; schemas ' || string_agg(n.pnnspid::regnamespace::text, ', ')"
-    "         FROM pg_publication_namespace n WHERE n.pnpubid = p.oid), '')"
-    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"
-    " via root %s)', p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,"
-    "              p.pubviaroot),"
-    "  pg_get_userbyid(p.pubowner), current_user,"
-    "  pg_has_role(current_user, p.pubowner, 'USAGE'),"
-    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"
-    "  FROM pg_publication p WHERE p.pubname = $1";
+    "         FROM pg_publication_namespace n WHERE n.pnpubid = p.oid), '')" FINGERPRINT_TAIL;
 
 static const char fingerprint_14[] =
     "SELECT coalesce((SELECT string_agg(r.prrelid::regclass::text, '; '"
     "         ORDER BY r.prrelid::regclass::text)"
-    "         FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')"
-    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"
-    " via root %s)', p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,"
-    "              p.pubviaroot),"
-    "  pg_get_userbyid(p.pubowner), current_user,"
-    "  pg_has_role(current_user, p.pubowner, 'USAGE'),"
-    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"
-    "  FROM pg_publication p WHERE p.pubname = $1";
+    "         FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')" FINGERPRINT_TAIL;
 
 /* The publication as the server has it now. */
 typedef struct pub_row {
