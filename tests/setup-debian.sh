@@ -17,8 +17,16 @@ packages=(
     # Validates docker-compose.yml (tests/integration/compose_config.sh);
     # without its recommends, so no Docker engine comes with it.
     docker-compose
+    # The test matrix's PostgreSQL 17: a Debian trixie chroot
+    # (tests/lib/pgserver-trixie.sh).
+    debootstrap
     "$@"
 )
+
+# The matrix's PostgreSQL 16 and 18 come from npm (tests/lib/pgserver-npm.sh).
+# Debian's npm only where no npm is installed: another vendor's nodejs
+# package carries its own and conflicts with Debian's.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
