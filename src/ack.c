@@ -32,15 +32,29 @@
  * reader's lock again: the same jobs are then sent again.  A final outcome
  * row is never written twice; a batch's jobs are left out when a batch of
  * the group written since the cursor the consumer knows ($15) has them.
+ *
+ * Everything is written only while the reader is at this process's epoch
+ * ($16): f updates the reader's row at that epoch, or finds none (another
+ * process took the reader over), and every other write reads f; the
+ * statement returns how many rows f updated.  A takeover waits for f's row
+ * lock, or f for the takeover, which it then sees.  The lease of a holder
+ * through a pooler moves on ($17; NULL for a holder by lock).
  */
 #define ACK_OUTCOMES                                                                               \
-    "WITH o AS ("                                                                                  \
+    "WITH f AS ("                                                                                  \
+    "  UPDATE walq.readers r SET cursor_lsn = greatest(r.cursor_lsn, $8::pg_lsn),"                 \
+    "         sealed_through = greatest(r.sealed_through, $12::int), updated_at = now(),"          \
+    "         lease_until = now() + $17::interval"                                                 \
+    "   WHERE r.slot_name = $9 AND r.epoch = $16::bigint"                                          \
+    "  RETURNING r.slot_name"                                                                      \
+    "), o AS ("                                                                                    \
     "  SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::bigint[],"        \
     "                       $7::pg_lsn[], $14::int[])"                                             \
     "           AS o(job_id, status, attempts, last_error, run_at, lsn, generation)"               \
-    "   WHERE status <> 'cancelled'"                                                               \
+    "   WHERE status <> 'cancelled' AND EXISTS (SELECT FROM f)"                                    \
     "), d AS (SELECT * FROM unnest($10::bigint[], $13::int[]) AS d(id, generation)"                \
-    "   WHERE NOT EXISTS (SELECT 1 FROM walq.outcome_batches b"                                    \
+    "   WHERE EXISTS (SELECT FROM f)"                                                              \
+    "     AND NOT EXISTS (SELECT 1 FROM walq.outcome_batches b"                                    \
     "                      WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                        \
     "                        AND b.generation = d.generation AND b.last_id >= d.id"                \
     "                        AND b.first_id <= d.id AND d.id = ANY (b.job_ids))"                   \
@@ -66,10 +80,7 @@
     "         last_error = excluded.last_error, run_at = excluded.run_at, updated_at = now()"      \
     "   WHERE t.status NOT IN ('done', 'dead', 'cancelled')"
 
-#define ACK_CURSOR                                                                                 \
-    ") UPDATE walq.readers SET cursor_lsn = greatest(cursor_lsn, $8::pg_lsn),"                     \
-    "         sealed_through = greatest(sealed_through, $12::int), updated_at = now()"             \
-    "   WHERE slot_name = $9"
+#define ACK_CURSOR ") SELECT count(*) FROM f"
 
 static const char ack_sql[] = ACK_OUTCOMES ACK_CURSOR;
 
@@ -171,14 +182,31 @@ static int batched(const walq__job *j)
  * The two statements are prepared once per session: planning the CTEs
  * costs the primary as much as running one with a small batch.  A new
  * session (another PGconn, or the same address reused after a reconnect:
- * the backend pid tells) prepares them again.
+ * the backend pid tells) prepares them again.  Through a pooler a prepared
+ * statement would stay with a server session that other clients get next
+ * (and this one may not): each ack is parsed and planned anew there.
  */
 static const char *const ack_names[2] = {"walq_ack", "walq_ack_dedup"};
+static const char *const ack_sqls[2] = {ack_sql, ack_dedup_sql};
+
+/*
+ * Through a pooler, what the session settings give a direct connection is
+ * set for the ack's transaction alone, by a statement in the same pipeline
+ * (one implicit transaction, one round trip): the server ends the ack first
+ * when it runs or waits for a lock longer than the consumer waits for its
+ * answer, so that an ack given up for lost does not commit later, beside
+ * the one sent again.  Its commit waits for the WAL to be flushed.
+ */
+static const char ack_settings_sql[] =
+    "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true),"
+    " set_config('synchronous_commit', 'on', true)";
 
 static int prepare(walq__ack *a, PGconn *primary)
 {
-    const char *sqls[2] = {ack_sql, ack_dedup_sql};
+    const char *const *sqls = ack_sqls;
 
+    if (a->pooled)
+        return 0;
     if (a->prepared_conn == primary && a->prepared_pid == PQbackendPID(primary))
         return 0;
     for (int i = 0; i < 2; i++) {
@@ -196,10 +224,10 @@ static int prepare(walq__ack *a, PGconn *primary)
     return 0;
 }
 
-/* Builds the batch's parameters; *sql is the name of the statement to run them with. */
+/* Builds the batch's parameters; *which is the statement to run them with. */
 static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
                  uint64_t known, int32_t sealed_through, const char *params[WALQ__ACK_PARAMS],
-                 const char **sql)
+                 int *which)
 {
     walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
                            &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
@@ -272,48 +300,150 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
     params[12] = a->done_gens.data;
     params[13] = a->gens.data;
     params[14] = walq__lsn_format(known, a->known_text);
-    *sql = ack_names[dedup];
+    snprintf(a->epoch_text, sizeof(a->epoch_text), "%lld", (long long)a->epoch);
+    params[15] = a->epoch_text;
+    params[16] = a->lease;
+    *which = dedup;
     return 0;
+}
+
+/*
+ * Sends the statement: prepared on a direct connection; through a pooler,
+ * with its settings, in a pipeline.  A pipeline sent in part leaves the
+ * connection in no state to go on with: that is a lost connection.
+ */
+static int send_ack(walq__ack *a, PGconn *primary, int which,
+                    const char *const params[WALQ__ACK_PARAMS])
+{
+    const char *settings[1] = {a->timeout_text};
+    char msg[512];
+
+    a->fenced = 0;
+    if (!a->pooled) {
+        a->piped = 0;
+        if (PQsendQueryPrepared(primary, ack_names[which], WALQ__ACK_PARAMS, params, NULL, NULL, 0))
+            return 0;
+        return walq__error(walq__conn_failed(primary, NULL) ? WALQ_ECONN : WALQ_EQUERY, NULL,
+                           "could not send outcomes: %s",
+                           walq__pg_message(primary, NULL, msg, sizeof(msg)));
+    }
+    a->piped = 1;
+    if (PQenterPipelineMode(primary) &&
+        PQsendQueryParams(primary, ack_settings_sql, 1, NULL, settings, NULL, NULL, 0) &&
+        PQsendQueryParams(primary, ack_sqls[which], WALQ__ACK_PARAMS, NULL, params, NULL, NULL,
+                          0) &&
+        PQpipelineSync(primary))
+        return 0;
+    return walq__error(WALQ_ECONN, NULL, "could not send outcomes: %s",
+                       walq__pg_message(primary, NULL, msg, sizeof(msg)));
+}
+
+/* Keeps the statement's first failed result, else its last. */
+static void keep(walq__ack *a, PGresult *r)
+{
+    ExecStatusType st = PQresultStatus(a->kept);
+
+    if (a->kept != NULL && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return;
+    }
+    PQclear(a->kept);
+    a->kept = r;
+}
+
+/*
+ * Takes the statement's results that are in without waiting: 1 once the
+ * last is (the pipeline's end, through a pooler).
+ */
+static int take_results(walq__ack *a, PGconn *primary)
+{
+    while (!PQisBusy(primary)) {
+        PGresult *r = PQgetResult(primary);
+
+        if (r == NULL) {
+            /* In a pipeline, the end of one statement's results. */
+            if (!a->piped || PQstatus(primary) == CONNECTION_BAD)
+                return 1;
+            continue;
+        }
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            return 1;
+        }
+        keep(a, r);
+        if (PQstatus(primary) == CONNECTION_BAD)
+            return 1;
+    }
+    return 0;
+}
+
+/* The statement is over: what it did. */
+static int finish_ack(walq__ack *a, PGconn *primary)
+{
+    PGresult *res, *r = a->kept;
+    int rc;
+
+    a->kept = NULL;
+    /* A pipeline that cannot end (its results not all in) leaves the connection unusable. */
+    if (a->piped && PQstatus(primary) == CONNECTION_OK && !PQexitPipelineMode(primary)) {
+        PQclear(r);
+        r = NULL;
+    }
+    a->piped = 0;
+    rc = walq__query_result(primary, r, &res, "record outcomes");
+    if (rc == 0 && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
+        a->fenced = 1;
+        rc = walq__error(WALQ_EBUSY, NULL,
+                         "could not record outcomes: another process took the reader over");
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Waits for the rest of the statement's results, within the thread's waiter's bounds. */
+static int wait_ack(walq__ack *a, PGconn *primary)
+{
+    for (;;) {
+        int rc = walq__wait_result(primary, "record outcomes");
+
+        if (rc != 0) {
+            PQclear(a->kept);
+            a->kept = NULL;
+            a->piped = 0;
+            return rc;
+        }
+        if (take_results(a, primary))
+            return finish_ack(a, primary);
+    }
 }
 
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
                     uint64_t cursor, uint64_t known, int32_t sealed_through)
 {
-    const char *params[WALQ__ACK_PARAMS], *sql;
-    PGresult *res;
-    int rc = prepare(a, primary);
+    const char *params[WALQ__ACK_PARAMS];
+    int which, rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, known, sealed_through, params, &sql);
+        rc = build(a, group, slot, cursor, known, sealed_through, params, &which);
     if (rc == 0)
-        rc = PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)
-                 ? walq__finish_query(primary, &res, "record outcomes")
-                 : walq__query_result(primary, NULL, &res, "record outcomes");
-    if (rc != 0)
-        return rc;
-    PQclear(res);
-    return 0;
+        rc = send_ack(a, primary, which, params);
+    return rc ? rc : wait_ack(a, primary);
 }
 
 int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char *slot,
                    uint64_t cursor, uint64_t known, int32_t sealed_through)
 {
-    const char *params[WALQ__ACK_PARAMS], *sql;
+    const char *params[WALQ__ACK_PARAMS];
     walq__job **jobs;
     size_t cap;
-    int rc = prepare(a, primary);
+    int which, rc = prepare(a, primary);
 
     if (rc == 0)
-        rc = build(a, group, slot, cursor, known, sealed_through, params, &sql);
+        rc = build(a, group, slot, cursor, known, sealed_through, params, &which);
+    if (rc == 0)
+        rc = send_ack(a, primary, which, params);
     if (rc != 0)
         return rc;
-    if (!PQsendQueryPrepared(primary, sql, WALQ__ACK_PARAMS, params, NULL, NULL, 0)) {
-        char msg[512];
-
-        return walq__error(walq__conn_failed(primary, NULL) ? WALQ_ECONN : WALQ_EQUERY, NULL,
-                           "could not send outcomes: %s",
-                           walq__pg_message(primary, NULL, msg, sizeof(msg)));
-    }
     /* The batch is on its way; the next one gathers in the other array. */
     for (size_t i = 0; i < a->n; i++)
         a->jobs[i]->pending_idx = -1;
@@ -332,52 +462,26 @@ int walq__ack_send(walq__ack *a, PGconn *primary, const char *group, const char 
     return 0;
 }
 
-/* The statement's results, once all are in. */
-static int collect(walq__ack *a, PGconn *primary)
-{
-    PGresult *r, *first = NULL, *res;
-    int rc;
-
-    while ((r = PQgetResult(primary)) != NULL) {
-        if (first == NULL)
-            first = r;
-        else
-            PQclear(r);
-    }
-    a->inflight = 0;
-    rc = walq__query_result(primary, first, &res, "record outcomes");
-    PQclear(res);
-    return rc;
-}
-
 int walq__ack_poll(walq__ack *a, PGconn *primary, int *finished)
 {
     *finished = 0;
     if (!a->inflight)
         return 0;
     /* A connection that does not block may hold part of the statement still. */
-    if (PQflush(primary) < 0 || !PQconsumeInput(primary)) {
+    if (PQflush(primary) < 0 || !PQconsumeInput(primary) || take_results(a, primary)) {
         *finished = 1;
-        return collect(a, primary);
+        a->inflight = 0;
+        return finish_ack(a, primary);
     }
-    if (PQisBusy(primary))
-        return 0;
-    *finished = 1;
-    return collect(a, primary);
+    return 0;
 }
 
 int walq__ack_wait(walq__ack *a, PGconn *primary)
 {
-    int rc;
-
     if (!a->inflight)
         return 0;
-    rc = walq__wait_result(primary, "record outcomes");
-    if (rc != 0) {
-        a->inflight = 0;
-        return rc;
-    }
-    return collect(a, primary);
+    a->inflight = 0;
+    return wait_ack(a, primary);
 }
 
 void walq__ack_requeue(walq__ack *a)
@@ -404,6 +508,8 @@ void walq__ack_free(walq__ack *a)
     a->jobs = a->sent = NULL;
     a->n = a->cap = a->nsent = a->sentcap = 0;
     a->inflight = 0;
+    PQclear(a->kept);
+    a->kept = NULL;
     for (size_t i = 0; i < WALQ__ARRAY_SIZE(arrays); i++)
         walq__buf_free(arrays[i]);
 }

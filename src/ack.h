@@ -28,7 +28,7 @@ typedef struct walq__ack {
     walq__buf done_ids, done_gens; /* the batch rows: jobs done at their first attempt */
     walq__ack_done *done;
     size_t done_cap;
-    char cursor_text[32], done_lsn_text[32], sealed_text[32], known_text[32];
+    char cursor_text[32], done_lsn_text[32], sealed_text[32], known_text[32], epoch_text[32];
     /*
      * The batch of the statement in flight (walq__ack_send), while the next
      * one gathers in jobs.  At most one statement is in flight.
@@ -39,9 +39,24 @@ typedef struct walq__ack {
     int32_t sent_sealed_through;
     int64_t sent_at; /* monotonic: when it was sent */
     int inflight;
+    int piped;      /* the statement in flight is in a pipeline (pooled) */
+    PGresult *kept; /* its first failed result so far, else its last */
     /* The session the statements are prepared in. */
     PGconn *prepared_conn;
     int prepared_pid;
+    /*
+     * Set by the caller: the primary connection goes through a pooler (no
+     * prepared statement, the settings sent with each statement); the
+     * reader's epoch, which every ack checks; the lease each ack moves on
+     * (an interval, NULL for a holder by lock); the server's bound on the
+     * statement and its lock waits, in milliseconds ("0": none).
+     */
+    int pooled;
+    int64_t epoch;
+    const char *lease;
+    char timeout_text[24];
+    /* The last statement found the reader taken over by another process. */
+    int fenced;
 } walq__ack;
 
 /*
@@ -51,7 +66,7 @@ typedef struct walq__ack {
 int walq__ack_add(walq__ack *a, walq__job *job);
 
 /* The ack statement's parameters. */
-#define WALQ__ACK_PARAMS 15
+#define WALQ__ACK_PARAMS 17
 
 /*
  * Writes the batch, the cursor and the last generation whose seal the
@@ -60,7 +75,9 @@ int walq__ack_add(walq__ack *a, walq__job *job);
  * as it was: on success the caller walks a->jobs and empties it; on failure
  * it can try again later with more added.  known is the cursor the caller
  * knows committed: a batch written since then may hold the same jobs, sent
- * by an ack whose answer was lost.
+ * by an ack whose answer was lost.  If another process has taken the reader
+ * over (its epoch is not a->epoch), nothing is written: WALQ_EBUSY, with
+ * a->fenced set.
  */
 int walq__ack_flush(walq__ack *a, PGconn *primary, const char *group, const char *slot,
                     uint64_t cursor, uint64_t known, int32_t sealed_through);

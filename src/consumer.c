@@ -8,6 +8,8 @@
  * jobs have an outcome committed on the primary.  What each stage decides
  * lives with that stage; the statements the consumer runs are in registry.c.
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,9 @@ struct walq_consumer {
     walq__retry primary_retry;
     int64_t epoch;    /* of the reader's row when this process took it */
     int fenced;       /* another process had the reader meanwhile: start over */
+    int pooled;       /* the primary connection goes through a pooler: the reader is leased */
+    int64_t lease_us, lease_renew_at; /* the lease's length; when it is renewed next (monotonic) */
+    char lease_text[32];              /* the lease, as an interval */
     int standby;      /* the source is a hot standby */
     int pub_seen;     /* the primary sees the source's publications (one system) */
     int slot_gone;    /* the slot was lost while streaming: start over */
@@ -379,33 +384,62 @@ static void primary_lost(walq_consumer *c)
 }
 
 /*
- * Back on the primary after losing it.  If another process held the reader
- * in the meantime (its epoch moved), what is in memory is stale: the loop
- * starts over.  A lock still held at the old epoch is this process's own
- * previous session, not yet gone: that is retried.
- */
-/*
  * A plain connection of the consumer's: it does not block on sends (waits
  * are walq__wait_result's, bounded), and its statements are bounded too.
+ * *pooled: it goes through a connection pooler.
  */
-static int connect_session(walq_consumer *c, PGconn **conn, const char *conninfo)
+static int connect_session(walq_consumer *c, PGconn **conn, const char *conninfo, int *pooled)
 {
     int rc = walq__connect(conn, conninfo, WALQ__CONN_SQL, "walq consume");
 
     if (rc == 0 && PQsetnonblocking(*conn, 1) != 0)
         rc = walq__error(WALQ_ECONN, NULL, "could not make a connection non-blocking");
     if (rc == 0)
-        rc = walq__reg_session(*conn, c->o.primary_timeout_ms);
+        rc = walq__reg_session(*conn, c->o.primary_timeout_ms, pooled);
     return rc;
 }
 
+/* The primary's session; through a pooler the acks carry what they need. */
+static int connect_primary_session(walq_consumer *c)
+{
+    int rc = connect_session(c, &c->pconn, c->primary, &c->pooled);
+
+    c->ack.pooled = c->pooled;
+    c->ack.lease = c->pooled ? c->lease_text : NULL;
+    snprintf(c->ack.timeout_text, sizeof(c->ack.timeout_text), "%lld",
+             (long long)c->o.primary_timeout_ms);
+    return rc;
+}
+
+/* The lease is renewed a third of its length after it was last. */
+static void lease_renewed(walq_consumer *c, int64_t at)
+{
+    c->lease_renew_at = at + c->lease_us / 3;
+}
+
+/*
+ * Back on the primary after losing it.  If another process held the reader
+ * in the meantime (its epoch moved), what is in memory is stale: the loop
+ * starts over.  A lock still held at the old epoch is this process's own
+ * previous session, not yet gone: that is retried.  Through a pooler the
+ * lease is renewed at the same epoch, or the reader is gone.
+ */
 static int connect_primary(walq_consumer *c)
 {
     walq__reg_lock lk;
-    int rc = connect_session(c, &c->pconn, c->primary);
+    int64_t now = walq__mono_us();
+    int rc = connect_primary_session(c), held = 1;
 
-    if (rc == 0)
-        rc = walq__reg_try_lock(&c->rg, c->pconn, &lk);
+    if (rc == 0 && c->pooled) {
+        rc = walq__reg_lease(&c->rg, c->pconn, c->epoch, c->lease_text, &held);
+        lk.epoch = held ? c->epoch : -1;
+        lk.got = held;
+        snprintf(lk.who, sizeof(lk.who), "its epoch moved on");
+        if (rc == 0 && held)
+            lease_renewed(c, now);
+    } else if (rc == 0) {
+        rc = walq__reg_try_lock(&c->rg, c->pconn, 0, c->epoch, &lk);
+    }
     if (rc == 0 && lk.epoch != c->epoch) {
         walq__warn(&c->log,
                    "another process took this reader over while the primary was unreachable "
@@ -426,9 +460,10 @@ static int connect_primary(walq_consumer *c)
 /* Acks                                                                */
 
 /* An ack committed: how far it took the cursor and the seals is durable. */
-static void acked(walq_consumer *c, uint64_t cursor, int32_t sealed_through)
+static void acked(walq_consumer *c, uint64_t cursor, int32_t sealed_through, int64_t sent_at)
 {
     c->stats.acks++;
+    lease_renewed(c, sent_at);
     walq__retry_ok(&c->primary_retry);
     c->flush_failed = 0;
     c->rd.durable = cursor;
@@ -456,7 +491,7 @@ static int acks_sent(walq_consumer *c, int rc)
             walq__sched_release(&c->sched, job);
     }
     c->ack.nsent = 0;
-    acked(c, c->ack.sent_cursor, c->ack.sent_sealed_through);
+    acked(c, c->ack.sent_cursor, c->ack.sent_sealed_through, c->ack.sent_at);
     return 0;
 }
 
@@ -502,9 +537,10 @@ static int flush_in_ack(walq_consumer *c)
 {
     size_t batch_before = c->ack.n;
     int with_jobs = in_ack_waiting(c) > 0, rc = 0;
+    int64_t began = walq__mono_us();
 
     if (with_jobs) {
-        rc = walq__exec(c->pconn, "begin the ack transaction", "BEGIN");
+        rc = walq__reg_begin(&c->rg, c->pconn, "begin the ack transaction");
         if (rc == 0)
             rc = c->h->in_ack->run(c->h, c->pconn);
     }
@@ -537,7 +573,7 @@ static int flush_in_ack(walq_consumer *c)
             walq__sched_release(&c->sched, job);
     }
     c->ack.n = 0;
-    acked(c, c->txq.safe_lsn, c->seals.through);
+    acked(c, c->txq.safe_lsn, c->seals.through, began);
     return rc;
 }
 
@@ -911,15 +947,24 @@ static void log_standby_snapshot(void *arg)
 static int connect_both(walq_consumer *c, char *source_id, size_t len)
 {
     walq__source_info src;
-    int rc;
+    int rc, pooled = 0;
 
-    rc = connect_session(c, &c->pconn, c->primary);
+    rc = connect_primary_session(c);
     if (rc == 0)
         rc = walq__schema_check(c->pconn);
     if (rc == 0 && c->sql != NULL)
         rc = walq__reg_check_sql(c->pconn, c->sql);
     if (rc == 0)
-        rc = connect_session(c, &c->sconn, c->source);
+        rc = connect_session(c, &c->sconn, c->source, &pooled);
+    if (rc == 0 && pooled) {
+        char name[128];
+
+        rc = walq__error(WALQ_EINVAL,
+                         "Replication does not go through a connection pooler: give --source the "
+                         "server's own address.  --primary may go through one.",
+                         "the source \"%s\" is reached through a connection pooler",
+                         walq__conn_name(c->sconn, name, sizeof(name)));
+    }
     if (rc == 0)
         rc = walq__source_check(c->sconn, &src);
     if (rc == 0)
@@ -943,10 +988,31 @@ static int connect_both(walq_consumer *c, char *source_id, size_t len)
 }
 
 /*
+ * A lease held by a process of this host that is gone (killed, say) need
+ * not run out: its slot, once no walsender serves it, says that nothing
+ * reads for it any more.
+ */
+static int holder_gone(walq_consumer *c, const walq__reg_lock *lk)
+{
+    char host[128] = "";
+    const char *pid = strrchr(lk->holder, ' ');
+    size_t hostlen = strlen(lk->holder) - (pid ? strlen(pid) : 0);
+    walq__slot_info si;
+
+    gethostname(host, sizeof(host) - 1);
+    if (pid == NULL || hostlen < 4 || strncmp(lk->holder + hostlen - 4, " pid", 4) != 0 ||
+        strlen(host) != hostlen - 4 || strncmp(lk->holder, host, hostlen - 4) != 0)
+        return 0;
+    if (kill((pid_t)strtol(pid + 1, NULL, 10), 0) == 0 || errno != ESRCH)
+        return 0;
+    return walq__reader_slot(&c->rd, c->sconn, &si) == 0 && !si.active;
+}
+
+/*
  * Waits until this process holds the reader: while another consumer of the
  * same group and partition runs, this one stands by and takes over when
- * that one's session ends.  Returns 0 with a stop asked if asked to stop
- * while waiting.
+ * that one's session ends, or its lease runs out.  Returns 0 with a stop
+ * asked if asked to stop while waiting.
  */
 static int take_reader(walq_consumer *c, const char *source_id, walq__reg_reader *rs)
 {
@@ -954,19 +1020,30 @@ static int take_reader(walq_consumer *c, const char *source_id, walq__reg_reader
     int rc, waited = 0;
 
     for (;;) {
-        rc = walq__reg_try_lock(&c->rg, c->pconn, &lk);
-        if (rc != 0 || lk.got)
+        rc = walq__reg_try_lock(&c->rg, c->pconn, c->pooled, c->epoch, &lk);
+        if (rc == 0 && !lk.got && lk.leased && holder_gone(c, &lk)) {
+            walq__info(&c->log, "the reader's holder, %s, is gone", lk.who);
+            lk.got = 1;
+        }
+        if (rc == 0 && lk.got)
+            rc = walq__reg_take_over(&c->rg, c->pconn, c->sconn, source_id, lk.epoch,
+                                     c->pooled ? c->lease_text : NULL, rs);
+        /* Another process took it first; a lock taken meanwhile holds nothing. */
+        if (rc == 0 && lk.got && rs->lost && !c->pooled)
+            rc = walq__reg_unlock(&c->rg, c->pconn);
+        if (rc != 0 || (lk.got && !rs->lost))
             break;
-        if (!waited)
+        if (!waited && !lk.got)
             walq__info(&c->log, "the reader is held by %s; standing by to take over", lk.who);
-        waited = 1;
+        waited |= !lk.got;
         if (walq__reader_nap(&c->rd, 500))
             return 0;
     }
-    if (rc == 0)
-        rc = walq__reg_take_over(&c->rg, c->pconn, c->sconn, source_id, rs);
-    if (rc == 0)
+    if (rc == 0) {
         c->epoch = rs->epoch;
+        c->ack.epoch = rs->epoch;
+        lease_renewed(c, walq__mono_us());
+    }
     if (rc == 0 && waited)
         walq__info(&c->log, "took the reader over");
     return rc;
@@ -1310,6 +1387,28 @@ static void settle_durable(walq_consumer *c)
 }
 
 /*
+ * Through a pooler the reader is held by a lease, which every ack moves on;
+ * with no ack for a while, it is renewed on its own.  The reader may have
+ * been taken over meanwhile (the lease ran out while the primary was slow):
+ * the loop starts over.
+ */
+static int renew_lease(walq_consumer *c, int64_t now)
+{
+    int held = 0;
+    int rc = walq__reg_lease(&c->rg, c->pconn, c->epoch, c->lease_text, &held);
+
+    if (rc != 0)
+        return rc;
+    if (!held) {
+        walq__warn(&c->log, "another process took this reader over; starting over");
+        c->fenced = 1;
+        return WALQ_EBUSY;
+    }
+    lease_renewed(c, now);
+    return 0;
+}
+
+/*
  * Status updates to the source (at once when it asks; an idle --drain asks
  * it where it is), and every so often the generations' upkeep on the
  * primary: the next generation, seals, and the removal of finished jobs
@@ -1363,6 +1462,8 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
         if (rc == 0)
             c->next_maintain = now + c->maintain_us;
     }
+    if (rc == 0 && c->pooled && c->pconn != NULL && !c->ack.inflight && now >= c->lease_renew_at)
+        rc = renew_lease(c, now);
     return rc;
 }
 
@@ -1424,6 +1525,8 @@ static int phase_wait(walq_consumer *c, walq__wait *w, int64_t now, int stopping
         walq__wait_until(w, c->ack.oldest + c->ack_delay_us);
     if (c->pconn == NULL)
         walq__wait_until(w, c->primary_retry.at > now ? c->primary_retry.at : now);
+    else if (c->pooled)
+        walq__wait_until(w, c->lease_renew_at);
     walq__wait_until(w, walq__sched_next_due(&c->sched, now, walq__wall_us()));
     if ((c->backfilling && !walq__sched_full(&c->sched)) ||
         (c->sched.ready.n > 0 && !stopping && c->h->ops->has_room(c->h)))
@@ -1487,6 +1590,13 @@ static int turn(walq_consumer *c, walq__wait *w)
 static int recover(walq_consumer *c, int rc)
 {
     switch (rc) {
+    case WALQ_EBUSY:
+        /* The ack found the reader taken over: nothing of it was written. */
+        if (c->ack.fenced && !c->fenced) {
+            walq__warn(&c->log, "another process took this reader over; starting over");
+            c->fenced = 1;
+        }
+        return rc;
     case WALQ_ECONN:
         primary_lost(c);
         return 0;
@@ -1538,6 +1648,7 @@ static void reset_memory(walq_consumer *c)
     c->sync_end = 0;
     c->slot_gone = 0;
     c->fenced = 0;
+    c->ack.fenced = 0;
     walq__route_set_skip(&c->route, NULL, 0);
     walq__reader_skip_to(&c->rd, c->rd.last_end);
     walq__seals_forget(&c->seals);
@@ -1551,6 +1662,20 @@ static void close_all(walq_consumer *c)
     if (c->pconn)
         PQfinish(c->pconn);
     c->sconn = c->pconn = NULL;
+}
+
+/*
+ * A lease is let go at the end, so that a consumer standing by takes the
+ * reader over at once (unless another took it meanwhile: then the epoch is
+ * not this process's, and nothing changes).
+ */
+static void release_lease(walq_consumer *c)
+{
+    int held;
+
+    if (c->pooled && c->epoch > 0 && c->pconn != NULL && PQstatus(c->pconn) == CONNECTION_OK &&
+        !c->ack.inflight && walq__reg_lease(&c->rg, c->pconn, c->epoch, NULL, &held) != 0)
+        walq__debug(&c->log, "%s", walq_last_error());
 }
 
 /*
@@ -1608,6 +1733,7 @@ int walq_consumer_run(walq_consumer *c)
     if (rc != 0)
         set_errmsg(c);
     reset_memory(c);
+    release_lease(c);
     close_all(c);
     walq__waiter_set(old);
     return rc;
@@ -1682,6 +1808,13 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
 
     /* A little longer than the server's own statement and lock timeouts. */
     c->waiter.timeout_us = o->primary_timeout_ms ? o->primary_timeout_ms * 1000 + 2000000 : 0;
+    /*
+     * A lease through a pooler outlasts two waits for the primary, so that
+     * one slow answer does not lose the reader; 30 s at least.
+     */
+    c->lease_us = 2 * c->waiter.timeout_us > 30000000 ? 2 * c->waiter.timeout_us : 30000000;
+    snprintf(c->lease_text, sizeof(c->lease_text), "%lld milliseconds",
+             (long long)(c->lease_us / 1000));
     c->waiter.tick = wait_tick;
     c->waiter.arg = c;
     c->rg = (walq__registry){c->group,
@@ -1690,7 +1823,8 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
                              c->route.partitions,
                              (const char *const *)c->queues,
                              o->nqueues,
-                             &c->log};
+                             &c->log,
+                             o->primary_timeout_ms};
     walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
     rc = walq__reader_init(&c->rd, &rcfg);
     if (rc != 0)

@@ -48,64 +48,124 @@ static int query_clear(PGconn *conn, const char *what, const char *sql, int npar
     return rc;
 }
 
+/*
+ * The statement is prepared and let go in one message, which one server
+ * session runs whole even through a pooler; the newline ends a comment the
+ * statement may end with.  The name is this process's, so that even one
+ * left behind (a statement that runs more after the prepared one, and
+ * fails) is in no other consumer's way.
+ */
 int walq__reg_check_sql(PGconn *primary, const char *sql)
 {
     walq__buf text = {0};
-    PGresult *res;
+    PGresult *res, *r, *failed = NULL;
     char msg[1024];
+    long pid = (long)getpid();
 
-    if (walq__buf_printf(&text, "PREPARE walq_sql_check (jsonb, bigint) AS %s", sql) != 0)
+    if (walq__buf_printf(&text,
+                         "PREPARE walq_sql_check_%ld (jsonb, bigint) AS %s\n;"
+                         " DEALLOCATE walq_sql_check_%ld",
+                         pid, sql, pid) != 0)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     res = NULL;
     if (PQsendQuery(primary, text.data) && walq__wait_result(primary, "check the statement") == 0) {
-        PGresult *r;
-
         while ((r = PQgetResult(primary)) != NULL) {
+            if (failed == NULL && PQresultStatus(r) != PGRES_COMMAND_OK &&
+                PQresultStatus(r) != PGRES_TUPLES_OK) {
+                failed = r;
+                continue;
+            }
             PQclear(res);
             res = r;
         }
     }
     walq__buf_free(&text);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        walq__pg_message(primary, res, msg, sizeof(msg));
+    if (failed != NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        walq__pg_message(primary, failed ? failed : res, msg, sizeof(msg));
         PQclear(res);
+        PQclear(failed);
         return walq__error(WALQ_EINVAL,
                            "The statement gets the payload as $1 (jsonb) and the job id as $2 "
                            "(bigint).",
                            "invalid sql handler statement: %s", msg);
     }
     PQclear(res);
-    return walq__exec(primary, "release the checked statement", "DEALLOCATE walq_sql_check");
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* The reader                                                          */
 
-int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, walq__reg_lock *out)
+/*
+ * Through a pooler the process has no session to hold the lock with: the
+ * reader is free when no session holds the lock and no lease of another
+ * process's runs.  A session that takes the lock while such a lease runs
+ * would not hold the reader, so the lock is not even tried then.
+ */
+int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, int pooled, int64_t mine,
+                       walq__reg_lock *out)
 {
-    const char *params[1] = {rg->slot};
+    char mine_text[24];
+    const char *params[3] = {rg->slot, mine_text, pooled ? "t" : "f"};
     PGresult *res;
     int rc;
 
+    snprintf(mine_text, sizeof(mine_text), "%lld", (long long)mine);
     rc = walq__query(primary, &res, "take the reader's lock",
-                     "SELECT walq.lock_reader($1), walq.reader_lock_pid($1),"
-                     "       (SELECT coalesce(holder, '') || '|' || epoch FROM walq.readers"
-                     "         WHERE slot_name = $1)",
-                     1, params);
+                     "WITH r AS MATERIALIZED ("
+                     "  SELECT epoch, coalesce(holder, '') AS holder,"
+                     "         coalesce(lease_until > now(), false) AS leased,"
+                     "         ceil(extract(epoch FROM lease_until - now()))::bigint AS left_s"
+                     "    FROM walq.readers WHERE slot_name = $1)"
+                     " SELECT CASE WHEN coalesce((SELECT leased AND epoch <> $2::bigint FROM r),"
+                     "                           false) THEN false"
+                     "             WHEN $3::boolean THEN walq.reader_lock_pid($1) IS NULL"
+                     "             ELSE walq.lock_reader($1) END,"
+                     "        coalesce(walq.reader_lock_pid($1)::text, ''),"
+                     "        (SELECT holder FROM r), (SELECT epoch FROM r),"
+                     "        coalesce((SELECT leased FROM r), false), (SELECT left_s FROM r)",
+                     3, params);
     if (rc != 0)
         return rc;
     out->got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    out->epoch = -1;
-    out->who[0] = '\0';
-    if (!PQgetisnull(res, 0, 2)) {
-        const char *v = PQgetvalue(res, 0, 2), *bar = strrchr(v, '|');
+    out->epoch = PQgetisnull(res, 0, 3) ? -1 : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    out->leased = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+    snprintf(out->holder, sizeof(out->holder), "%s", PQgetvalue(res, 0, 2));
+    if (out->leased)
+        snprintf(out->who, sizeof(out->who), "%s, through a pooler (its lease runs %s s more)",
+                 out->holder, PQgetvalue(res, 0, 5));
+    else
+        snprintf(out->who, sizeof(out->who), "%s%sbackend pid %s", out->holder,
+                 *out->holder ? ", " : "", PQgetvalue(res, 0, 1));
+    PQclear(res);
+    return 0;
+}
 
-        out->epoch = strtoll(bar + 1, NULL, 10);
-        if (bar > v)
-            snprintf(out->who, sizeof(out->who), "%.*s, ", (int)(bar - v), v);
-    }
-    snprintf(out->who + strlen(out->who), sizeof(out->who) - strlen(out->who), "backend pid %s",
-             PQgetvalue(res, 0, 1));
+int walq__reg_unlock(const walq__registry *rg, PGconn *primary)
+{
+    const char *params[1] = {rg->slot};
+
+    return query_clear(primary, "let the reader's lock go",
+                       "SELECT pg_advisory_unlock(2037741434, hashtext($1))", 1, params);
+}
+
+int walq__reg_lease(const walq__registry *rg, PGconn *primary, int64_t epoch, const char *lease,
+                    int *held)
+{
+    char epoch_text[24];
+    const char *params[3] = {rg->slot, epoch_text, lease};
+    PGresult *res;
+    int rc;
+
+    snprintf(epoch_text, sizeof(epoch_text), "%lld", (long long)epoch);
+    rc =
+        walq__query(primary, &res, lease ? "renew the reader's lease" : "let the reader's lease go",
+                    "UPDATE walq.readers SET lease_until = now() + $3::interval"
+                    " WHERE slot_name = $1 AND epoch = $2::bigint",
+                    3, params);
+    if (rc != 0)
+        return rc;
+    *held = strcmp(PQcmdTuples(res), "0") != 0;
     PQclear(res);
     return 0;
 }
@@ -154,8 +214,7 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
     int rc, standby = 0;
 
     rc = walq__query(primary, &res, "read the group's other readers",
-                     "SELECT slot_name, partition, partitions,"
-                     "       walq.reader_lock_pid(slot_name) IS NOT NULL"
+                     "SELECT slot_name, partition, partitions, walq.reader_held(slot_name)"
                      "  FROM walq.readers WHERE group_name = $1 AND partitions <> $2::int"
                      "   FOR UPDATE",
                      2, params);
@@ -232,10 +291,11 @@ static int register_rows(const walq__registry *rg, PGconn *primary, PGconn *sour
  * nothing there, and resynchronizes.
  */
 static int take_row(const walq__registry *rg, PGconn *primary, const char *queues,
-                    const char *source_id, walq__reg_reader *out)
+                    const char *source_id, int64_t seen, const char *lease, walq__reg_reader *out)
 {
     char holder[160], host[128] = "";
-    const char *params[4] = {rg->slot, holder, queues, source_id};
+    num_text epoch = num(seen < 0 ? 0 : seen);
+    const char *params[6] = {rg->slot, holder, queues, source_id, epoch.s, lease};
     PGresult *res;
     int rc;
 
@@ -248,17 +308,20 @@ static int take_row(const walq__registry *rg, PGconn *primary, const char *queue
                      "       cursor_lsn = CASE WHEN old.source_id <> $4 THEN '0/0'"
                      "                         ELSE cursor_lsn END,"
                      "       sync_lsn = CASE WHEN old.source_id <> $4 THEN NULL"
-                     "                       ELSE sync_lsn END"
-                     "  FROM old WHERE r.slot_name = $1"
+                     "                       ELSE sync_lsn END,"
+                     "       lease_until = now() + $6::interval"
+                     "  FROM old WHERE r.slot_name = $1 AND r.epoch = $5::bigint"
                      " RETURNING epoch, cursor_lsn::text, coalesce(sync_lsn::text, ''),"
                      "           NOT (queues @> $3::text[] AND queues <@ $3::text[]),"
                      "           coalesce(old.source_id <> $4, false)",
-                     4, params);
+                     6, params);
     if (rc != 0)
         return rc;
+    /* The row was made in this transaction if it was missing: another took it first. */
     if (PQntuples(res) != 1) {
         PQclear(res);
-        return walq__error(WALQ_ESERVER, NULL, "reader with slot \"%s\" is missing", rg->slot);
+        out->lost = 1;
+        return 0;
     }
     out->epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     walq__lsn_parse(PQgetvalue(res, 0, 1), &out->cursor);
@@ -271,7 +334,8 @@ static int take_row(const walq__registry *rg, PGconn *primary, const char *queue
 }
 
 int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *source,
-                        const char *source_id, walq__reg_reader *out)
+                        const char *source_id, int64_t seen, const char *lease,
+                        walq__reg_reader *out)
 {
     walq__buf queues = {0};
     int rc;
@@ -279,13 +343,14 @@ int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *sourc
     memset(out, 0, sizeof(*out));
     rc = queues_literal(rg, &queues);
     if (rc == 0)
-        rc = walq__exec(primary, "begin registering the reader", "BEGIN");
+        rc = walq__reg_begin(rg, primary, "begin registering the reader");
     if (rc == 0)
         rc = register_rows(rg, primary, source, queues.data);
     if (rc == 0)
-        rc = take_row(rg, primary, queues.data, source_id, out);
+        rc = take_row(rg, primary, queues.data, source_id, seen, lease, out);
     if (rc == 0)
-        rc = walq__exec(primary, "commit the reader", "COMMIT");
+        rc = walq__exec(primary, out->lost ? "roll back" : "commit the reader",
+                        out->lost ? "ROLLBACK" : "COMMIT");
     walq__buf_free(&queues);
     if (rc != 0 && PQstatus(primary) == CONNECTION_OK && rc != WALQ_ECONN)
         walq__exec(primary, "roll back", "ROLLBACK");
@@ -608,10 +673,23 @@ void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log)
         PQclear(res);
 }
 
-int walq__reg_session(PGconn *primary, int64_t timeout_ms)
+int walq__reg_session(PGconn *conn, int64_t timeout_ms, int *pooled)
 {
     char sql[256];
+    PGresult *res;
+    int rc = walq__query(conn, &res, "set up the session", "SELECT pg_backend_pid()", 0, NULL);
 
+    if (rc != 0)
+        return rc;
+    *pooled = strtol(PQgetvalue(res, 0, 0), NULL, 10) != PQbackendPID(conn);
+    PQclear(res);
+    /*
+     * Through a pooler a SET would stay with a server session that other
+     * clients get next: what walq's writes need is set for each of their
+     * transactions instead (walq__reg_begin, and the ack's).
+     */
+    if (*pooled)
+        return 0;
     /*
      * A statement or lock wait of walq's that lasts longer than the consumer
      * waits for an answer is ended by the server, with a reason.
@@ -620,5 +698,16 @@ int walq__reg_session(PGconn *primary, int64_t timeout_ms)
              "SET synchronous_commit = on; SET application_name = 'walq consume';"
              " SET statement_timeout = %lld; SET lock_timeout = %lld",
              (long long)timeout_ms, (long long)timeout_ms);
-    return walq__exec(primary, "set up the session", sql);
+    return walq__exec(conn, "set up the session", sql);
+}
+
+int walq__reg_begin(const walq__registry *rg, PGconn *primary, const char *what)
+{
+    char sql[256];
+
+    snprintf(sql, sizeof(sql),
+             "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = %lld;"
+             " SET LOCAL lock_timeout = %lld",
+             (long long)rg->timeout_ms, (long long)rg->timeout_ms);
+    return walq__exec(primary, what, sql);
 }

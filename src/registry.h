@@ -23,13 +23,23 @@ typedef struct walq__registry {
     const char *const *queues;
     size_t nqueues;
     const walq__log *log;
+    int64_t timeout_ms; /* the server's bound on a statement or lock wait (0: none) */
 } walq__registry;
 
 /*
- * The session settings every connection of the consumer gets: its
- * statements and lock waits end after timeout_ms (0: no limit).
+ * The session settings a connection of the consumer gets, unless it goes
+ * through a connection pooler (*pooled), whose server sessions serve other
+ * clients between transactions: its statements and lock waits end after
+ * timeout_ms (0: no limit).  A pooler shows itself by the backend pid it
+ * gives the client, which is not the server's.
  */
-int walq__reg_session(PGconn *primary, int64_t timeout_ms);
+int walq__reg_session(PGconn *conn, int64_t timeout_ms, int *pooled);
+
+/*
+ * Begins a transaction on the primary with the settings its writes need
+ * (synchronous_commit on, rg->timeout_ms), set for that transaction alone.
+ */
+int walq__reg_begin(const walq__registry *rg, PGconn *primary, const char *what);
 
 /*
  * Prepares the sql handler's statement once, so that one that cannot even
@@ -37,14 +47,32 @@ int walq__reg_session(PGconn *primary, int64_t timeout_ms);
  */
 int walq__reg_check_sql(PGconn *primary, const char *sql);
 
-/* The reader's lock on the primary, and who holds it. */
+/*
+ * Who holds the reader, and whether this process may: by the advisory lock
+ * of its session on the primary, or, for a process whose connection goes
+ * through a pooler, by a lease (walq.readers.lease_until).
+ */
 typedef struct walq__reg_lock {
-    int got;       /* this session holds it now */
+    int got;       /* this process may take the reader (its session holds the lock if not pooled) */
     int64_t epoch; /* the reader's epoch; -1 before its row exists */
-    char who[256]; /* "host pid N, backend pid M" of the holder */
+    int leased;    /* the holder holds a lease that has not run out */
+    char holder[160]; /* walq.readers.holder: "host pid N" */
+    char who[256];    /* "host pid N, backend pid M" of the holder, or its lease */
 } walq__reg_lock;
 
-int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, walq__reg_lock *out);
+/* mine: the epoch this process took the reader at, or -1; a lease of its own does not stop it. */
+int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, int pooled, int64_t mine,
+                       walq__reg_lock *out);
+
+/* Lets the advisory lock go: another process took the reader first. */
+int walq__reg_unlock(const walq__registry *rg, PGconn *primary);
+
+/*
+ * Moves the lease of the reader held at epoch to lease (an interval; NULL
+ * lets it go).  *held is 0 when another process has taken the reader over.
+ */
+int walq__reg_lease(const walq__registry *rg, PGconn *primary, int64_t epoch, const char *lease,
+                    int *held);
 
 /* This reader's row as the process that took it over found it. */
 typedef struct walq__reg_reader {
@@ -53,6 +81,7 @@ typedef struct walq__reg_reader {
     uint64_t sync_lsn;  /* the consistent point of its slot; UINT64_MAX: none yet */
     int queues_changed; /* it read other queues before */
     int source_changed; /* its cursor was of another source's WAL: reset */
+    int lost;           /* another process took the reader first: nothing was done */
 } walq__reg_reader;
 
 /*
@@ -60,10 +89,14 @@ typedef struct walq__reg_reader {
  * epoch, this process as its holder), in one transaction on the primary.
  * Readers of the group set up for another number of partitions are retired
  * there: their slots dropped on the source, their rows deleted, unless one
- * of them still runs.  The caller holds the reader's lock.
+ * of them still runs.  The caller holds the reader's lock, or found it free
+ * through a pooler; either way the row is taken only at the epoch seen (by
+ * walq__reg_try_lock), else out->lost.  lease: the holder's lease (an
+ * interval), NULL for a holder by lock.
  */
 int walq__reg_take_over(const walq__registry *rg, PGconn *primary, PGconn *source,
-                        const char *source_id, walq__reg_reader *out);
+                        const char *source_id, int64_t seen, const char *lease,
+                        walq__reg_reader *out);
 
 /*
  * Before the reader's slot is dropped and made again: until the new slot is

@@ -20,6 +20,8 @@ packages=(
     # The test matrix's PostgreSQL 17: a Debian trixie chroot
     # (tests/lib/pgserver-trixie.sh).
     debootstrap
+    # Acks through a pooler in transaction mode (tests/integration/pgbouncer.sh).
+    pgbouncer
     "$@"
 )
 

@@ -13,7 +13,8 @@ $$;
 -- Each reader is held by one process at a time: the one whose session holds
 -- this advisory lock (the key is the reader's slot name).  A consumer that
 -- dies loses its session and with it the lock, which a waiting consumer of
--- the same reader then takes.
+-- the same reader then takes.  A consumer whose primary connection goes
+-- through a pooler holds a lease instead (walq.readers.lease_until).
 CREATE OR REPLACE FUNCTION walq.lock_reader(slot_name text)
 RETURNS boolean
 LANGUAGE sql VOLATILE STRICT AS $$
@@ -30,6 +31,16 @@ LANGUAGE sql STABLE STRICT AS $$
        AND l.objid = (hashtext(slot_name)::bigint & 4294967295)::oid
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
      LIMIT 1
+$$;
+
+-- Whether a process holds the reader: by its session's advisory lock, or,
+-- through a pooler, by a lease that has not run out.
+CREATE OR REPLACE FUNCTION walq.reader_held(slot_name text)
+RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT walq.reader_lock_pid($1) IS NOT NULL
+           OR coalesce((SELECT r.lease_until > now() FROM walq.readers r
+                         WHERE r.slot_name = $1), false)
 $$;
 
 -- How many jobs of a group (of one reader of it, for a group split over

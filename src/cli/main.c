@@ -423,7 +423,7 @@ static int cmd_status(int argc, char **argv)
                          "       c.queued, c.running, c.scheduled, c.done, c.dead, c.cancelled,"
                          "       CASE WHEN r.partitions = 1 THEN '-'"
                          "            ELSE r.partition || '/' || r.partitions END,"
-                         "       CASE WHEN walq.reader_lock_pid(r.slot_name) IS NULL THEN '-'"
+                         "       CASE WHEN NOT walq.reader_held(r.slot_name) THEN '-'"
                          "            ELSE coalesce(r.holder, '?') END"
                          "  FROM walq.readers r,"
                          "       LATERAL walq.group_counts(r.group_name, r.partitions, r.partition) c"
