@@ -9,13 +9,22 @@
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 pgtest_require_pg 16 "logical decoding on a standby needs PostgreSQL 16 or later (WALQ_TEST_PG=17 runs it)"
-if [ "${WALQ_PLUGIN:-}" != pgoutput ]; then
-    pgtest_require_wal2json "the consumer reads wal2json here (WALQ_PLUGIN=${WALQ_PLUGIN:-})"
+if [ "${WALQ_PLUGIN:-}" = wal2json ]; then
+    pgtest_require_wal2json "the consumer reads wal2json here (WALQ_PLUGIN=wal2json)"
 fi
 require_walq
 pass "using PostgreSQL $PGTEST_PG ($PGTEST_SERVER_BINDIR), plugin ${WALQ_PLUGIN:-default}"
 pg_start
 walq init
+# pgoutput is walq's default: the consumers name no plugin, and the servers
+# keep their default output_plugin_libraries (the harness allows wal2json).
+if [ "${WALQ_PLUGIN:-pgoutput}" = pgoutput ]; then
+    unset WALQ_PLUGIN
+    if [ "$(q "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'")" = 1 ]; then
+        q "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding'" >/dev/null
+        q "SELECT pg_reload_conf()" >/dev/null
+    fi
+fi
 pg_start_standby replica
 wait_for '[ "$(q_on replica "SELECT count(*) FROM walq.jobs")" = 0 ]' 30 "the standby to replay walq init"
 
@@ -37,6 +46,12 @@ assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'log
     "no logical slot on the primary"
 assert_eq "$(q_on replica "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical'")" \
     walq_sb "the group's slot lives on the standby"
+assert_eq "$(q_on replica "SELECT plugin FROM pg_replication_slots WHERE slot_name = 'walq_sb'")" \
+    "${WALQ_PLUGIN:-pgoutput}" "on ${WALQ_PLUGIN:-pgoutput}, no plugin named for pgoutput"
+if [ -z "${WALQ_PLUGIN:-}" ]; then
+    assert_eq "$(q "SELECT count(*) FROM pg_publication WHERE pubname = 'walq_sb'")" 1 \
+        "its publication was made on the primary (a standby takes no DDL) and replayed"
+fi
 
 # kill -9 of the consumer mid-stream: the next one goes on from the slot
 # and the cursor, and no job is recorded twice.
