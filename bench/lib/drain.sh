@@ -99,7 +99,7 @@ publication_like() {
                                          CASE WHEN pubtruncate THEN 'truncate' END),
                                pubviaroot::text)
                    FROM pg_publication WHERE pubname = '$from'")
-    q "DROP PUBLICATION IF EXISTS $pub" >/dev/null
+    PGOPTIONS="-c client_min_messages=warning" q "DROP PUBLICATION IF EXISTS $pub" >/dev/null
     q "CREATE PUBLICATION $pub FOR TABLE $tables WITH ($options)" >/dev/null
     note "publication $pub: FOR TABLE $tables WITH ($options)"
 }
