@@ -496,7 +496,8 @@ static int phase_finish(walq__audit *a, int stopping)
 static int phase_wait(walq__audit *a, walq__wait *w, int64_t now, int more)
 {
     walq__reader_wait_begin(&a->rd, w, now,
-                            WALQ__WAIT_STREAM | WALQ__WAIT_INPUT | WALQ__WAIT_START);
+                            WALQ__WAIT_STREAM | WALQ__WAIT_INPUT | WALQ__WAIT_START |
+                                WALQ__WAIT_PING);
     walq__wait_until(w, walq__audit_sink_deadline(&a->sink));
     w->at_once = more;
     return walq__reader_wait(&a->rd, w);

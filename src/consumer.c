@@ -1510,6 +1510,8 @@ static int phase_wait(walq_consumer *c, walq__wait *w, int64_t now, int stopping
         flags |= WALQ__WAIT_STREAM | (walq__sched_full(&c->sched) ? 0 : WALQ__WAIT_INPUT);
     if (!c->backfilling && c->pconn != NULL)
         flags |= WALQ__WAIT_START;
+    if (c->sched.in_memory == 0)
+        flags |= WALQ__WAIT_PING;
     walq__reader_wait_begin(&c->rd, w, now, flags);
     *ack_idx = -1;
     if (c->ack.inflight && c->pconn != NULL) {
@@ -1521,7 +1523,7 @@ static int phase_wait(walq_consumer *c, walq__wait *w, int64_t now, int stopping
             walq__wait_until(w, c->ack.sent_at + c->waiter.timeout_us);
     }
     w->n += c->h->ops->fds(c->h, w->pfd + w->n, w->cap - w->n, now, &w->wake_at);
-    if (c->ack.n > 0)
+    if (c->ack.n > 0 && !c->ack.inflight)
         walq__wait_until(w, c->ack.oldest + c->ack_delay_us);
     if (c->pconn == NULL)
         walq__wait_until(w, c->primary_retry.at > now ? c->primary_retry.at : now);

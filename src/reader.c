@@ -596,7 +596,7 @@ void walq__reader_wait_begin(walq__reader *r, walq__wait *w, int64_t now, unsign
     }
     if (r->st.streaming) {
         walq__wait_until(w, r->next_status);
-        if (r->cfg.drain)
+        if (r->cfg.drain && !r->in_txn && (flags & WALQ__WAIT_PING))
             walq__wait_until(w, r->next_ping);
     } else if (flags & WALQ__WAIT_START) {
         walq__wait_until(w, r->retry.at > now ? r->retry.at : now);

@@ -251,6 +251,7 @@ typedef struct walq__wait {
 #define WALQ__WAIT_STREAM 1 /* poll the stream's socket (its hang-up is seen) */
 #define WALQ__WAIT_INPUT  2 /* ... for input too */
 #define WALQ__WAIT_START  4 /* wake when a new start of the stream is due */
+#define WALQ__WAIT_PING   8 /* wake when a --drain ping is due */
 
 int walq__wait_init(walq__wait *w, size_t owner_fds);
 void walq__wait_free(walq__wait *w);
