@@ -27,6 +27,15 @@ running() {
     fi
 }
 wait_for "running && slot_active walq_og" 30 "the consumer to stream"
+# Its first upkeep (walq.maintain()) commits on the primary: done before
+# the server waits for a standby, or it would wait for it too, past this
+# test's patience.
+upkept() {
+    [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'walq consume'
+                 AND backend_type = 'client backend' AND state = 'idle'
+                 AND (query LIKE '%walq.maintain()%' OR query LIKE '%FROM pg_publication%')")" -ge 1 ]
+}
+wait_for "running && upkept" 30 "the consumer's first upkeep"
 
 # The producer: an order and its job in one transaction, whose COMMIT waits
 # for the standby that never comes.
