@@ -5,7 +5,6 @@
 # extra server, a standby that replays, is restarted, crashed and promoted,
 # and the cleanup of a test killed outright, which leaves no server and no
 # directory behind.  No output plugin is needed, so every leg runs it.
-export PGTEST_NO_DECODING=1
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq

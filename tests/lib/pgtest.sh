@@ -56,8 +56,7 @@
 # The chroot and the npm servers live in WALQ_TEST_PG_CACHE (default:
 # pgservers/ beside $WALQ_BIN, where the ctest fixtures put them).  When the
 # chosen server is not there, sourcing this file prints "SKIP: ..." with the
-# reason and exits 77.  So does WALQ_PLUGIN=pgoutput with a walq that has no
-# --plugin option yet (unless PGTEST_NO_DECODING=1).  The clients (psql, pg_recvlogical; PGTEST_BINDIR)
+# reason and exits 77.  The clients (psql, pg_recvlogical; PGTEST_BINDIR)
 # are always the host's PostgreSQL 15 ones, which talk to newer servers.
 # With the chroot, every directory made here (the servers', $WORK) is in the
 # chroot's /tmp and the same path on the host is a symlink to it: one path
@@ -139,13 +138,6 @@ _pgtest_select_server() {
 }
 PGTEST_SKIPPED=0
 _pgtest_select_server
-
-# The pgoutput legs of the matrix wait for a walq that can read pgoutput;
-# a test that decodes nothing sets PGTEST_NO_DECODING=1 and runs anyway.
-if [ "${WALQ_PLUGIN:-}" = pgoutput ] && [ "${PGTEST_NO_DECODING:-0}" != 1 ] &&
-    [ -x "$WALQ_BIN" ] && ! grep -q -- '--plugin' <<<"$("$WALQ_BIN" consume --help 2>&1)"; then
-    pgtest_skip "WALQ_PLUGIN=pgoutput: this walq has no --plugin option (no pgoutput support yet)"
-fi
 
 # pgtest_require_pg MAJOR WHY: skips the test on a server older than MAJOR.
 pgtest_require_pg() {
