@@ -174,8 +174,7 @@ static int cmp_done(const void *x, const void *y)
  */
 static int batched(const walq__job *j)
 {
-    return j->pending == WALQ__ST_DONE && j->pending_attempts == 1 && !j->has_row &&
-           !j->has_dedup;
+    return j->pending == WALQ__ST_DONE && j->pending_attempts == 1 && !j->has_row && !j->has_dedup;
 }
 
 /*
@@ -225,13 +224,11 @@ static int prepare(walq__ack *a, PGconn *primary)
 }
 
 /* Builds the batch's parameters; *which is the statement to run them with. */
-static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor,
-                 uint64_t known, int32_t sealed_through, const char *params[WALQ__ACK_PARAMS],
-                 int *which)
+static int build(walq__ack *a, const char *group, const char *slot, uint64_t cursor, uint64_t known,
+                 int32_t sealed_through, const char *params[WALQ__ACK_PARAMS], int *which)
 {
-    walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
-                           &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
-                           &a->gens};
+    walq__buf *arrays[] = {&a->ids,  &a->statuses, &a->attempts,  &a->errors, &a->run_ats,
+                           &a->lsns, &a->done_ids, &a->done_gens, &a->gens};
     char lsn[WALQ__LSN_BUFSZ];
     uint64_t done_lsn = 0;
     size_t ndone = 0, nrows = 0;
@@ -496,9 +493,8 @@ void walq__ack_requeue(walq__ack *a)
 
 void walq__ack_free(walq__ack *a)
 {
-    walq__buf *arrays[] = {&a->ids,     &a->statuses, &a->attempts, &a->errors,
-                           &a->run_ats, &a->lsns,     &a->done_ids, &a->done_gens,
-                           &a->gens};
+    walq__buf *arrays[] = {&a->ids,  &a->statuses, &a->attempts,  &a->errors, &a->run_ats,
+                           &a->lsns, &a->done_ids, &a->done_gens, &a->gens};
 
     free(a->done);
     a->done = NULL;

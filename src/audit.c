@@ -163,7 +163,9 @@ static int check_options(const walq__audit_options *opts)
 static int copy_strings(walq__audit *a, const walq__audit_options *opts)
 {
     const char *from[] = {opts->group, opts->source, opts->target, opts->into,
-                          opts->into ? "" : opts->output ? opts->output : "-"};
+                          opts->into     ? ""
+                          : opts->output ? opts->output
+                                         : "-"};
     const char **to[] = {&a->group, &a->source, &a->target, &a->into, &a->output};
     size_t len = 0;
     char *p;
@@ -221,7 +223,8 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     snprintf(a->log.prefix, sizeof(a->log.prefix), "audit \"%s\": ", a->group);
     rcfg = (walq__reader_config){
         a->source,  "walq audit", a->slot, plugin_options, (int64_t)(a->o.status_interval * 1e6),
-        a->o.drain, &reader_ops,  a,       &a->log,        NULL,    0};
+        a->o.drain, &reader_ops,  a,       &a->log,        NULL,
+        0};
     rc = walq__reader_init(&a->rd, &rcfg);
     if (rc != 0) {
         walq__audit_free(a);
@@ -495,9 +498,8 @@ static int phase_finish(walq__audit *a, int stopping)
 
 static int phase_wait(walq__audit *a, walq__wait *w, int64_t now, int more)
 {
-    walq__reader_wait_begin(&a->rd, w, now,
-                            WALQ__WAIT_STREAM | WALQ__WAIT_INPUT | WALQ__WAIT_START |
-                                WALQ__WAIT_PING);
+    walq__reader_wait_begin(
+        &a->rd, w, now, WALQ__WAIT_STREAM | WALQ__WAIT_INPUT | WALQ__WAIT_START | WALQ__WAIT_PING);
     walq__wait_until(w, walq__audit_sink_deadline(&a->sink));
     w->at_once = more;
     return walq__reader_wait(&a->rd, w);

@@ -73,19 +73,19 @@ struct walq_consumer {
     PGconn *pconn; /* primary: outcomes, cursor, the reader's lock */
     PGconn *sconn; /* source, plain SQL: checks and the backlog's cursor */
     walq__retry primary_retry;
-    int64_t epoch;    /* of the reader's row when this process took it */
-    int fenced;       /* another process had the reader meanwhile: start over */
-    int pooled;       /* the primary connection goes through a pooler: the reader is leased */
+    int64_t epoch; /* of the reader's row when this process took it */
+    int fenced;    /* another process had the reader meanwhile: start over */
+    int pooled;    /* the primary connection goes through a pooler: the reader is leased */
     int64_t lease_us, lease_renew_at; /* the lease's length; when it is renewed next (monotonic) */
     char lease_text[32];              /* the lease, as an interval */
-    int standby;      /* the source is a hot standby */
-    int pub_seen;     /* the primary sees the source's publications (one system) */
-    int slot_gone;    /* the slot was lost while streaming: start over */
-    int flush_failed; /* an ack transaction failed: hold confirmations back */
+    int standby;                      /* the source is a hot standby */
+    int pub_seen;                     /* the primary sees the source's publications (one system) */
+    int slot_gone;                    /* the slot was lost while streaming: start over */
+    int flush_failed;                 /* an ack transaction failed: hold confirmations back */
     int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
-    walq__waiter waiter; /* what waits on a server do meanwhile, and their bound */
-    int reached;         /* set-up reached both servers once */
-    walq__txn *cur;   /* the transaction being received, NULL between them */
+    walq__waiter waiter;                /* what waits on a server do meanwhile, and their bound */
+    int reached;                        /* set-up reached both servers once */
+    walq__txn *cur;                     /* the transaction being received, NULL between them */
 
     /* Set-up and recovery. */
     int backfilling;
@@ -309,7 +309,7 @@ static int tentative_commit(walq_consumer *c)
         if (t->recorded) {
             walq__info(&c->log, "job %lld was recorded %s already; not run again",
                        (long long)t->job->id,
-                       t->st == WALQ__ST_DONE  ? "done"
+                       t->st == WALQ__ST_DONE   ? "done"
                        : t->st == WALQ__ST_DEAD ? "dead"
                                                 : "cancelled");
             t->job->state = WALQ__JOB_ACKING;
@@ -546,8 +546,8 @@ static int flush_in_ack(walq_consumer *c)
     }
     if (rc == 0) {
         release_txns(c);
-        rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn,
-                             c->rd.durable, c->seals.through);
+        rc = walq__ack_flush(&c->ack, c->pconn, c->group, c->slot, c->txq.safe_lsn, c->rd.durable,
+                             c->seals.through);
     }
     if (rc == 0 && with_jobs)
         rc = walq__exec(c->pconn, "commit the ack transaction", "COMMIT");
@@ -1448,10 +1448,9 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
         now - c->ack.sent_at > c->waiter.timeout_us) {
         char name[128];
 
-        rc = walq__error(WALQ_ECONN, NULL,
-                         "could not record outcomes: \"%s\" did not answer within %.1f s",
-                         walq__conn_name(c->pconn, name, sizeof(name)),
-                         (double)c->waiter.timeout_us / 1e6);
+        rc = walq__error(
+            WALQ_ECONN, NULL, "could not record outcomes: \"%s\" did not answer within %.1f s",
+            walq__conn_name(c->pconn, name, sizeof(name)), (double)c->waiter.timeout_us / 1e6);
     }
     if (rc == 0 && !stopping && c->pconn != NULL && now >= c->next_maintain) {
         rc = settle_acks(c);
@@ -1794,15 +1793,17 @@ static int name_reader(walq_consumer *c)
 static const char *const plugin_options[] = {
     "format-version", "2", "include-xids", "1", "include-timestamp", "1", "include-lsn", "1",
     /* Jobs are read by column name and JSON kind. */
-    "include-types", "0", "add-tables", "walq.jobs,walq_jobs.*,walq.commands", "actions", "insert", NULL};
+    "include-types", "0", "add-tables", "walq.jobs,walq_jobs.*,walq.commands", "actions", "insert",
+    NULL};
 
 /* The stages, configured from the options (in the current version's terms). */
 static int make_stages(walq_consumer *c, const walq__options *conf)
 {
     const walq_options *o = &c->o;
     walq__reader_config rcfg = {
-        c->source, "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
-        o->drain,  &reader_ops,    c,       &c->log,        c->slot, o->failover_slot};
+        c->source,       "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
+        o->drain,        &reader_ops,    c,       &c->log,        c->slot,
+        o->failover_slot};
     walq__sched_config sc = {(size_t)o->max_in_flight,   (size_t)o->max_in_flight_bytes,
                              o->timer_horizon_ms * 1000, o->backoff_min_ms * 1000,
                              o->backoff_max_ms * 1000,   &c->log};

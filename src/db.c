@@ -396,8 +396,8 @@ int walq__conn_failed(PGconn *conn, const PGresult *res)
      * (40001, 40P01), too many connections or another shortage (class 53).
      * All pass; what failed is tried again, with backoff.
      */
-    static const char *const transient[] = {"08", "57P0", "25006", "55P03", "57014",
-                                            "40001", "40P01", "53"};
+    static const char *const transient[] = {"08",    "57P0",  "25006", "55P03",
+                                            "57014", "40001", "40P01", "53"};
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
     if (PQstatus(conn) == CONNECTION_BAD || res == NULL)

@@ -108,7 +108,8 @@ static void exec_kill_overdue(walq__handler *h, int64_t now)
     for (int i = 0; i < e->concurrency; i++) {
         exec_slot *s = &e->slots[i];
 
-        /* One that exited meanwhile (the consumer was waiting on a server) is reaped as it ended. */
+        /* One that exited meanwhile (the consumer was waiting on a server) is reaped as it ended.
+         */
         if (s->job != NULL && s->proc.deadline && now >= s->proc.deadline && !s->proc.timed_out &&
             !walq__proc_exited(&s->proc)) {
             s->proc.timed_out = 1;

@@ -18,7 +18,7 @@
  * Filters, and schemas in a publication, are PostgreSQL 15's.
  */
 #define FINGERPRINT_TAIL                                                                           \
-    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"                 \
+    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"                \
     " via root %s)', p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,"        \
     "              p.pubviaroot),"                                                                 \
     "  pg_get_userbyid(p.pubowner), current_user,"                                                 \

@@ -103,9 +103,9 @@ typedef struct walq__source_info {
 typedef struct walq__reader {
     walq__reader_config cfg;
     walq__stream st;
-    walq__decoder *dec;   /* wal2json's */
-    walq__pgoutput *pgo;  /* pgoutput's */
-    int pgoutput;         /* the slot is read with pgoutput */
+    walq__decoder *dec;  /* wal2json's */
+    walq__pgoutput *pgo; /* pgoutput's */
+    int pgoutput;        /* the slot is read with pgoutput */
     const char *pgo_options[7];
     int wake[2];
     volatile sig_atomic_t stop_req; /* 1: finish and stop; 2: stop at once */

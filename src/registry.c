@@ -180,8 +180,8 @@ static int drop_publication(PGconn *conn, const char *name)
     if (id == NULL || walq__buf_printf(&sql, "DROP PUBLICATION IF EXISTS %s", id) != 0)
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     else
-        rc = walq__exec(conn, "drop the publication of a slot of the previous partitions",
-                        sql.data);
+        rc =
+            walq__exec(conn, "drop the publication of a slot of the previous partitions", sql.data);
     PQfreemem(id);
     walq__buf_free(&sql);
     return rc;
@@ -434,7 +434,8 @@ int walq__reg_skips(const walq__registry *rg, PGconn *primary, uint64_t cursor, 
     " j.generation"
 #define RUN_AT_US(col)                                                                             \
     "CASE WHEN " col " >= '0001-01-01 00:00:00+00' AND " col " < '10000-01-01 00:00:00+00'"        \
-    " THEN (extract(epoch FROM " col ") * 1000000)::int8 END AS run_at, " col "::text AS run_at_text"
+    " THEN (extract(epoch FROM " col ") * 1000000)::int8 END AS run_at, " col                      \
+    "::text AS run_at_text"
 
 void walq__reg_job_row(const PGresult *res, int row, walq__job_row *out)
 {
@@ -464,17 +465,23 @@ int walq__reg_timers(const walq__registry *rg, PGconn *primary, int64_t after, i
              l = num((long long)limit);
     const char *params[6] = {rg->group, a.s, u.s, k.s, n.s, l.s};
 
-    return walq__query(primary, res, "read scheduled jobs",
-                       "SELECT " JOB_COLUMNS ", " RUN_AT_US("coalesce(o.run_at, j.run_at)") ","
-                       "       o.attempts AS attempts"
-                       "  FROM walq.outcomes o"
-                       "  JOIN walq.jobs j ON j.id = o.job_id AND j.generation = o.generation"
-                       " WHERE o.group_name = $1 AND o.status = 'scheduled'"
-                       "   AND o.run_at > timestamptz 'epoch' + $2::int8 * interval '1 microsecond'"
-                       "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * interval '1 microsecond'"
-                       "   AND ($5::int = 1 OR walq.partition_of(o.job_id, $5::int) = $4::int)"
-                       " ORDER BY o.run_at LIMIT $6::int8",
-                       6, params);
+    return walq__query(
+        primary, res, "read scheduled jobs",
+        "SELECT " JOB_COLUMNS ", " RUN_AT_US(
+            "coalesce(o.run_at, j.run_at)") ","
+                                            "       o.attempts AS attempts"
+                                            "  FROM walq.outcomes o"
+                                            "  JOIN walq.jobs j ON j.id = o.job_id AND "
+                                            "j.generation = o.generation"
+                                            " WHERE o.group_name = $1 AND o.status = 'scheduled'"
+                                            "   AND o.run_at > timestamptz 'epoch' + $2::int8 * "
+                                            "interval '1 microsecond'"
+                                            "   AND o.run_at <= timestamptz 'epoch' + $3::int8 * "
+                                            "interval '1 microsecond'"
+                                            "   AND ($5::int = 1 OR walq.partition_of(o.job_id, "
+                                            "$5::int) = $4::int)"
+                                            " ORDER BY o.run_at LIMIT $6::int8",
+        6, params);
 }
 
 int walq__reg_later_timers(const walq__registry *rg, PGconn *primary, int64_t until, int *later)
@@ -520,14 +527,15 @@ int walq__reg_backlog_open(const walq__registry *rg, PGconn *source, const char 
          * tables, so the partition is computed inline, as
          * walq.partition_of() does.
          */
-        rc = query_clear(source, "open the backlog",
-                         "DECLARE walq_backfill NO SCROLL CURSOR FOR"
-                         " SELECT " JOB_COLUMNS ", " RUN_AT_US("j.run_at")
-                         "   FROM walq.jobs j WHERE j.queue = ANY ($1::text[])"
-                         "    AND ($3::int = 1"
-                         "         OR (hashint8(j.id)::int8 & 4294967295) % $3::int = $2::int)"
-                         "  ORDER BY j.id",
-                         3, params);
+        rc = query_clear(
+            source, "open the backlog",
+            "DECLARE walq_backfill NO SCROLL CURSOR FOR"
+            " SELECT " JOB_COLUMNS ", " RUN_AT_US(
+                "j.run_at") "   FROM walq.jobs j WHERE j.queue = ANY ($1::text[])"
+                            "    AND ($3::int = 1"
+                            "         OR (hashint8(j.id)::int8 & 4294967295) % $3::int = $2::int)"
+                            "  ORDER BY j.id",
+            3, params);
     }
     walq__buf_free(&queues);
     return rc;
@@ -569,14 +577,15 @@ int walq__reg_backlog_known(const walq__registry *rg, PGconn *primary, const PGr
     if (rc == 0) {
         const char *params[3] = {rg->group, ids.data, gens.data};
 
-        rc = walq__query(primary, known, "check the backlog against recorded outcomes",
-                         "SELECT coalesce(o.status,"
-                         "                CASE WHEN walq.done_in_batch($1, p.id) THEN 'done' END)"
-                         "  FROM unnest($2::bigint[], $3::int[]) WITH ORDINALITY p (id, gen, n)"
-                         "  LEFT JOIN walq.outcomes o"
-                         "         ON o.group_name = $1 AND o.job_id = p.id AND o.generation = p.gen"
-                         " ORDER BY p.n",
-                         3, params);
+        rc =
+            walq__query(primary, known, "check the backlog against recorded outcomes",
+                        "SELECT coalesce(o.status,"
+                        "                CASE WHEN walq.done_in_batch($1, p.id) THEN 'done' END)"
+                        "  FROM unnest($2::bigint[], $3::int[]) WITH ORDINALITY p (id, gen, n)"
+                        "  LEFT JOIN walq.outcomes o"
+                        "         ON o.group_name = $1 AND o.job_id = p.id AND o.generation = p.gen"
+                        " ORDER BY p.n",
+                        3, params);
     }
     walq__buf_free(&ids);
     walq__buf_free(&gens);
@@ -604,8 +613,8 @@ walq__reg_known walq__reg_known_at(const PGresult *known, int row)
 int walq__reg_maintain(PGconn *primary, int64_t *next_us)
 {
     PGresult *res;
-    int rc = walq__query(primary, &res, "look after the generations", "SELECT walq.maintain()", 0,
-                         NULL);
+    int rc =
+        walq__query(primary, &res, "look after the generations", "SELECT walq.maintain()", 0, NULL);
 
     if (rc != 0)
         return rc;
@@ -654,12 +663,13 @@ int walq__reg_retried(const walq__registry *rg, PGconn *primary, int64_t id, PGr
     num_text idtext = num(id);
     const char *params[2] = {rg->group, idtext.s};
 
-    return walq__query(primary, res, "read a retried job",
-                       "SELECT " JOB_COLUMNS ", " RUN_AT_US("j.run_at")
-                       "  FROM walq.jobs j"
-                       "  JOIN walq.outcomes o ON o.job_id = j.id AND o.generation = j.generation"
-                       " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
-                       2, params);
+    return walq__query(
+        primary, res, "read a retried job",
+        "SELECT " JOB_COLUMNS ", " RUN_AT_US(
+            "j.run_at") "  FROM walq.jobs j"
+                        "  JOIN walq.outcomes o ON o.job_id = j.id AND o.generation = j.generation"
+                        " WHERE o.group_name = $1 AND j.id = $2 AND o.status = 'queued'",
+        2, params);
 }
 
 void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log)

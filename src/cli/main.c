@@ -417,19 +417,20 @@ static int cmd_status(int argc, char **argv)
     if (rc == 0) {
         const char *params[1] = {group};
 
-        rc = walq__query(conn, &res, "read the consumer groups",
-                         "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','),"
-                         "       r.cursor_lsn::text,"
-                         "       c.queued, c.running, c.scheduled, c.done, c.dead, c.cancelled,"
-                         "       CASE WHEN r.partitions = 1 THEN '-'"
-                         "            ELSE r.partition || '/' || r.partitions END,"
-                         "       CASE WHEN NOT walq.reader_held(r.slot_name) THEN '-'"
-                         "            ELSE coalesce(r.holder, '?') END"
-                         "  FROM walq.readers r,"
-                         "       LATERAL walq.group_counts(r.group_name, r.partitions, r.partition) c"
-                         " WHERE $1::text IS NULL OR r.group_name = $1"
-                         " ORDER BY r.group_name, r.partition",
-                         1, params);
+        rc = walq__query(
+            conn, &res, "read the consumer groups",
+            "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','),"
+            "       r.cursor_lsn::text,"
+            "       c.queued, c.running, c.scheduled, c.done, c.dead, c.cancelled,"
+            "       CASE WHEN r.partitions = 1 THEN '-'"
+            "            ELSE r.partition || '/' || r.partitions END,"
+            "       CASE WHEN NOT walq.reader_held(r.slot_name) THEN '-'"
+            "            ELSE coalesce(r.holder, '?') END"
+            "  FROM walq.readers r,"
+            "       LATERAL walq.group_counts(r.group_name, r.partitions, r.partition) c"
+            " WHERE $1::text IS NULL OR r.group_name = $1"
+            " ORDER BY r.group_name, r.partition",
+            1, params);
     }
     if (rc != 0) {
         walq__cli_fail(rc);

@@ -841,8 +841,9 @@ static int ensure_subscription(PGconn *sconn, const replica_opts *ro, const sub_
          * partitions they were in, and are not copied again.
          */
         walq__buf_reset(&sql);
-        if (walq__buf_printf(&sql, "ALTER SUBSCRIPTION %s REFRESH PUBLICATION"
-                                   " WITH (copy_data = false)",
+        if (walq__buf_printf(&sql,
+                             "ALTER SUBSCRIPTION %s REFRESH PUBLICATION"
+                             " WITH (copy_data = false)",
                              ro->object) != 0)
             rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
         if (rc == 0)
