@@ -975,12 +975,14 @@ static int connect_both(walq_consumer *c, char *source_id, size_t len)
         rc = walq__source_system_id(c->pconn, primary_id, sizeof(primary_id));
         c->pub_seen = rc == 0 && strcmp(primary_id, source_id) == 0;
     }
-    if (rc == 0)
+    if (rc == 0) {
         c->reached = 1;
+        /* As found now: a standby promoted since the last set-up is not one. */
+        c->standby = c->rg.standby = src.standby;
+    }
     if (rc == 0 && src.standby) {
         char name[128];
 
-        c->standby = 1;
         walq__info(&c->log, "the source \"%s\" is a hot standby; acks go to the primary",
                    walq__conn_name(c->sconn, name, sizeof(name)));
     }
@@ -1827,7 +1829,8 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
                              (const char *const *)c->queues,
                              o->nqueues,
                              &c->log,
-                             o->primary_timeout_ms};
+                             o->primary_timeout_ms,
+                             0};
     walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
     rc = walq__reader_init(&c->rd, &rcfg);
     if (rc != 0)

@@ -187,20 +187,6 @@ static int drop_publication(PGconn *conn, const char *name)
     return rc;
 }
 
-/* Whether the server is a hot standby. */
-static int in_recovery(PGconn *conn, int *out)
-{
-    PGresult *res;
-    int rc = walq__query(conn, &res, "ask whether the source is a standby",
-                         "SELECT pg_is_in_recovery()", 0, NULL);
-
-    if (rc != 0)
-        return rc;
-    *out = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    return 0;
-}
-
 /*
  * Readers of the group set up for another number of partitions: their slots
  * are dropped and their rows deleted, unless one of them is still running.
@@ -211,7 +197,7 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
 {
     const char *params[2] = {rg->group, np};
     PGresult *res;
-    int rc, standby = 0;
+    int rc;
 
     rc = walq__query(primary, &res, "read the group's other readers",
                      "SELECT slot_name, partition, partitions, walq.reader_held(slot_name)"
@@ -232,8 +218,6 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
             break;
         }
     }
-    if (rc == 0 && PQntuples(res) > 0)
-        rc = in_recovery(source, &standby);
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
         const char *slot[1] = {PQgetvalue(res, i, 0)};
 
@@ -246,7 +230,7 @@ static int retire_other_readers(const walq__registry *rg, PGconn *primary, PGcon
          * are made: on the source, or on the primary of a standby source.
          */
         if (rc == 0)
-            rc = drop_publication(standby ? primary : source, slot[0]);
+            rc = drop_publication(rg->standby ? primary : source, slot[0]);
         if (rc == 0)
             rc = query_clear(primary, "forget a reader of the previous partitions",
                              "DELETE FROM walq.readers WHERE slot_name = $1", 1, slot);

@@ -24,6 +24,7 @@ typedef struct walq__registry {
     size_t nqueues;
     const walq__log *log;
     int64_t timeout_ms; /* the server's bound on a statement or lock wait (0: none) */
+    int standby;        /* the source is a hot standby (set once it is checked) */
 } walq__registry;
 
 /*
