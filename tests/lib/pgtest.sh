@@ -89,8 +89,18 @@ pgtest_skip() {
 # under test, and how to run them: PGTEST_MODE is host, chroot or npm.  These
 # are exported so that a helper run by a test (faultgen.py's pg_restart)
 # finds the same server.
+# _pgtest_require_ready DIR WHAT WHY: the servers a fixture put in DIR are
+# complete, or the test is skipped with the reason the fixture wrote beside
+# DIR, else WHY.
+_pgtest_require_ready() {
+    local reason
+    [ ! -f "$1/.walq-ready" ] || return 0
+    reason=$(cat "$1.skip" 2>/dev/null) || reason=$3
+    pgtest_skip "$2 is not available: $reason"
+}
+
 _pgtest_select_server() {
-    local cache want=${WALQ_TEST_PG:-15} dir reason
+    local cache want=${WALQ_TEST_PG:-15} dir
     cache=$(realpath -m "${WALQ_TEST_PG_CACHE:-$(dirname "$WALQ_BIN")/pgservers}")
     PGTEST_CHROOT=""
     PGTEST_CHROOT_USER=""
@@ -102,11 +112,8 @@ _pgtest_select_server() {
     17)
         PGTEST_MODE=chroot
         dir=$cache/trixie
-        if [ ! -f "$dir/.walq-ready" ]; then
-            reason=$(cat "$dir.skip" 2>/dev/null) ||
-                reason="it is not built (bash tests/lib/pgserver-trixie.sh setup $dir)"
-            pgtest_skip "PostgreSQL 17 (the trixie chroot in $dir) is not available: $reason"
-        fi
+        _pgtest_require_ready "$dir" "PostgreSQL 17 (the trixie chroot in $dir)" \
+            "it is not built (bash tests/lib/pgserver-trixie.sh setup $dir)"
         [ "$(id -u)" -eq 0 ] || pgtest_skip "PostgreSQL 17 runs in a chroot, which needs root"
         PGTEST_CHROOT=$dir
         # The chroot's postgres user, whose ids need not be the host's.
@@ -116,11 +123,8 @@ _pgtest_select_server() {
     16 | 18)
         PGTEST_MODE=npm
         dir=$cache/npm
-        if [ ! -f "$dir/.walq-ready" ]; then
-            reason=$(cat "$dir.skip" 2>/dev/null) ||
-                reason="they are not installed (bash tests/lib/pgserver-npm.sh setup $dir)"
-            pgtest_skip "PostgreSQL $want (npm's servers in $dir) is not available: $reason"
-        fi
+        _pgtest_require_ready "$dir" "PostgreSQL $want (npm's servers in $dir)" \
+            "they are not installed (bash tests/lib/pgserver-npm.sh setup $dir)"
         # Resolved: the postgres user may not be able to go through $dir.
         PGTEST_SERVER_BINDIR=$(readlink -f "$dir/pg$want")/bin
         ;;
