@@ -186,6 +186,15 @@ typedef struct walq_options {
      * reading walq.jobs again.  A slot that exists is made one.
      */
     int failover_slot;
+    /*
+     * Variables of the consumer's environment that handlers get although
+     * walq keeps them back.  Exec and coprocess handlers run on what
+     * producers wrote, so no variable whose name starts with PG (libpq's
+     * PGPASSWORD, PGPASSFILE, PGSERVICEFILE, PGSSLKEY, where and as whom to
+     * connect) reaches them unless a name here says so; a name ending in "*"
+     * names every variable it begins.  NULL-terminated; NULL: none.
+     */
+    const char *const *pass_env;
 } walq_options;
 
 /*
@@ -209,7 +218,7 @@ typedef struct walq_options {
         .status_interval_ms = 10000, .timer_horizon_ms = 60000, .log = NULL, .log_payload = NULL,  \
         .log_level = WALQ_LOG_INFO, .partition = 0, .partitions = 1, .keep_outcomes = 0,           \
         .primary_timeout_ms = 10000, .max_in_flight_bytes = 268435456, .plugin = NULL,             \
-        .failover_slot = 0                                                                         \
+        .failover_slot = 0, .pass_env = NULL                                                       \
     }
 
 /*

@@ -51,6 +51,7 @@ struct walq_consumer {
     char *source, *primary, *group;
     char **queues;
     char **argv;
+    char **pass_env; /* NULL: none */
     char *sql;
     char slot[64];
     char plugin[16]; /* the plugin asked for: "", "auto", "pgoutput", "wal2json" */
@@ -1862,6 +1863,7 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
     c->h->arg = c;
     c->h->log = &c->log;
     c->h->group = c->group;
+    c->h->pass_env = (const char *const *)c->pass_env;
     return 0;
 }
 
@@ -1869,7 +1871,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
 {
     walq_consumer *c;
     walq__options conf;
-    size_t argc = 0;
+    size_t argc = 0, npass = 0;
     int rc, runs_program;
 
     *out = NULL;
@@ -1893,6 +1895,10 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     c->queues = copy_strv(opts->queues, opts->nqueues);
     c->argv = runs_program ? copy_strv(opts->argv, argc) : NULL;
     c->sql = walq__strdup(opts->sql);
+    while (opts->pass_env != NULL && opts->pass_env[npass] != NULL)
+        npass++;
+    c->pass_env = npass ? copy_strv(opts->pass_env, npass) : NULL;
+    c->o.pass_env = NULL; /* borrowed from the caller: c->pass_env is the copy */
     c->log.fn = opts->log;
     c->log.fn_v1 = conf.log_v1;
     c->log.arg = opts->log_payload;
@@ -1905,7 +1911,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     snprintf(c->plugin, sizeof(c->plugin), "%s", opts->plugin ? opts->plugin : "");
     c->o.plugin = NULL; /* borrowed from the caller: c->plugin is the copy */
     if (!c->source || !c->primary || !c->group || !c->queues || (runs_program && !c->argv) ||
-        (opts->sql && !c->sql))
+        (opts->sql && !c->sql) || (npass && !c->pass_env))
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc == 0)
         rc = name_reader(c);
@@ -1942,5 +1948,6 @@ void walq_consumer_free(walq_consumer *c)
     free(c->group);
     free_strv(c->queues);
     free_strv(c->argv);
+    free_strv(c->pass_env);
     free(c);
 }

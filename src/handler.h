@@ -90,6 +90,7 @@ struct walq__handler {
     void *arg;
     const walq__log *log;
     const char *group;
+    const char *const *pass_env; /* walq_options.pass_env, the consumer's copy */
 };
 
 /* exec: argv per job, at most concurrency at once, timeout in seconds (0: none). */

@@ -21,8 +21,6 @@
 #include "coproc_reply.h"
 #include "handler.h"
 
-extern char **environ;
-
 #define CP_MAX_LINE WALQ__COPROC_MAX_LINE
 /* What one process() call reads from one worker, so that none starves the loop. */
 #define CP_READ_BUDGET    ((size_t)4 << 20)
@@ -89,37 +87,14 @@ typedef struct coproc_handler {
 /* ------------------------------------------------------------------ */
 /* Processes                                                           */
 
-/*
- * The workers' environment: ours without the WALQ_ variables an outer walq
- * may have set, plus the group and the worker's number.
- */
-static char **worker_environ(const char *group, int num, char vars[2][96])
+/* The workers' environment: the handlers' (src/run.c), plus the group and the worker's number. */
+static char **worker_environ(const coproc_handler *c, int num, char vars[2][96])
 {
-    static const char *const drop[] = {
-        "WALQ_JOB_ID=", "WALQ_QUEUE=", "WALQ_GROUP=", "WALQ_ATTEMPT=", "WALQ_WORKER="};
-    size_t n = 0, k = 0;
-    char **envp;
+    char *extra[2] = {vars[0], vars[1]};
 
-    while (environ[n])
-        n++;
-    envp = malloc((n + 3) * sizeof(*envp));
-    if (envp == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        int keep = 1;
-
-        for (size_t j = 0; j < WALQ__ARRAY_SIZE(drop); j++)
-            if (strncmp(environ[i], drop[j], strlen(drop[j])) == 0)
-                keep = 0;
-        if (keep)
-            envp[k++] = environ[i];
-    }
-    snprintf(vars[0], 96, "WALQ_GROUP=%s", group ? group : "");
+    snprintf(vars[0], 96, "WALQ_GROUP=%s", c->base.group ? c->base.group : "");
     snprintf(vars[1], 96, "WALQ_WORKER=%d", num);
-    envp[k++] = vars[0];
-    envp[k++] = vars[1];
-    envp[k] = NULL;
-    return envp;
+    return walq__handler_environ(c->base.pass_env, extra, 2);
 }
 
 static void next_backoff(cp_worker *w, int64_t now)
@@ -149,7 +124,7 @@ static void worker_spawn(coproc_handler *c, cp_worker *w, int64_t now)
                  strerror(errno));
         goto fail;
     }
-    envp = worker_environ(c->base.group, w->num, vars);
+    envp = worker_environ(c, w->num, vars);
     if (envp == NULL) {
         snprintf(w->spawn_err, sizeof(w->spawn_err),
                  "could not start coprocess worker %d: out of memory", w->num);

@@ -37,7 +37,7 @@ static int exec_has_room(walq__handler *h)
 static int exec_start(walq__handler *h, walq__job *job, int64_t now)
 {
     exec_handler *e = (exec_handler *)h;
-    walq__job_env env = {h->group, job->queue, job->id, job->attempts};
+    walq__job_env env = {h->group, job->queue, job->id, job->attempts, h->pass_env};
     exec_slot *slot = NULL;
     int rc;
 

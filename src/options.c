@@ -116,6 +116,7 @@ int walq__options_from_v1(walq__options *out, const walq__options_v1 *v1)
     o->max_in_flight_bytes = defaults.max_in_flight_bytes;
     o->plugin = defaults.plugin;
     o->failover_slot = defaults.failover_slot;
+    o->pass_env = defaults.pass_env;
     if ((rc = seconds_to_ms(&o->timeout_ms, v1->timeout, "timeout")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_min_ms, v1->backoff_min, "backoff_min")) != 0 ||
         (rc = seconds_to_ms(&o->backoff_max_ms, v1->backoff_max, "backoff_max")) != 0 ||
@@ -244,6 +245,17 @@ int walq__options_check(const walq__options *opts)
         strcmp(o->plugin, "pgoutput") != 0 && strcmp(o->plugin, "wal2json") != 0)
         return walq__error(WALQ_EINVAL, "Give pgoutput, wal2json or auto.",
                            "unknown output plugin \"%s\"", o->plugin);
+    for (const char *const *p = o->pass_env; p != NULL && *p != NULL; p++) {
+        const char *name = *p;
+        size_t n = strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_");
+
+        if (n == 0 || (name[0] >= '0' && name[0] <= '9') ||
+            (name[n] != '\0' && strcmp(name + n, "*") != 0))
+            return walq__error(WALQ_EINVAL,
+                               "Give the name of an environment variable (letters, digits and "
+                               "underscores), or a prefix of names followed by \"*\".",
+                               "invalid pass_env name \"%s\"", name);
+    }
     if (o->max_in_flight_bytes < 1)
         return walq__error(WALQ_EINVAL, NULL, "max_in_flight_bytes must be positive, not %lld",
                            (long long)o->max_in_flight_bytes);

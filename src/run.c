@@ -31,36 +31,73 @@ int walq__pidfd_open(pid_t pid)
     return fd;
 }
 
-/*
- * The child's environment: ours without any WALQ_ variables it might have
- * inherited from an outer walq, plus the job's.
- */
-static char **job_environ(const walq__job_env *env, char vars[4][160])
+/* The variables walq sets for a handler, which an outer walq may have set for it. */
+static const char *const job_vars[] = {"WALQ_JOB_ID", "WALQ_QUEUE", "WALQ_GROUP", "WALQ_ATTEMPT",
+                                       "WALQ_WORKER"};
+
+/* Does the variable name (n bytes) match pattern: a name, or a prefix and "*"? */
+static int name_matches(const char *name, size_t n, const char *pattern)
+{
+    size_t k = strlen(pattern);
+
+    if (k > 0 && pattern[k - 1] == '*')
+        return n >= k - 1 && strncmp(name, pattern, k - 1) == 0;
+    return n == k && strncmp(name, pattern, n) == 0;
+}
+
+int walq__env_passes(const char *entry, const char *const *pass)
+{
+    size_t n = strcspn(entry, "=");
+
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(job_vars); i++)
+        if (name_matches(entry, n, job_vars[i]))
+            return 0;
+    /*
+     * libpq reads passwords (PGPASSWORD), the files that hold them
+     * (PGPASSFILE, PGSERVICEFILE, PGSSLKEY) and where and as whom to connect
+     * from variables that start with PG, and a handler runs on what
+     * producers wrote: it gets none of them unless asked.  Every PG name, so
+     * that one a later libpq reads is kept back too.
+     */
+    if (n < 2 || strncmp(entry, "PG", 2) != 0)
+        return 1;
+    for (; pass != NULL && *pass != NULL; pass++)
+        if (name_matches(entry, n, *pass))
+            return 1;
+    return 0;
+}
+
+char **walq__handler_environ(const char *const *pass, char *const *extra, size_t nextra)
 {
     size_t n = 0, k = 0;
     char **envp;
 
     while (environ[n])
         n++;
-    envp = malloc((n + 5) * sizeof(*envp));
+    envp = malloc((n + nextra + 1) * sizeof(*envp));
     if (envp == NULL)
         return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (strncmp(environ[i], "WALQ_JOB_ID=", 12) == 0 ||
-            strncmp(environ[i], "WALQ_QUEUE=", 11) == 0 ||
-            strncmp(environ[i], "WALQ_GROUP=", 11) == 0 ||
-            strncmp(environ[i], "WALQ_ATTEMPT=", 13) == 0)
-            continue;
-        envp[k++] = environ[i];
-    }
+    for (size_t i = 0; i < n; i++)
+        if (walq__env_passes(environ[i], pass))
+            envp[k++] = environ[i];
+    for (size_t i = 0; i < nextra; i++)
+        envp[k++] = extra[i];
+    envp[k] = NULL;
+    return envp;
+}
+
+/* The child's environment: the handlers' (above), plus the job's. */
+static char **job_environ(const walq__job_env *env, char vars[4][160])
+{
+    char *extra[4];
+
     snprintf(vars[0], 160, "WALQ_JOB_ID=%lld", (long long)env->job_id);
     snprintf(vars[1], 160, "WALQ_QUEUE=%s", env->queue);
     snprintf(vars[2], 160, "WALQ_GROUP=%s", env->group);
     snprintf(vars[3], 160, "WALQ_ATTEMPT=%d", env->attempt);
     for (int i = 0; i < 4; i++)
-        envp[k++] = vars[i];
-    envp[k] = NULL;
-    return envp;
+        extra[i] = vars[i];
+    return walq__handler_environ(env->pass_env, extra, 4);
 }
 
 int walq__spawn_group(pid_t *pid, char *const *argv, char *const *envp, int in_fd, int out_fd,

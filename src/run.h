@@ -52,7 +52,23 @@ typedef struct walq__job_env {
     const char *queue;
     int64_t job_id;
     int attempt;
+    const char *const *pass_env; /* walq_options.pass_env: NULL-terminated, or NULL */
 } walq__job_env;
+
+/*
+ * Whether the entry ("NAME=value") of the consumer's environment goes to a
+ * handler: not the variables walq sets for the job (an outer walq's), and
+ * no variable whose name starts with PG unless a pattern of pass (a name,
+ * or a prefix ending in "*"; NULL-terminated, or NULL) names it.
+ */
+int walq__env_passes(const char *entry, const char *const *pass);
+
+/*
+ * A handler's environment: the entries of environ that walq__env_passes()
+ * lets through, then the nextra entries of extra.  The array is the
+ * caller's to free; the strings stay borrowed.  NULL when out of memory.
+ */
+char **walq__handler_environ(const char *const *pass, char *const *extra, size_t nextra);
 
 /*
  * Starts argv (searched in PATH) in a process group of its own, with default

@@ -29,6 +29,8 @@ typedef struct consume_args {
     size_t nqueues;
     char **program; /* after "--": the handler program and its arguments */
     int nprogram;
+    const char **pass_env; /* owned: the --pass-env names, NULL-terminated */
+    size_t npass_env;
 } consume_args;
 
 static void stop_consumer(void *c, int immediate)
@@ -75,7 +77,9 @@ static void consume_help(void)
            "       %s consume --group G --queue Q --noop [OPTIONS]\n\n"
            "Runs PROGRAM for every job of the queues, reading the jobs from the group's\n"
            "replication slot (walq_G).  The payload is on the program's standard input;\n"
-           "WALQ_JOB_ID, WALQ_QUEUE, WALQ_GROUP and WALQ_ATTEMPT are in its environment.\n"
+           "WALQ_JOB_ID, WALQ_QUEUE, WALQ_GROUP and WALQ_ATTEMPT are in its environment,\n"
+           "which is walq's without the variables whose names start with PG (libpq's\n"
+           "passwords, password files and connection settings) unless --pass-env names them.\n"
            "Exit 0 marks the job done, exit 75 asks for a retry; any other exit or a\n"
            "signal is a failure, retried until the job's max_attempts, then the job is dead.\n\n"
            "Options:\n"
@@ -94,6 +98,9 @@ static void consume_help(void)
            "  --coprocess-inflight N  jobs in flight per coprocess worker (default 16)\n"
            "  --sql STATEMENT         run STATEMENT per job in the ack transaction, with\n"
            "                          $1 = payload (jsonb) and $2 = job id (bigint)\n"
+           "  --pass-env NAME         give handlers the variable NAME of walq's environment\n"
+           "                          although it starts with PG (repeatable; NAME* for\n"
+           "                          every variable that begins with NAME)\n"
            "  --timeout SECONDS       kill a handler running longer (default: no limit)\n"
            "  --backoff-min SECONDS   first retry delay (default 1)\n"
            "  --backoff-max SECONDS   longest retry delay (default 600)\n"
@@ -150,7 +157,8 @@ enum {
     O_PARTITION,
     O_KEEP,
     O_PLUGIN,
-    O_FAILOVER
+    O_FAILOVER,
+    O_PASS_ENV
 };
 static const struct option consume_longopts[] = {
     {"group", required_argument, NULL, O_GROUP},
@@ -175,6 +183,7 @@ static const struct option consume_longopts[] = {
     {"status-interval", required_argument, NULL, O_STATUS},
     {"plugin", required_argument, NULL, O_PLUGIN},
     {"failover-slot", no_argument, NULL, O_FAILOVER},
+    {"pass-env", required_argument, NULL, O_PASS_ENV},
     {"source", required_argument, NULL, O_SOURCE},
     {"primary", required_argument, NULL, O_PRIMARY},
     {"dbname", required_argument, NULL, O_DBNAME},
@@ -298,6 +307,10 @@ static int parse_args(consume_args *a, int argc, char **argv)
         case O_FAILOVER:
             o->failover_slot = 1;
             break;
+        case O_PASS_ENV:
+            a->pass_env[a->npass_env++] = optarg;
+            o->pass_env = a->pass_env;
+            break;
         case O_SOURCE:
             o->source = optarg;
             break;
@@ -420,10 +433,14 @@ int walq__cli_consume(int argc, char **argv)
     consume_args a = {.opts = WALQ_OPTIONS_INIT};
     int status;
 
-    /* At most one queue per argument. */
+    /* At most one queue, and one --pass-env name, per argument. */
     a.queues = calloc((size_t)argc + 1, sizeof(*a.queues));
-    if (a.queues == NULL)
+    a.pass_env = calloc((size_t)argc + 1, sizeof(*a.pass_env));
+    if (a.queues == NULL || a.pass_env == NULL) {
+        free(a.queues);
+        free(a.pass_env);
         return 1;
+    }
     a.opts.log = walq__cli_log;
     /* The environment's choice, which --plugin overrides. */
     a.opts.plugin = getenv("WALQ_PLUGIN");
@@ -432,6 +449,7 @@ int walq__cli_consume(int argc, char **argv)
         strcmp(a.opts.plugin, "auto") != 0) {
         usage_error("WALQ_PLUGIN takes pgoutput, wal2json or auto, not \"%s\"", a.opts.plugin);
         free(a.queues);
+        free(a.pass_env);
         return EXIT_USAGE;
     }
     status = parse_args(&a, argc, argv);
@@ -440,5 +458,6 @@ int walq__cli_consume(int argc, char **argv)
     if (status == GO_ON)
         status = run(&a);
     free(a.queues);
+    free(a.pass_env);
     return status;
 }

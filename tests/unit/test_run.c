@@ -107,10 +107,72 @@ static void run_one(const char *script)
     h->ops->free(h);
 }
 
+/* Handlers get no PG variable unless asked, nor the WALQ_ job variables of an outer walq. */
+START_TEST(handler_environment_keeps_pg_variables_back)
+{
+    static const char *const none[] = {NULL};
+    static const char *const pass[] = {"PGPASSWORD", "PGSSL*", NULL};
+
+    ck_assert(walq__env_passes("HOME=/root", NULL));
+    ck_assert(walq__env_passes("PATH=/bin", none));
+    ck_assert(walq__env_passes("P=1", NULL));
+    ck_assert(walq__env_passes("PG", pass) == 0);
+    ck_assert(walq__env_passes("WALQ_PLUGIN=pgoutput", NULL));
+    ck_assert(!walq__env_passes("PGPASSWORD=SuperSecret42", NULL));
+    ck_assert(!walq__env_passes("PGPASSWORD=SuperSecret42", none));
+    ck_assert(!walq__env_passes("PGPASSFILE=/root/.pgpass", NULL));
+    ck_assert(!walq__env_passes("PGSERVICEFILE=/etc/pg_service.conf", NULL));
+    ck_assert(!walq__env_passes("PGHOST=db", NULL));
+    ck_assert(!walq__env_passes("PGSOMETHINGNEW=1", NULL));
+    ck_assert(!walq__env_passes("PGPASSWORD", NULL));
+    ck_assert(walq__env_passes("PGPASSWORD=SuperSecret42", pass));
+    ck_assert(walq__env_passes("PGSSLKEY=/k", pass));
+    ck_assert(walq__env_passes("PGSSL=x", pass));
+    /* A name is the whole name: PGPASSWORD does not pass PGPASSWORDX, nor a prefix of it. */
+    ck_assert(!walq__env_passes("PGPASSWORDX=1", pass));
+    ck_assert(!walq__env_passes("PGPASS=1", pass));
+    ck_assert(!walq__env_passes("PGHOST=db", pass));
+    ck_assert(!walq__env_passes("WALQ_JOB_ID=7", pass));
+    ck_assert(!walq__env_passes("WALQ_WORKER=2", NULL));
+    ck_assert(walq__env_passes("WALQ_JOB_IDS=7", NULL));
+}
+END_TEST
+
+/* What walq__handler_environ() builds: the filtered environment, then the extras, in order. */
+START_TEST(handler_environ_filters_then_appends)
+{
+    static const char *const pass[] = {"PGAPPNAME", NULL};
+    char a[] = "WALQ_JOB_ID=1", b[] = "WALQ_QUEUE=q";
+    char *extra[] = {a, b};
+    char **envp;
+    size_t n = 0, pg = 0, app = 0;
+
+    setenv("PGPASSWORD", "SuperSecret42", 1);
+    setenv("PGAPPNAME", "tests", 1);
+    setenv("WALQ_JOB_ID", "99", 1);
+    envp = walq__handler_environ(pass, extra, 2);
+    ck_assert_ptr_nonnull(envp);
+    for (; envp[n] != NULL; n++) {
+        pg += strncmp(envp[n], "PGPASSWORD=", 11) == 0;
+        app += strcmp(envp[n], "PGAPPNAME=tests") == 0;
+        ck_assert_str_ne(envp[n], "WALQ_JOB_ID=99");
+    }
+    ck_assert_int_eq(pg, 0);
+    ck_assert_int_eq(app, 1);
+    ck_assert_int_ge(n, 3);
+    ck_assert_ptr_eq(envp[n - 2], a);
+    ck_assert_ptr_eq(envp[n - 1], b);
+    free(envp);
+    unsetenv("PGPASSWORD");
+    unsetenv("PGAPPNAME");
+    unsetenv("WALQ_JOB_ID");
+}
+END_TEST
+
 START_TEST(drain_reads_a_budget_per_call)
 {
     static char *argv[] = {"/bin/sh", "-c", "head -c 1000000 /dev/zero >&2; sleep 30", NULL};
-    walq__job_env env = {"g", "q", 1, 1};
+    walq__job_env env = {"g", "q", 1, 1, NULL};
     walq__proc p;
     int queued = 0, size;
     int64_t deadline;
@@ -169,7 +231,7 @@ START_TEST(tail_fits_a_small_buffer_whole_characters)
     char err[41];
     static char *argv[] = {"/bin/sh", "-c", "printf '\\342\\202\\254%.0s' 1 2 3 4 5 6 7 8 >&2; exit 3",
                            NULL};
-    walq__job_env env = {"g", "q", 1, 1};
+    walq__job_env env = {"g", "q", 1, 1, NULL};
 
     ck_assert_int_eq(walq__proc_start(&p, argv, &env, "", 0, 0), 0);
     while (!walq__proc_reap(&p, &v, err, sizeof(err)))
@@ -279,6 +341,8 @@ static Suite *run_suite(void)
     TCase *tc = tcase_create("core");
 
     tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, handler_environment_keeps_pg_variables_back);
+    tcase_add_test(tc, handler_environ_filters_then_appends);
     tcase_add_test(tc, drain_reads_a_budget_per_call);
     tcase_add_test(tc, tail_cut_inside_a_character_is_valid_utf8);
     tcase_add_test(tc, tail_with_bad_bytes_and_nul_is_valid_utf8);
