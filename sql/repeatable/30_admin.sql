@@ -181,3 +181,56 @@ BEGIN
     RETURN cardinality(cancelled);
 END
 $$;
+
+-- Removes a consumer group's records (`walq group drop`): its row in
+-- walq.groups and, by ON DELETE CASCADE, every row that names it, in
+-- walq.readers, walq.outcomes, walq.outcome_batches and walq.commands.
+-- Returns the slots of its readers (each with the system identifier of the
+-- source it lives on), which the caller drops on the source before it
+-- commits, with the publications named like them.  Nothing when the group
+-- does not exist, so a second drop does nothing.
+--
+-- A reader held by a process (walq.reader_held: its session, or a lease
+-- through a pooler) makes it fail, naming the holder: the group is in use.
+-- The rows of the group and its readers are locked first, so a consumer
+-- that takes a reader meanwhile waits for this transaction.  Jobs that were unfinished
+-- only in this group are finished once it is gone (walq.job_finished), so
+-- their dedup keys are freed; a job no group reads any more keeps its key,
+-- as a job published before any group does.  Other groups are not touched.
+CREATE OR REPLACE FUNCTION walq.drop_group(group_name text)
+RETURNS TABLE (slot_name text, source_id text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    g walq.groups;
+    held record;
+BEGIN
+    SELECT * INTO g FROM walq.groups gr WHERE gr.name = drop_group.group_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM walq.readers r WHERE r.group_name = g.name FOR UPDATE;
+    SELECT r.slot_name, coalesce(r.holder, 'an unknown process') AS holder,
+           walq.reader_lock_pid(r.slot_name) AS pid
+      INTO held
+      FROM walq.readers r
+     WHERE r.group_name = g.name AND walq.reader_held(r.slot_name)
+     ORDER BY r.partition LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'consumer group "%" is in use: reader "%" is held by %', g.name,
+                        held.slot_name, held.holder
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = CASE WHEN held.pid IS NOT NULL
+                                THEN format('Its session is backend pid %s on the primary.',
+                                            held.pid)
+                                ELSE 'It holds a lease through a connection pooler.' END,
+                  HINT = 'Stop every "walq consume" of the group, then drop it.';
+    END IF;
+
+    RETURN QUERY SELECT r.slot_name, r.source_id FROM walq.readers r
+                  WHERE r.group_name = g.name ORDER BY r.partition;
+    DELETE FROM walq.groups gr WHERE gr.name = g.name;
+    DELETE FROM walq.dedup_keys d
+     WHERE d.queue = ANY (g.queues) AND walq.job_finished(d.job_id);
+END
+$$;

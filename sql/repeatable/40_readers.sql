@@ -48,18 +48,23 @@ $$;
 -- gives, without its cost.  The view finds a job's batch row per job, and
 -- reads the row's array of ids each time: fine for one job, minutes for a
 -- day of them.  Here each batch row's ids are read once, and joined to the
--- jobs by hash.
-CREATE OR REPLACE FUNCTION walq.group_counts(group_name text, partitions integer DEFAULT 1,
-                                             part integer DEFAULT 0)
+-- jobs by hash.  oldest_queued is when the oldest queued job became
+-- queued: the created_at of a job the group has not recorded yet, or when
+-- `walq job retry` put a job back (NULL when none is queued).  now() minus
+-- it is the group's lag in seconds (`walq status`, `walq serve`): at least
+-- that long, a job has waited for the group to take it.
+CREATE OR REPLACE FUNCTION walq.group_summary(group_name text, partitions integer DEFAULT 1,
+                                              part integer DEFAULT 0)
 RETURNS TABLE (queued bigint, running bigint, scheduled bigint, done bigint, dead bigint,
-               cancelled bigint)
+               cancelled bigint, oldest_queued timestamptz)
 LANGUAGE sql STABLE AS $$
     WITH g AS (SELECT gr.name, gr.queues FROM walq.groups gr WHERE gr.name = $1),
     d AS (SELECT DISTINCT x.id, b.generation
             FROM walq.outcome_batches b, g, unnest(b.job_ids) AS x (id)
            WHERE b.group_name = g.name),
     s AS (SELECT coalesce(o.status, CASE WHEN d.id IS NOT NULL THEN 'done' END, 'queued')
-                     AS status
+                     AS status,
+                 coalesce(o.updated_at, j.created_at) AS since
             FROM walq.jobs j
             JOIN g ON j.queue = ANY (g.queues)
             LEFT JOIN walq.outcomes o
@@ -71,6 +76,17 @@ LANGUAGE sql STABLE AS $$
            count(*) FILTER (WHERE status = 'scheduled'),
            count(*) FILTER (WHERE status = 'done'),
            count(*) FILTER (WHERE status = 'dead'),
-           count(*) FILTER (WHERE status = 'cancelled')
+           count(*) FILTER (WHERE status = 'cancelled'),
+           min(since) FILTER (WHERE status = 'queued')
       FROM s
+$$;
+
+-- The counts of walq.group_summary alone.
+CREATE OR REPLACE FUNCTION walq.group_counts(group_name text, partitions integer DEFAULT 1,
+                                             part integer DEFAULT 0)
+RETURNS TABLE (queued bigint, running bigint, scheduled bigint, done bigint, dead bigint,
+               cancelled bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT s.queued, s.running, s.scheduled, s.done, s.dead, s.cancelled
+      FROM walq.group_summary($1, $2, $3) s
 $$;

@@ -16,6 +16,7 @@
 #include "cli/audit.h"
 #include "cli/cli.h"
 #include "cli/consume.h"
+#include "cli/group.h"
 #include "cli/job.h"
 #include "cli/replica.h"
 #include "db.h"
@@ -371,116 +372,6 @@ static int cmd_publish(int argc, char **argv)
 
 /* ------------------------------------------------------------------ */
 
-static int cmd_status(int argc, char **argv)
-{
-    static const struct option longopts[] = {{"dbname", required_argument, NULL, 'd'},
-                                             {"source", required_argument, NULL, 's'},
-                                             {"group", required_argument, NULL, 'g'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
-    const char *dbname = NULL, *source = NULL, *group = NULL;
-    PGconn *conn = NULL, *sconn = NULL;
-    PGresult *res = NULL;
-    int opt, rc;
-
-    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'd':
-            dbname = optarg;
-            break;
-        case 's':
-            source = optarg;
-            break;
-        case 'g':
-            group = optarg;
-            break;
-        case 'h':
-            printf("Usage: %s status [--dbname CONNINFO] [--source CONNINFO] [--group NAME]\n\n"
-                   "Shows every reader of every consumer group (one per partition): its slot,\n"
-                   "the walq process holding it (host and pid) and the walsender serving it on\n"
-                   "the source, how far the slot lags behind the server's WAL (bytes), the\n"
-                   "cursor, and the reader's jobs by status.  --source names the server with\n"
-                   "the slots when it is not the primary.\n",
-
-                   progname);
-            return 0;
-        default:
-            usage_error("%s", "invalid option for \"status\"");
-            return EXIT_USAGE;
-        }
-    }
-    rc = walq__connect(&conn, dbname, WALQ__CONN_SQL, "walq status");
-    if (rc == 0)
-        rc = walq__schema_check(conn);
-    if (rc == 0 && source != NULL)
-        rc = walq__connect(&sconn, source, WALQ__CONN_SQL, "walq status");
-    if (rc == 0) {
-        const char *params[1] = {group};
-
-        rc = walq__query(
-            conn, &res, "read the consumer groups",
-            "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','),"
-            "       r.cursor_lsn::text,"
-            "       c.queued, c.running, c.scheduled, c.done, c.dead, c.cancelled,"
-            "       CASE WHEN r.partitions = 1 THEN '-'"
-            "            ELSE r.partition || '/' || r.partitions END,"
-            "       CASE WHEN NOT walq.reader_held(r.slot_name) THEN '-'"
-            "            ELSE coalesce(r.holder, '?') END"
-            "  FROM walq.readers r,"
-            "       LATERAL walq.group_counts(r.group_name, r.partitions, r.partition) c"
-            " WHERE $1::text IS NULL OR r.group_name = $1"
-            " ORDER BY r.group_name, r.partition",
-            1, params);
-    }
-    if (rc != 0) {
-        walq__cli_fail(rc);
-        PQclear(res);
-        if (sconn)
-            PQfinish(sconn);
-        if (conn)
-            PQfinish(conn);
-        return 1;
-    }
-    printf("%-20s %-9s %-26s %-24s %-9s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n", "group",
-           "partition", "slot", "held_by", "walsender", "lag_bytes", "cursor", "queued", "running",
-           "scheduled", "done", "dead", "cancelled", "queues");
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *params[1] = {PQgetvalue(res, i, 1)};
-        PGresult *sres = NULL;
-        char active[32] = "-", lag[32] = "-";
-
-        if (walq__query(sconn ? sconn : conn, &sres, "read the slot",
-                        "SELECT coalesce(active_pid::text, 'no'),"
-                        "       coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()"
-                        "         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
-                        "         confirmed_flush_lsn)::bigint::text, 'lost')"
-                        "  FROM pg_replication_slots WHERE slot_name = $1",
-                        1, params) == 0) {
-            if (PQntuples(sres) == 1) {
-                snprintf(active, sizeof(active), "%s", PQgetvalue(sres, 0, 0));
-                snprintf(lag, sizeof(lag), "%s", PQgetvalue(sres, 0, 1));
-            } else {
-                snprintf(active, sizeof(active), "missing");
-            }
-            PQclear(sres);
-        }
-        printf("%-20s %-9s %-26s %-24s %-9s %14s %-14s %8s %8s %9s %9s %7s %9s  %s\n",
-               PQgetvalue(res, i, 0), PQgetvalue(res, i, 10), PQgetvalue(res, i, 1),
-               PQgetvalue(res, i, 11), active, lag, PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-               PQgetvalue(res, i, 5), PQgetvalue(res, i, 6), PQgetvalue(res, i, 7),
-               PQgetvalue(res, i, 8), PQgetvalue(res, i, 9), PQgetvalue(res, i, 2));
-    }
-    if (PQntuples(res) == 0)
-        printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
-    PQclear(res);
-    if (sconn)
-        PQfinish(sconn);
-    PQfinish(conn);
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
-
 static void help(void)
 {
     printf("walq %s: a PostgreSQL job queue that reads its jobs from the WAL\n\n"
@@ -490,6 +381,7 @@ static void help(void)
            "  publish    publish jobs to a queue\n"
            "  consume    run a handler for every job of some queues\n"
            "  status     show consumer groups, their lag and job counts\n"
+           "  group      list consumer groups, or drop an abandoned one\n"
            "  job        show, list, retry or cancel jobs\n"
            "  audit      write every change of the job tables as JSON lines or rows\n"
            "  replica    set up or tear down a subscriber to read the jobs from\n\n"
@@ -525,7 +417,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "consume") == 0)
         return walq__cli_consume(argc, argv);
     if (strcmp(cmd, "status") == 0)
-        return cmd_status(argc, argv);
+        return walq__cli_status(argc, argv);
+    if (strcmp(cmd, "group") == 0)
+        return walq__cli_group(argc, argv);
     if (strcmp(cmd, "job") == 0)
         return walq__cli_job(argc, argv);
     if (strcmp(cmd, "audit") == 0)
