@@ -37,20 +37,16 @@ const char *walq__conn_name(PGconn *conn, char *buf, size_t len)
 /* ------------------------------------------------------------------ */
 /* Connection strings shown in messages                                 */
 
-static int is_secret_key(const char *key, size_t len)
+static int is_secret_key(const char *key)
 {
-    return (len == 8 && memcmp(key, "password", 8) == 0) ||
-           (len == 11 && memcmp(key, "sslpassword", 11) == 0);
+    return strcmp(key, "password") == 0 || strcmp(key, "sslpassword") == 0;
 }
 
-static int is_space(char c)
+/* Appends s to out (outlen bytes in all, *k used), as far as it fits. */
+static void put(char *out, size_t outlen, size_t *k, const char *s)
 {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
+    size_t n = strlen(s);
 
-/* Appends n bytes of s to out (outlen bytes in all, *k used), as far as they fit. */
-static void put(char *out, size_t outlen, size_t *k, const char *s, size_t n)
-{
     if (*k + 1 >= outlen)
         return;
     if (n > outlen - 1 - *k)
@@ -60,130 +56,74 @@ static void put(char *out, size_t outlen, size_t *k, const char *s, size_t n)
     out[*k] = '\0';
 }
 
-#define MASK "********"
-
-/*
- * A URI: the password of the user information ("user:secret@") and the
- * value of a password parameter ("?password=secret") are masked.  A
- * parameter's name may be percent-encoded, as libpq decodes it.
- */
-static void mask_uri(const char *s, char *out, size_t outlen, size_t *k)
+/* A value as a conninfo value: bare when it can be, else quoted with '...'. */
+static void put_value(char *out, size_t outlen, size_t *k, const char *v)
 {
-    const char *p = strstr(s, "://") + 3;
-    /* As libpq reads it: user information ends at the first "@" before any "/". */
-    const char *auth_end = p + strcspn(p, "/");
-    const char *at = memchr(p, '@', (size_t)(auth_end - p));
-    const char *q;
+    int bare = *v != '\0';
 
-    put(out, outlen, k, s, (size_t)(p - s));
-    if (at != NULL) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-
-        if (colon != NULL) {
-            put(out, outlen, k, p, (size_t)(colon + 1 - p));
-            put(out, outlen, k, MASK, strlen(MASK));
-        } else {
-            put(out, outlen, k, p, (size_t)(at - p));
-        }
-        /* A "?" in the user information does not start the parameters. */
-        p = at;
-    }
-    q = strchr(p, '?');
-    if (q == NULL) {
-        put(out, outlen, k, p, strlen(p));
+    for (const char *c = v; *c && bare; c++)
+        bare = !(*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == '\f' || *c == '\v' ||
+                 *c == '\'' || *c == '\\');
+    if (bare) {
+        put(out, outlen, k, v);
         return;
     }
-    put(out, outlen, k, p, (size_t)(q + 1 - p));
-    p = q + 1;
-    while (*p) {
-        size_t plen = strcspn(p, "&"), klen = strcspn(p, "=&");
-        char key[16];
-        size_t n = 0;
+    put(out, outlen, k, "'");
+    for (const char *c = v; *c; c++) {
+        char one[3] = {'\\', *c, '\0'};
 
-        /* The name decoded, as far as a secret's name can be long. */
-        for (size_t i = 0; i < klen && n < sizeof(key); i++, n++) {
-            if (p[i] == '%' && i + 2 < klen) {
-                char hex[3] = {p[i + 1], p[i + 2], '\0'};
+        put(out, outlen, k, *c == '\'' || *c == '\\' ? one : one + 1);
+    }
+    put(out, outlen, k, "'");
+}
 
-                key[n] = (char)strtol(hex, NULL, 16);
-                i += 2;
-            } else {
-                key[n] = p[i];
-            }
-        }
-        if (klen < plen && n < sizeof(key) && is_secret_key(key, n)) {
-            put(out, outlen, k, p, klen + 1);
-            put(out, outlen, k, MASK, strlen(MASK));
-        } else {
-            put(out, outlen, k, p, plen);
-        }
-        p += plen;
-        if (*p == '&')
-            put(out, outlen, k, p++, 1);
+#define MASK "********"
+
+static void mask_depth(const char *conninfo, char *out, size_t outlen, int depth);
+
+/* Does libpq take this dbname for a connection string of its own? */
+static int is_conninfo_text(const char *v)
+{
+    return strncmp(v, "postgresql://", 13) == 0 || strncmp(v, "postgres://", 11) == 0 ||
+           strchr(v, '=') != NULL;
+}
+
+/* The keys shown first, in this order; the rest follow in libpq's. */
+static const char *const shown_first[] = {"host", "hostaddr", "port", "user", "password", "dbname"};
+
+static void put_option(char *out, size_t outlen, size_t *k, const PQconninfoOption *o, int depth)
+{
+    if (*k > 0)
+        put(out, outlen, k, " ");
+    put(out, outlen, k, o->keyword);
+    put(out, outlen, k, "=");
+    if (is_secret_key(o->keyword)) {
+        put(out, outlen, k, MASK);
+    } else if (strcmp(o->keyword, "dbname") == 0 && depth == 0 && is_conninfo_text(o->val)) {
+        /* A string inside the string (a user's mistake, or expand_dbname): masked too. */
+        char inner[512];
+
+        mask_depth(o->val, inner, sizeof(inner), 1);
+        put_value(out, outlen, k, inner);
+    } else {
+        put_value(out, outlen, k, o->val);
     }
 }
 
 /*
- * key=value pairs, read the way libpq reads them: white space between, a
- * value quoted with '...' or bare up to white space, a backslash escaping
- * the next character in either.  Once the string stops making sense,
- * the rest is masked: it may be the inside of a password.
+ * Whether libpq's reason for refusing the string may quote a piece of a
+ * password: any string that names one, or could hide one in a URI's user
+ * information or in percent-encoding.
  */
-static void mask_pairs(const char *s, char *out, size_t outlen, size_t *k)
+static int may_hold_secret(const char *s)
 {
-    const char *p = s;
-
-    while (*p) {
-        const char *key, *v;
-        size_t klen;
-        int secret;
-
-        while (is_space(*p))
-            put(out, outlen, k, p++, 1);
-        if (*p == '\0')
-            break;
-        key = p;
-        while (*p && !is_space(*p) && *p != '=')
-            p++;
-        klen = (size_t)(p - key);
-        secret = is_secret_key(key, klen);
-        while (is_space(*p))
-            p++;
-        if (*p != '=') {
-            /* Not a pair: it and what follows could be the rest of a password. */
-            put(out, outlen, k, MASK, strlen(MASK));
-            return;
-        }
-        put(out, outlen, k, key, klen);
-        put(out, outlen, k, "=", 1);
-        p++;
-        while (is_space(*p))
-            p++;
-        v = p;
-        if (*p == '\'') {
-            for (p++; *p && *p != '\''; p++)
-                if (*p == '\\' && p[1])
-                    p++;
-            if (*p == '\0') {
-                /* Unterminated: the rest may all be the password. */
-                put(out, outlen, k, secret ? "'" MASK : v, secret ? strlen(MASK) + 1 : strlen(v));
-                return;
-            }
-            p++;
-        } else {
-            for (; *p && !is_space(*p); p++)
-                if (*p == '\\' && p[1])
-                    p++;
-        }
-        if (secret)
-            put(out, outlen, k, MASK, strlen(MASK));
-        else
-            put(out, outlen, k, v, (size_t)(p - v));
-    }
+    return strstr(s, "password") != NULL || strchr(s, '%') != NULL || strchr(s, '@') != NULL;
 }
 
-void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen)
+static void mask_depth(const char *conninfo, char *out, size_t outlen, int depth)
 {
+    PQconninfoOption *opts;
+    char *err = NULL;
     size_t k = 0;
 
     if (outlen == 0)
@@ -191,10 +131,31 @@ void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen)
     out[0] = '\0';
     if (conninfo == NULL)
         return;
-    if (strncmp(conninfo, "postgresql://", 13) == 0 || strncmp(conninfo, "postgres://", 11) == 0)
-        mask_uri(conninfo, out, outlen, &k);
-    else
-        mask_pairs(conninfo, out, outlen, &k);
+    /* Read by libpq itself: what is shown is what libpq would use, bar the secrets. */
+    opts = PQconninfoParse(conninfo, &err);
+    PQfreemem(err);
+    if (opts == NULL) {
+        put(out, outlen, &k, may_hold_secret(conninfo) ? MASK : conninfo);
+        return;
+    }
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(shown_first); i++)
+        for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
+            if (o->val != NULL && strcmp(o->keyword, shown_first[i]) == 0)
+                put_option(out, outlen, &k, o, depth);
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        int first = 0;
+
+        for (size_t i = 0; i < WALQ__ARRAY_SIZE(shown_first); i++)
+            first |= strcmp(o->keyword, shown_first[i]) == 0;
+        if (o->val != NULL && !first)
+            put_option(out, outlen, &k, o, depth);
+    }
+    PQconninfoFree(opts);
+}
+
+void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen)
+{
+    mask_depth(conninfo, out, outlen, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -231,26 +192,40 @@ static const char *process_env(const char *name)
     return getenv(name);
 }
 
+/*
+ * libpq's reason, with the pieces of the string it quotes ("...") left out
+ * when they may be pieces of a password.
+ */
+static void reason_without_pieces(const char *why, int hide, char *buf, size_t len)
+{
+    size_t k = 0;
+    int inside = 0;
+
+    buf[0] = '\0';
+    for (const char *c = why; *c && *c != '\n' && k + 1 < len; c++) {
+        if (hide && *c == '"') {
+            inside = !inside;
+            if (inside && k + 5 < len) {
+                memcpy(buf + k, "\"...", 4);
+                k += 4;
+            } else if (!inside) {
+                buf[k++] = '"';
+            }
+            continue;
+        }
+        if (!inside || !hide)
+            buf[k++] = *c;
+    }
+    buf[k] = '\0';
+}
+
 static int invalid_conninfo(const char *conninfo, const char *errmsg)
 {
     char masked[512], buf[512];
-    char *err2 = NULL;
-    PQconninfoOption *again;
-    const char *why = errmsg ? errmsg : "out of memory";
 
     walq__conninfo_mask(conninfo, masked, sizeof(masked));
-    /*
-     * libpq's message quotes pieces of the string, which may be pieces of a
-     * password: with one, the message is that of the masked string.
-     */
-    if (strcmp(masked, conninfo) != 0) {
-        again = PQconninfoParse(masked, &err2);
-        why = again == NULL && err2 != NULL ? err2 : "its password could not be read";
-        PQconninfoFree(again);
-    }
-    snprintf(buf, sizeof(buf), "%s", why);
-    buf[strcspn(buf, "\n")] = '\0';
-    PQfreemem(err2);
+    reason_without_pieces(errmsg ? errmsg : "out of memory", may_hold_secret(conninfo), buf,
+                          sizeof(buf));
     return walq__error(WALQ_EINVAL,
                        "Use key=value pairs (host=... dbname=...) or a postgresql:// URI.",
                        "invalid connection string \"%s\": %s", masked, buf);

@@ -57,9 +57,12 @@ int walq__conn_params_build(walq__conn_params *out, const char *conninfo, walq__
                             const char *appname, const char *(*env)(const char *name));
 
 /*
- * conninfo (key=value pairs or a URI) for messages: every password and
- * sslpassword replaced by "********", and whatever follows a part that does
- * not parse, since it may be one.  outlen bytes at most, NUL-terminated.
+ * conninfo (key=value pairs or a URI) for messages, as libpq reads it
+ * (PQconninfoParse): the settings it holds as key=value pairs (host, port,
+ * user and dbname first), with every password and sslpassword shown as
+ * "********", and a dbname that is a connection string masked the same
+ * way.  A string libpq cannot read is shown as it is when it could hold no
+ * password, else as "********".  outlen bytes at most, NUL-terminated.
  */
 void walq__conninfo_mask(const char *conninfo, char *out, size_t outlen);
 

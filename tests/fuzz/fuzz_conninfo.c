@@ -35,35 +35,43 @@ static const char *lookup(const char *name)
     return NULL;
 }
 
-static size_t count(const char *hay, const char *needle)
+static const char *value_of(const PQconninfoOption *opts, const char *key)
 {
-    size_t n = 0;
-
-    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
-        n++;
-    return n;
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, key) == 0)
+            return o->val;
+    return NULL;
 }
 
-/* Every password libpq reads in conninfo is gone from the masked text. */
-static void check_mask(const char *conninfo, const char *masked, const PQconninfoOption *opts)
+/*
+ * The masked text is what libpq reads in conninfo, bar the secrets: read
+ * again, it holds every setting with the same value, and "********" for
+ * each password.
+ */
+static void check_mask(const char *masked, const PQconninfoOption *opts)
 {
-    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
-        size_t seen;
+    PQconninfoOption *again;
+    char *err = NULL;
 
-        if (o->val == NULL ||
-            (strcmp(o->keyword, "password") != 0 && strcmp(o->keyword, "sslpassword") != 0))
-            continue;
-        /*
-         * Too short, made of the mask itself, or a piece of the key the
-         * masked text writes (a value "ord=" is in every "password="), to
-         * tell.
-         */
-        if (strlen(o->val) < 4 || strchr(o->val, '*') != NULL ||
-            strstr("sslpassword=", o->val) != NULL)
-            continue;
-        seen = count(conninfo, o->val);
-        FUZZ_CHECK(seen == 0 || count(masked, o->val) < seen);
+    again = PQconninfoParse(masked, &err);
+    PQfreemem(err);
+    FUZZ_CHECK(again != NULL);
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        const char *v = value_of(again, o->keyword);
+
+        if (o->val == NULL) {
+            FUZZ_CHECK(v == NULL);
+        } else if (strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "sslpassword") == 0) {
+            FUZZ_CHECK(v != NULL && strcmp(v, "********") == 0);
+        } else if (strcmp(o->keyword, "dbname") == 0 &&
+                   (strchr(o->val, '=') != NULL || strstr(o->val, "://") != NULL)) {
+            /* A connection string of its own, masked in turn. */
+            FUZZ_CHECK(v != NULL);
+        } else {
+            FUZZ_CHECK(v != NULL && strcmp(v, o->val) == 0);
+        }
     }
+    PQconninfoFree(again);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -104,8 +112,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     strcmp(o->keyword, "fallback_application_name") != 0)
                     FUZZ_CHECK(o->val == NULL);
         }
-        if (strlen(text) < sizeof(masked))
-            check_mask(text, masked, opts);
+        if (strlen(masked) + 1 < sizeof(masked))
+            check_mask(masked, opts);
+    } else {
+        /* What libpq cannot read is shown whole only when it names no secret. */
+        FUZZ_CHECK(strcmp(masked, "********") == 0 ||
+                   (strncmp(masked, text, sizeof(masked) - 1) == 0 &&
+                    strstr(text, "password") == NULL && strchr(text, '%') == NULL &&
+                    strchr(text, '@') == NULL));
     }
     PQconninfoFree(opts);
     free(text);

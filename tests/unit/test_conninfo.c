@@ -102,19 +102,31 @@ START_TEST(mask_hides_passwords)
         const char *in, *out;
     } cases[] = {
         {"host=h password=hunter2 dbname=d", "host=h password=******** dbname=d"},
-        {"password = 'hun ter\\' 2' user=u", "password=******** user=u"},
+        /* As libpq reads it: host, port, user and dbname first, the rest in libpq's order. */
+        {"password = 'hun ter\\' 2' user=u", "user=u password=********"},
         {"sslpassword=hunter2", "sslpassword=********"},
-        {"host=h password='hunter2", "host=h password='********"},
-        {"host=h password=hunter2 and more", "host=h password=******** ********"},
-        {"passwordx=1 xpassword=2", "passwordx=1 xpassword=2"},
-        {"postgresql://u:hunter2@h:5432/d", "postgresql://u:********@h:5432/d"},
+        {"application_name='a b' host=h", "host=h application_name='a b'"},
+        {"application_name='a\\\\b\\'c' host=h", "host=h application_name='a\\\\b\\'c'"},
+        {"host=h options=''", "host=h options=''"},
+        /* What libpq cannot read may hide a password: nothing of it is shown. */
+        {"host=h password='hunter2", "********"},
+        {"host=h password=hunter2 and more", "********"},
+        {"passwordx=1 xpassword=2", "********"},
+        {"postgresql://u:h%75nter2@h/d?bogus=1", "********"},
+        /* Unless it cannot. */
+        {"host=h bogus=1", "host=h bogus=1"},
+        /* URIs come out as pairs. */
+        {"postgresql://u:hunter2@h:5432/d", "host=h port=5432 user=u password=******** dbname=d"},
         {"postgres://u@h/d?password=hunter2&sslmode=require",
-         "postgres://u@h/d?password=********&sslmode=require"},
-        {"postgresql:///d?pass%77ord=hunter2", "postgresql:///d?pass%77ord=********"},
-        {"postgresql://h/d?host=x", "postgresql://h/d?host=x"},
+         "host=h user=u password=******** dbname=d sslmode=require"},
+        {"postgresql:///d?pass%77ord=hunter2", "password=******** dbname=d"},
+        {"postgresql://h/d?host=x", "host=x dbname=d"},
         /* Found by fuzz_conninfo: a "?" inside the password. */
-        {"postgresql://u:hunte?r2@h:5432/d", "postgresql://u:********@h:5432/d"},
-        {"postgres://a?&@h/s?sslpassword=hunter2", "postgres://a?&@h/s?sslpassword=********"},
+        {"postgresql://u:hunte?r2@h:5432/d", "host=h port=5432 user=u password=******** dbname=d"},
+        {"postgres://a?&@h/s?sslpassword=hunter2", "host=h user=a?& dbname=s sslpassword=********"},
+        /* A connection string in dbname is masked too. */
+        {"host=h dbname='user=u password=hunter2'", "host=h dbname='user=u password=********'"},
+        {"dbname=postgresql://u:hunter2@h/d", "dbname='host=h user=u password=******** dbname=d'"},
         {"host=h", "host=h"},
         {"", ""},
     };
@@ -170,9 +182,9 @@ START_TEST(connect_failure_message_has_no_password)
                      WALQ_ECONN);
     ck_assert_ptr_null(conn);
     ck_assert_msg(strstr(walq_last_error(), "hunter2") == NULL, "%s", walq_last_error());
-    ck_assert_msg(strstr(walq_last_error(), "could not connect to \"host=/nonexistent/walq-test "
-                                            "port=1 password=******** user=u dbname=d\": ") ==
-                      walq_last_error(),
+    ck_assert_msg(strstr(walq_last_error(),
+                         "could not connect to \"host=/nonexistent/walq-test "
+                         "port=1 user=u password=******** dbname=d\": ") == walq_last_error(),
                   "%s", walq_last_error());
     ck_assert_int_eq(walq__connect(&conn, "postgresql://u:hunter2@%2Fnonexistent%2Fwalq-test:1/d",
                                    WALQ__CONN_REPLICATION, "t"),
@@ -186,10 +198,10 @@ START_TEST(server_version_needed)
     ck_assert_int_eq(walq__server_version_check(140000), 0);
     ck_assert_int_eq(walq__server_version_check(180001), 0);
     ck_assert_int_eq(walq__server_version_check(130016), WALQ_ESERVER);
-    ck_assert_msg(strstr(walq_last_error(),
-                         "the server runs PostgreSQL 13.16, and walq needs 14 or newer") ==
-                      walq_last_error(),
-                  "%s", walq_last_error());
+    ck_assert_msg(
+        strstr(walq_last_error(), "the server runs PostgreSQL 13.16, and walq needs 14 or newer") ==
+            walq_last_error(),
+        "%s", walq_last_error());
     ck_assert_msg(strstr(walq_last_error(), "Upgrade the server to PostgreSQL 14 or newer") != NULL,
                   "%s", walq_last_error());
     ck_assert_int_eq(walq__server_version_check(90624), WALQ_ESERVER);
