@@ -22,6 +22,9 @@ packages=(
     debootstrap
     # Acks through a pooler in transaction mode (tests/integration/pgbouncer.sh).
     pgbouncer
+    # --http of consume and audit (src/http.c); its tests scrape with curl and
+    # load the status page in headless Chromium (tests/integration/http.sh).
+    libmicrohttpd-dev curl chromium
     "$@"
 )
 
