@@ -49,48 +49,54 @@ static int query_clear(PGconn *conn, const char *what, const char *sql, int npar
 }
 
 /*
- * The statement is prepared and let go in one message, which one server
- * session runs whole even through a pooler; the newline ends a comment the
- * statement may end with.  The name is this process's, so that even one
- * left behind (a statement that runs more after the prepared one, and
- * fails) is in no other consumer's way.
+ * The statement is prepared as the unnamed statement, with the extended
+ * protocol's Parse: that takes exactly one statement and runs nothing, so
+ * that a second statement after a ";" (--sql 'SELECT 1; DROP TABLE x') is
+ * refused here instead of run.  The unnamed statement needs no DEALLOCATE
+ * (the next Parse replaces it) and lives in one message and its Sync, which
+ * one server session takes whole even through a pooler.
  */
 int walq__reg_check_sql(PGconn *primary, const char *sql)
 {
-    walq__buf text = {0};
-    PGresult *res, *r, *failed = NULL;
+    /* jsonb and bigint, the types of $1 and $2. */
+    static const Oid types[2] = {3802, 20};
+    PGresult *res = NULL, *r;
+    const char *state;
     char msg[1024];
-    long pid = (long)getpid();
+    int rc;
 
-    if (walq__buf_printf(&text,
-                         "PREPARE walq_sql_check_%ld (jsonb, bigint) AS %s\n;"
-                         " DEALLOCATE walq_sql_check_%ld",
-                         pid, sql, pid) != 0)
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    res = NULL;
-    if (PQsendQuery(primary, text.data) && walq__wait_result(primary, "check the statement") == 0) {
+    if (PQsendPrepare(primary, "", sql, 2, types)) {
+        /* A wait that failed (the primary is slow or gone) says so itself. */
+        if ((rc = walq__wait_result(primary, "check the sql handler's statement")) != 0)
+            return rc;
         while ((r = PQgetResult(primary)) != NULL) {
-            if (failed == NULL && PQresultStatus(r) != PGRES_COMMAND_OK &&
-                PQresultStatus(r) != PGRES_TUPLES_OK) {
-                failed = r;
-                continue;
+            if (res == NULL || PQresultStatus(res) == PGRES_COMMAND_OK) {
+                PQclear(res);
+                res = r;
+            } else {
+                PQclear(r);
             }
-            PQclear(res);
-            res = r;
         }
     }
-    walq__buf_free(&text);
-    if (failed != NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        walq__pg_message(primary, failed ? failed : res, msg, sizeof(msg));
+    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
         PQclear(res);
-        PQclear(failed);
+        return 0;
+    }
+    walq__pg_message(primary, res, msg, sizeof(msg));
+    state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && strcmp(state, "42601") == 0 && strstr(msg, "multiple commands") != NULL) {
+        PQclear(res);
         return walq__error(WALQ_EINVAL,
-                           "The statement gets the payload as $1 (jsonb) and the job id as $2 "
-                           "(bigint).",
-                           "invalid sql handler statement: %s", msg);
+                           "--sql (the sql option) takes exactly one statement: put several "
+                           "in a function and call it, or join them in one statement with "
+                           "WITH.",
+                           "invalid sql handler statement: it holds more than one statement");
     }
     PQclear(res);
-    return 0;
+    return walq__error(WALQ_EINVAL,
+                       "The statement of --sql gets the payload as $1 (jsonb) and the job id as "
+                       "$2 (bigint).",
+                       "invalid sql handler statement: %s", msg);
 }
 
 /* ------------------------------------------------------------------ */
