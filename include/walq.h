@@ -270,6 +270,37 @@ WALQ_EXTERN const char *walq_consumer_errmsg(const walq_consumer *c);
 /* Copies the consumer's counters into *out. */
 WALQ_EXTERN void walq_consumer_stats(walq_stats *out, const walq_consumer *c);
 
+/* What a consumer is doing, as its watch callback is told. */
+typedef enum walq_state {
+    WALQ_STATE_STARTING = 0,     /* connecting, taking the reader, opening the slot */
+    WALQ_STATE_STANDBY = 1,      /* another process holds the reader: waiting to take over */
+    WALQ_STATE_BACKFILL = 2,     /* reading jobs from walq.jobs (the first start, a resync) */
+    WALQ_STATE_STREAMING = 3,    /* reading the slot */
+    WALQ_STATE_RECONNECTING = 4, /* a server was lost: trying again with backoff */
+    WALQ_STATE_STOPPING = 5      /* asked to stop: finishing and recording the running jobs */
+} walq_state;
+
+/* What a watch callback is told; borrowed for the call. */
+typedef struct walq_watch {
+    walq_state state;
+    uint64_t received_lsn;  /* furthest WAL position the source reported */
+    uint64_t confirmed_lsn; /* last position confirmed to the source */
+    uint64_t in_memory;     /* jobs held in memory: ready, running, waiting */
+} walq_watch;
+
+typedef void (*walq_watch_fn)(const walq_watch *w, void *payload);
+
+/*
+ * Has walq_consumer_run() call fn in its own thread at every change of
+ * state, and at least every interval_ms while it runs: in its loop, while it
+ * waits on a server and while it stands by.  A consumer stuck anywhere stops
+ * calling it, which is what a watchdog (systemd's WATCHDOG=1) wants to know.
+ * fn must return quickly and may call walq_consumer_stats() but nothing else
+ * of the consumer.  Call it before walq_consumer_run(); fn NULL: no calls.
+ */
+WALQ_EXTERN void walq_consumer_watch(walq_consumer *c, walq_watch_fn fn, void *payload,
+                                     int64_t interval_ms);
+
 WALQ_EXTERN void walq_consumer_free(walq_consumer *c);
 
 /*

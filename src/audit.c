@@ -36,6 +36,7 @@ struct walq__audit {
     char *strings; /* one block: the options' strings, copied */
     char slot[64];
     walq__log log;
+    walq__watcher watcher;
     walq__audit_sink sink;
     walq__reader rd;
     json_object *held; /* the last change taken, written when the next one or the commit comes */
@@ -220,6 +221,7 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     a->log.fn = opts->log;
     a->log.arg = opts->log_arg;
     a->log.level = opts->log_level;
+    walq__watcher_set(&a->watcher, opts->watch, opts->watch_arg, opts->watch_interval_ms);
     snprintf(a->log.prefix, sizeof(a->log.prefix), "audit \"%s\": ", a->group);
     rcfg = (walq__reader_config){
         a->source,  "walq audit", a->slot, plugin_options, (int64_t)(a->o.status_interval * 1e6),
@@ -501,8 +503,27 @@ static int phase_wait(walq__audit *a, walq__wait *w, int64_t now, int more)
     walq__reader_wait_begin(
         &a->rd, w, now, WALQ__WAIT_STREAM | WALQ__WAIT_INPUT | WALQ__WAIT_START | WALQ__WAIT_PING);
     walq__wait_until(w, walq__audit_sink_deadline(&a->sink));
+    walq__wait_until(w, walq__watcher_due(&a->watcher));
     w->at_once = more;
     return walq__reader_wait(&a->rd, w);
+}
+
+/* Tells the watch callback, when it is due, what the audit is doing. */
+static void watch(walq__audit *a, int64_t now)
+{
+    walq_watch w = {WALQ_STATE_STARTING, 0, 0, 0};
+
+    if (a->watcher.fn == NULL)
+        return;
+    if (a->rd.stop_req)
+        w.state = WALQ_STATE_STOPPING;
+    else if (a->rd.st.streaming && !walq__audit_sink_lost(&a->sink))
+        w.state = WALQ_STATE_STREAMING;
+    else if (a->rd.retry.failures > 0 || a->rd.reconnects > 0)
+        w.state = WALQ_STATE_RECONNECTING;
+    w.received_lsn = a->rd.recv_lsn > a->rd.last_end ? a->rd.recv_lsn : a->rd.last_end;
+    w.confirmed_lsn = a->rd.confirmed;
+    walq__watcher_call(&a->watcher, &w, now);
 }
 
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
@@ -515,6 +536,7 @@ static int turn(walq__audit *a, walq__wait *w)
         return walq__error(WALQ_ECANCELED, NULL,
                            "stopped at once; what was not yet written comes again at the next "
                            "start");
+    watch(a, now);
     if (!stopping)
         rc = phase_reconnect(a, now);
     if (rc == 0 && !stopping)

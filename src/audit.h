@@ -23,6 +23,10 @@ typedef struct walq__audit_options {
     walq_log_fn log;
     void *log_arg;
     walq_log_level log_level;
+    /* Told what the audit does, as walq_consumer_watch() tells a consumer; NULL: nothing. */
+    walq_watch_fn watch;
+    void *watch_arg;
+    int64_t watch_interval_ms;
 } walq__audit_options;
 
 typedef struct walq__audit_stats {

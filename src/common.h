@@ -97,4 +97,24 @@ void walq__warn_retry(const walq__log *lg, int64_t delay_us);
 /* The earlier of two deadlines, where 0 means none. */
 int64_t walq__min_deadline(int64_t a, int64_t b);
 
+/*
+ * A watch callback (walq_consumer_watch()) and when it is due: at every
+ * change of state, and every interval_us.
+ */
+typedef struct walq__watcher {
+    walq_watch_fn fn;
+    void *payload;
+    int64_t interval_us;
+    int64_t next_at; /* monotonic; 0 before the first call */
+    int state;       /* of the last call; -1 before it */
+} walq__watcher;
+
+void walq__watcher_set(walq__watcher *wt, walq_watch_fn fn, void *payload, int64_t interval_ms);
+
+/* Calls the callback with *w when it is due at monotonic time now. */
+void walq__watcher_call(walq__watcher *wt, const walq_watch *w, int64_t now);
+
+/* When the callback is due next (0: never), for the loop's wait. */
+int64_t walq__watcher_due(const walq__watcher *wt);
+
 #endif

@@ -85,6 +85,7 @@ struct walq_consumer {
     int flush_failed;                 /* an ack transaction failed: hold confirmations back */
     int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
     walq__waiter waiter;                /* what waits on a server do meanwhile, and their bound */
+    walq__watcher watcher;              /* the owner's watch callback */
     int reached;                        /* set-up reached both servers once */
     walq__txn *cur;                     /* the transaction being received, NULL between them */
 
@@ -121,6 +122,39 @@ void walq_consumer_stats(walq_stats *out, const walq_consumer *c)
     *out = c->stats;
     out->reconnects = c->rd.reconnects;
     out->confirmed_lsn = c->rd.confirmed;
+}
+
+void walq_consumer_watch(walq_consumer *c, walq_watch_fn fn, void *payload, int64_t interval_ms)
+{
+    walq__watcher_set(&c->watcher, fn, payload, interval_ms);
+}
+
+/* Tells the owner's watch callback, when it is due, what the consumer is doing. */
+static void watch(walq_consumer *c, walq_state st)
+{
+    walq_watch w;
+
+    if (c->watcher.fn == NULL)
+        return;
+    w.state = c->rd.stop_req ? WALQ_STATE_STOPPING : st;
+    w.received_lsn = c->rd.recv_lsn > c->rd.last_end ? c->rd.recv_lsn : c->rd.last_end;
+    w.confirmed_lsn = c->rd.confirmed;
+    w.in_memory = c->sched.in_memory;
+    walq__watcher_call(&c->watcher, &w, walq__mono_us());
+}
+
+/* The same state again: a wait on a server or a nap is no change. */
+static void watch_again(walq_consumer *c)
+{
+    watch(c, c->watcher.state < 0 ? WALQ_STATE_STARTING : (walq_state)c->watcher.state);
+}
+
+/* A nap of ms at most, short enough for the watch callback to come on time. */
+static int nap_ms(const walq_consumer *c, int ms)
+{
+    int64_t every = c->watcher.interval_us / 1000;
+
+    return c->watcher.fn != NULL && every > 0 && every < ms ? (int)every : ms;
 }
 
 /* ------------------------------------------------------------------ */
@@ -940,6 +974,7 @@ static void log_standby_snapshot(void *arg)
 {
     walq_consumer *c = arg;
 
+    watch_again(c);
     if (c->pconn != NULL)
         walq__reg_standby_snapshot(c->pconn, &c->log);
 }
@@ -1039,7 +1074,8 @@ static int take_reader(walq_consumer *c, const char *source_id, walq__reg_reader
         if (!waited && !lk.got)
             walq__info(&c->log, "the reader is held by %s; standing by to take over", lk.who);
         waited |= !lk.got;
-        if (walq__reader_nap(&c->rd, 500))
+        watch(c, lk.got ? WALQ_STATE_STARTING : WALQ_STATE_STANDBY);
+        if (walq__reader_nap(&c->rd, nap_ms(c, 500)))
             return 0;
     }
     if (rc == 0) {
@@ -1068,7 +1104,8 @@ static int wait_for_slot(walq_consumer *c, walq__slot_info *si)
             walq__warn(&c->log, "replication slot \"%s\" is still in use by process %s; waiting",
                        c->slot, si->active_pid);
         warned = 1;
-        if (walq__reader_nap(&c->rd, 500))
+        watch(c, WALQ_STATE_STARTING);
+        if (walq__reader_nap(&c->rd, nap_ms(c, 500)))
             return 0;
     }
 }
@@ -1295,6 +1332,7 @@ static int setup(walq_consumer *c)
     walq__reg_reader rs = {0};
     int rc;
 
+    watch(c, WALQ_STATE_STARTING);
     rc = connect_both(c, source_id, sizeof(source_id));
     if (rc == 0)
         rc = take_reader(c, source_id, &rs);
@@ -1532,6 +1570,7 @@ static int phase_wait(walq_consumer *c, walq__wait *w, int64_t now, int stopping
     else if (c->pooled)
         walq__wait_until(w, c->lease_renew_at);
     walq__wait_until(w, walq__sched_next_due(&c->sched, now, walq__wall_us()));
+    walq__wait_until(w, walq__watcher_due(&c->watcher));
     if ((c->backfilling && !walq__sched_full(&c->sched)) ||
         (c->sched.ready.n > 0 && !stopping && c->h->ops->has_room(c->h)))
         w->at_once = 1;
@@ -1559,6 +1598,18 @@ static int phase_read(walq_consumer *c, walq__wait *w, int stopping, int ack_idx
     return rc;
 }
 
+/* What the loop is doing, for the watch callback. */
+static walq_state loop_state(const walq_consumer *c)
+{
+    if (c->pconn == NULL)
+        return WALQ_STATE_RECONNECTING;
+    if (c->backfilling)
+        return WALQ_STATE_BACKFILL;
+    if (c->rd.st.streaming)
+        return WALQ_STATE_STREAMING;
+    return c->rd.retry.failures > 0 ? WALQ_STATE_RECONNECTING : WALQ_STATE_STARTING;
+}
+
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq_consumer *c, walq__wait *w)
 {
@@ -1569,6 +1620,7 @@ static int turn(walq_consumer *c, walq__wait *w)
         kill_all(c);
         return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
+    watch(c, loop_state(c));
     rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
         rc = phase_take_in(c, now, wall);
@@ -1693,6 +1745,7 @@ static int wait_tick(void *arg)
 
     settle_durable(c);
     walq__reader_tick(&c->rd, now, 0);
+    watch_again(c);
     if (c->h->ops->kill_overdue != NULL)
         c->h->ops->kill_overdue(c->h, now);
     return c->rd.stop_req == 2;
@@ -1709,9 +1762,11 @@ static int setup_again(walq_consumer *c, int rc, walq__retry *again)
     if (rc != WALQ_ECONN || !c->reached || c->rd.stop_req)
         return 0;
     walq__retry_failed(again, &c->log);
-    while (!walq__retry_due(again, walq__mono_us()))
+    while (!walq__retry_due(again, walq__mono_us())) {
+        watch(c, WALQ_STATE_RECONNECTING);
         if (walq__reader_nap(&c->rd, 100))
             return 0;
+    }
     return 1;
 }
 

@@ -226,3 +226,26 @@ int64_t walq__min_deadline(int64_t a, int64_t b)
 {
     return (a == 0 || (b != 0 && b < a)) ? b : a;
 }
+
+void walq__watcher_set(walq__watcher *wt, walq_watch_fn fn, void *payload, int64_t interval_ms)
+{
+    wt->fn = fn;
+    wt->payload = payload;
+    wt->interval_us = (interval_ms > 0 ? interval_ms : 1000) * 1000;
+    wt->next_at = 0;
+    wt->state = -1;
+}
+
+void walq__watcher_call(walq__watcher *wt, const walq_watch *w, int64_t now)
+{
+    if (wt->fn == NULL || (now < wt->next_at && (int)w->state == wt->state))
+        return;
+    wt->state = (int)w->state;
+    wt->next_at = now + wt->interval_us;
+    wt->fn(w, wt->payload);
+}
+
+int64_t walq__watcher_due(const walq__watcher *wt)
+{
+    return wt->fn != NULL ? wt->next_at : 0;
+}

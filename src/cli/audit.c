@@ -17,6 +17,7 @@
 #include "../audit.h"
 #include "cli/audit.h"
 #include "cli/cli.h"
+#include "cli/notify.h"
 
 #define EXIT_USAGE 2
 
@@ -27,6 +28,15 @@
 static void stop_audit(void *a, int immediate)
 {
     walq__audit_stop(a, immediate);
+}
+
+/* systemd's STATUS= line: what the audit has written so far. */
+static void describe(char *buf, size_t len, void *a)
+{
+    walq__audit_stats st;
+
+    walq__audit_stats_get(a, &st);
+    snprintf(buf, len, "%llu changes written", (unsigned long long)st.changes);
 }
 
 static void help(void)
@@ -54,7 +64,9 @@ static void help(void)
            "  --drain                 exit once every change committed before the start\n"
            "                          is written\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
-           "  --verbose, --quiet      more or less logging\n\n"
+           "  --verbose, --quiet      more or less logging\n"
+           "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
+           "                          on standard error, for log collectors\n\n"
            "SIGTERM or SIGINT finishes the transaction being received, writes and confirms\n"
            "what is whole and exits 0; a second signal exits at once.\n",
            progname);
@@ -64,6 +76,7 @@ int walq__cli_audit(int argc, char **argv)
 {
     enum {
         O_OUTPUT = 256,
+        O_LOG_FORMAT,
         O_INTO,
         O_GROUP,
         O_SOURCE,
@@ -82,12 +95,15 @@ int walq__cli_audit(int argc, char **argv)
                                              {"status-interval", required_argument, NULL, O_STATUS},
                                              {"verbose", no_argument, NULL, O_VERBOSE},
                                              {"quiet", no_argument, NULL, O_QUIET},
+                                             {"log-format", required_argument, NULL, O_LOG_FORMAT},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     walq__audit_options o;
     const char *dbname = NULL;
     walq__audit *a = NULL;
     walq__audit_stats st;
+    walq__notify notify;
+    static char slot[96], prefix[96];
     int opt, rc;
     int64_t t0;
 
@@ -134,6 +150,12 @@ int walq__cli_audit(int argc, char **argv)
         case O_QUIET:
             o.log_level = WALQ_LOG_WARNING;
             break;
+        case O_LOG_FORMAT:
+            if (walq__cli_log_format(optarg) != 0) {
+                usage_error("--log-format takes text or json, not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'h':
             help();
             return 0;
@@ -150,13 +172,25 @@ int walq__cli_audit(int argc, char **argv)
     if (o.source == NULL)
         o.source = dbname;
 
+    snprintf(slot, sizeof(slot), "walqaudit_%s", o.group);
+    snprintf(prefix, sizeof(prefix), "audit \"%s\": ", o.group);
+    walq__cli_log_context("audit", o.group, NULL, slot, prefix);
+    /* The audit exists once opened: its address goes to the watch at once. */
+    walq__notify_init(&notify, describe, NULL);
+    if (notify.on) {
+        o.watch = walq__notify_watch;
+        o.watch_arg = &notify;
+        o.watch_interval_ms = walq__notify_interval_ms(&notify);
+    }
     rc = walq__audit_open(&a, &o);
     if (rc != 0)
         return walq__cli_open_failed(rc);
+    notify.arg = a;
     walq__cli_on_stop(stop_audit, a);
 
     t0 = walq__mono_us();
     rc = walq__audit_run(a);
+    walq__notify_stopping(&notify);
     walq__audit_stats_get(a, &st);
     walq__cli_on_stop(NULL, NULL);
     walq__audit_free(a);
@@ -167,13 +201,11 @@ int walq__cli_audit(int argc, char **argv)
     if (o.log_level >= WALQ_LOG_INFO) {
         double secs = (double)(walq__mono_us() - t0) / 1e6;
 
-        fprintf(stderr,
-                "%s: audit \"%s\": %llu changes in %llu transactions written in %.2f s "
-                "(%.0f changes/s), %llu %s\n",
-                progname, o.group, (unsigned long long)st.changes,
-                (unsigned long long)st.transactions, secs,
-                secs > 0 ? (double)st.changes / secs : 0.0, (unsigned long long)st.flushes,
-                o.into ? "commits" : "flushes");
+        walq__cli_note("audit \"%s\": %llu changes in %llu transactions written in %.2f s "
+                       "(%.0f changes/s), %llu %s",
+                       o.group, (unsigned long long)st.changes, (unsigned long long)st.transactions,
+                       secs, secs > 0 ? (double)st.changes / secs : 0.0,
+                       (unsigned long long)st.flushes, o.into ? "commits" : "flushes");
     }
     return 0;
 }

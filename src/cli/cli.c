@@ -1,19 +1,149 @@
 /* Error output shared by the walq program's commands. */
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <yajl/yajl_gen.h>
 
 #include "cli/cli.h"
+#include "text.h"
 #include "walq.h"
 
 const char *walq__progname = "walq";
+
+/*
+ * --log-format json: one JSON object per line, for log collectors.  The
+ * fields that name what a message is about come from the command, and the
+ * library's own prefix of them ("group \"g\": ") is taken off the message.
+ */
+static int log_json;
+static struct {
+    const char *command, *group, *partition, *slot;
+    char prefix[160];
+} log_ctx;
+
+int walq__cli_log_format(const char *format)
+{
+    if (strcmp(format, "text") == 0)
+        log_json = 0;
+    else if (strcmp(format, "json") == 0)
+        log_json = 1;
+    else
+        return -1;
+    return 0;
+}
+
+void walq__cli_log_context(const char *command, const char *group, const char *partition,
+                           const char *slot, const char *prefix)
+{
+    log_ctx.command = command;
+    log_ctx.group = group;
+    log_ctx.partition = partition;
+    log_ctx.slot = slot;
+    snprintf(log_ctx.prefix, sizeof(log_ctx.prefix), "%s", prefix ? prefix : "");
+}
+
+/* A string field; text from outside (a handler's stderr) is made valid UTF-8 first. */
+static void json_field(yajl_gen g, const char *key, const char *value, size_t len)
+{
+    char *clean = NULL;
+
+    yajl_gen_string(g, (const unsigned char *)key, strlen(key));
+    if (!walq__utf8_valid(value, len)) {
+        clean = walq__utf8_clean(value, len, 0);
+        value = clean ? clean : "?";
+        len = strlen(value);
+    }
+    yajl_gen_string(g, (const unsigned char *)value, len);
+    free(clean);
+}
+
+/* Writes the whole line at once, so that lines of several processes do not mix. */
+static void write_line(const unsigned char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(STDERR_FILENO, buf, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void json_message(const char *level, const char *msg)
+{
+    static const struct {
+        const char *pg, *json;
+    } levels[] = {{"ERROR", "error"}, {"WARNING", "warning"}, {"LOG", "info"},
+                  {"DEBUG", "debug"}, {"FATAL", "fatal"},     {"NOTICE", "notice"}};
+    const char *lvl = "info", *hint;
+    size_t plen = strlen(log_ctx.prefix);
+    yajl_gen g = yajl_gen_alloc(NULL);
+    const unsigned char *buf;
+    struct timespec ts;
+    struct tm tm;
+    char stamp[40];
+    size_t len;
+
+    if (g == NULL) {
+        fprintf(stderr, "%s: %s:  %s\n", walq__progname, level, msg);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+        if (strcmp(level, levels[i].pg) == 0)
+            lvl = levels[i].json;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    len = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(stamp + len, sizeof(stamp) - len, ".%03ldZ", ts.tv_nsec / 1000000);
+    if (plen > 0 && strncmp(msg, log_ctx.prefix, plen) == 0)
+        msg += plen;
+    hint = strstr(msg, "\nHINT:  ");
+    yajl_gen_map_open(g);
+    json_field(g, "time", stamp, strlen(stamp));
+    json_field(g, "level", lvl, strlen(lvl));
+    json_field(g, "program", walq__progname, strlen(walq__progname));
+    if (log_ctx.command)
+        json_field(g, "command", log_ctx.command, strlen(log_ctx.command));
+    if (log_ctx.group)
+        json_field(g, "group", log_ctx.group, strlen(log_ctx.group));
+    if (log_ctx.partition)
+        json_field(g, "partition", log_ctx.partition, strlen(log_ctx.partition));
+    if (log_ctx.slot)
+        json_field(g, "slot", log_ctx.slot, strlen(log_ctx.slot));
+    json_field(g, "message", msg, hint ? (size_t)(hint - msg) : strlen(msg));
+    if (hint)
+        json_field(g, "hint", hint + 8, strlen(hint + 8));
+    yajl_gen_map_close(g);
+    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok) {
+        unsigned char *line = malloc(len + 1);
+
+        if (line != NULL) {
+            memcpy(line, buf, len);
+            line[len] = '\n';
+            write_line(line, len + 1);
+            free(line);
+        }
+    }
+    yajl_gen_free(g);
+}
 
 void walq__cli_message(const char *level, const char *msg)
 {
     const char *hint = strstr(msg, "\nHINT:  ");
 
+    if (log_json) {
+        json_message(level, msg);
+        return;
+    }
     if (hint == NULL) {
         fprintf(stderr, "%s: %s:  %s\n", walq__progname, level, msg);
         return;
@@ -29,10 +159,38 @@ void walq__cli_fail(int rc)
     walq__cli_message("ERROR", *msg ? msg : walq_strerror(rc));
 }
 
+void walq__cli_note(const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (log_json)
+        json_message("LOG", msg);
+    else
+        fprintf(stderr, "%s: %s\n", walq__progname, msg);
+}
+
 void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...)
 {
     va_list ap;
 
+    if (log_json) {
+        char msg[1024];
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < sizeof(msg))
+            snprintf(msg + n, sizeof(msg) - (size_t)n,
+                     "\nHINT:  Try \"%s%s%s%s%s --help\" for more information.", walq__progname,
+                     command ? " " : "", command ? command : "", sub ? " " : "", sub ? sub : "");
+        json_message("ERROR", msg);
+        return;
+    }
     fprintf(stderr, "%s: ", walq__progname);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -49,6 +207,10 @@ void walq__cli_log(walq_log_level level, const char *msg, void *payload)
     struct tm tm;
 
     (void)payload;
+    if (log_json) {
+        json_message(names[level], msg);
+        return;
+    }
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S UTC", &tm);
     fprintf(stderr, "%s ", stamp);

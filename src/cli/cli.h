@@ -33,4 +33,22 @@ int walq__cli_open_failed(int rc);
 /* The log callback of the program's long-running commands: stamped lines on stderr. */
 void walq__cli_log(walq_log_level level, const char *msg, void *payload);
 
+/*
+ * --log-format: "text" (the default, lines in PostgreSQL's style) or "json"
+ * (one object per line: time, level, program, command, group, partition,
+ * slot, message, hint).  -1 for another format.
+ */
+int walq__cli_log_format(const char *format);
+
+/*
+ * What the JSON lines name beside the message (any may be NULL; the strings
+ * are borrowed and must outlive the command), and the prefix the library
+ * puts before its messages about it, which is taken off them.
+ */
+void walq__cli_log_context(const char *command, const char *group, const char *partition,
+                           const char *slot, const char *prefix);
+
+/* An informational line of the program (a summary): "walq: ..." or a JSON line. */
+void walq__cli_note(const char *fmt, ...) WALQ__PRINTF(1, 2);
+
 #endif

@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "cli/consume.h"
+#include "cli/notify.h"
 #include "walq.h"
 
 #define EXIT_USAGE 2
@@ -123,7 +124,9 @@ static void consume_help(void)
            "  --source CONNINFO       server with the slot (default: libpq environment)\n"
            "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
            "  --dbname CONNINFO       both of the above\n"
-           "  --verbose, --quiet      more or less logging\n\n"
+           "  --verbose, --quiet      more or less logging\n"
+           "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
+           "                          on standard error, for log collectors\n\n"
            "A second consume of the same group (and partition) stands by while the first\n"
            "runs and takes over when it stops.  SIGTERM or SIGINT finishes the running\n"
            "jobs, records them and exits 0; a second signal exits at once.\n",
@@ -132,6 +135,7 @@ static void consume_help(void)
 
 enum {
     O_GROUP = 256,
+    O_LOG_FORMAT,
     O_SQL,
     O_HORIZON,
     O_QUEUE,
@@ -189,6 +193,7 @@ static const struct option consume_longopts[] = {
     {"dbname", required_argument, NULL, O_DBNAME},
     {"verbose", no_argument, NULL, O_VERBOSE},
     {"quiet", no_argument, NULL, O_QUIET},
+    {"log-format", required_argument, NULL, O_LOG_FORMAT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -326,6 +331,10 @@ static int parse_args(consume_args *a, int argc, char **argv)
         case O_QUIET:
             o->log_level = WALQ_LOG_WARNING;
             break;
+        case O_LOG_FORMAT:
+            if (walq__cli_log_format(optarg) != 0)
+                bad = "--log-format takes text or json";
+            break;
         case 'h':
             consume_help();
             return 0;
@@ -401,27 +410,62 @@ static void report(const consume_args *a, const walq_consumer *c, int rc, int64_
     if (a->opts.log_level < WALQ_LOG_INFO)
         return;
     walq_consumer_stats(&st, c);
-    fprintf(stderr,
-            "%s: group \"%s\": %llu received, %llu done, %llu retried, %llu dead in "
-            "%.2f s (%.0f jobs/s)\n",
-            progname, a->opts.group, (unsigned long long)st.received, (unsigned long long)st.done,
-            (unsigned long long)st.retried, (unsigned long long)st.dead, secs,
-            secs > 0 ? (double)(st.done + st.dead) / secs : 0.0);
+    walq__cli_note("group \"%s\": %llu received, %llu done, %llu retried, %llu dead in "
+                   "%.2f s (%.0f jobs/s)",
+                   a->opts.group, (unsigned long long)st.received, (unsigned long long)st.done,
+                   (unsigned long long)st.retried, (unsigned long long)st.dead, secs,
+                   secs > 0 ? (double)(st.done + st.dead) / secs : 0.0);
+}
+
+/* systemd's STATUS= line: what the consumer has done so far. */
+static void describe(char *buf, size_t len, void *c)
+{
+    walq_stats st;
+
+    walq_consumer_stats(&st, c);
+    snprintf(buf, len, "%llu jobs done, %llu retried, %llu dead", (unsigned long long)st.done,
+             (unsigned long long)st.retried, (unsigned long long)st.dead);
+}
+
+/*
+ * What the JSON log lines name: the group, the partition and the slot, as
+ * the library names them in its messages' prefix.
+ */
+static void log_context(const walq_options *o)
+{
+    static char partition[32], slot[96], prefix[160];
+
+    if (o->partitions > 1) {
+        snprintf(partition, sizeof(partition), "%d/%d", o->partition, o->partitions);
+        snprintf(slot, sizeof(slot), "walq_%s_%dof%d", o->group, o->partition, o->partitions);
+        snprintf(prefix, sizeof(prefix), "group \"%s\" partition %d/%d: ", o->group, o->partition,
+                 o->partitions);
+    } else {
+        snprintf(slot, sizeof(slot), "walq_%s", o->group);
+        snprintf(prefix, sizeof(prefix), "group \"%s\": ", o->group);
+    }
+    walq__cli_log_context("consume", o->group, o->partitions > 1 ? partition : NULL, slot, prefix);
 }
 
 /* Opens the consumer and runs it until it stops: on a signal, or drained. */
 static int run(const consume_args *a)
 {
     walq_consumer *c = NULL;
+    walq__notify notify;
     int64_t t0;
     int rc;
 
+    log_context(&a->opts);
     rc = walq_consumer_open(&c, &a->opts);
     if (rc != 0)
         return walq__cli_open_failed(rc);
     walq__cli_on_stop(stop_consumer, c);
+    walq__notify_init(&notify, describe, c);
+    if (notify.on)
+        walq_consumer_watch(c, walq__notify_watch, &notify, walq__notify_interval_ms(&notify));
     t0 = walq__mono_us();
     rc = walq_consumer_run(c);
+    walq__notify_stopping(&notify);
     report(a, c, rc, walq__mono_us() - t0);
     walq__cli_on_stop(NULL, NULL);
     walq_consumer_free(c);

@@ -386,14 +386,25 @@ static void help(void)
            "  audit      write every change of the job tables as JSON lines or rows\n"
            "  replica    set up or tear down a subscriber to read the jobs from\n\n"
            "\"%s COMMAND --help\" describes each command.  Connections come from the libpq\n"
-           "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n",
-           WALQ_VERSION_STRING, progname, progname);
+           "environment (PGHOST, PGPORT, PGDATABASE, PGUSER, ...) unless --dbname is given.\n"
+           "\"%s --log-format json COMMAND\" writes the messages as JSON lines, and\n"
+           "\"%s --version\" prints the version.\n",
+           WALQ_VERSION_STRING, progname, progname, progname, progname);
 }
 
 int main(int argc, char **argv)
 {
     const char *cmd;
 
+    /* --log-format before the command is for every command's messages. */
+    while (argc >= 3 && strcmp(argv[1], "--log-format") == 0) {
+        if (walq__cli_log_format(argv[2]) != 0) {
+            usage_error("--log-format takes text or json, not \"%s\"", argv[2]);
+            return EXIT_USAGE;
+        }
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 2) {
         help();
         return EXIT_USAGE;
