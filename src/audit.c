@@ -26,6 +26,7 @@
 #include "audit_sink.h"
 #include "db.h"
 #include "lsn.h"
+#include "metrics.h"
 #include "reader.h"
 
 #define SLOT_PREFIX "walqaudit_"
@@ -40,6 +41,8 @@ struct walq__audit {
     walq__audit_sink sink;
     walq__reader rd;
     json_object *held; /* the last change taken, written when the next one or the commit comes */
+    walq__metrics *m;  /* what --http serves: the loop writes, HTTP threads read */
+    uint64_t flushes_seen;
 };
 
 static const char *const plugin_options[] = {"format-version",
@@ -228,6 +231,8 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
         a->o.drain, &reader_ops,  a,       &a->log,        NULL,
         0};
     rc = walq__reader_init(&a->rd, &rcfg);
+    if (rc == 0 && (a->m = walq__metrics_new("audit", a->group, a->slot, 0, 1, NULL, 0)) == NULL)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc != 0) {
         walq__audit_free(a);
         return rc;
@@ -269,6 +274,7 @@ void walq__audit_free(walq__audit *a)
         return;
     close_all(a);
     walq__reader_free(&a->rd);
+    walq__metrics_free(a->m);
     free(a->strings);
     free(a);
 }
@@ -526,6 +532,38 @@ static void watch(walq__audit *a, int64_t now)
     walq__watcher_call(&a->watcher, &w, now);
 }
 
+walq__metrics *walq__audit_metrics(walq__audit *a)
+{
+    return a->m;
+}
+
+/* The gauges of --http, once a turn; a durable write counts as the audit's ack. */
+static void publish(walq__audit *a)
+{
+    walq__audit_sink_counts d;
+    walq__gauges g = {0};
+
+    walq__audit_sink_counts_get(&a->sink, &d);
+    g.streaming = a->rd.st.streaming;
+    g.primary_up = !walq__audit_sink_lost(&a->sink);
+    g.server_lsn = a->rd.recv_lsn;
+    g.received_lsn = a->rd.last_end;
+    g.confirmed_lsn = a->rd.confirmed;
+    g.commit_time_us = a->rd.txn.commit_time_us;
+    g.bytes = a->rd.bytes;
+    g.reconnects = a->rd.reconnects;
+    g.transactions = d.transactions;
+    g.changes = d.changes;
+    g.flushes = d.flushes;
+    if (d.flushes > a->flushes_seen) {
+        a->flushes_seen = d.flushes;
+        walq__metrics_acked(a->m, walq__mono_us());
+    } else if (g.streaming && g.primary_up) {
+        walq__metrics_primary_ok(a->m);
+    }
+    walq__metrics_publish(a->m, &g);
+}
+
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq__audit *a, walq__wait *w)
 {
@@ -537,6 +575,7 @@ static int turn(walq__audit *a, walq__wait *w)
                            "stopped at once; what was not yet written comes again at the next "
                            "start");
     watch(a, now);
+    publish(a);
     if (!stopping)
         rc = phase_reconnect(a, now);
     if (rc == 0 && !stopping)

@@ -22,6 +22,7 @@
 #include "seal.h"
 #include "text.h"
 #include "lsn.h"
+#include "metrics.h"
 #include "options.h"
 #include "publication.h"
 #include "reader.h"
@@ -58,6 +59,7 @@ struct walq_consumer {
     walq__log log;
     char errmsg[2048];
     walq_stats stats;
+    walq__metrics *m; /* what --http serves: the loop writes, HTTP threads read */
     int64_t ack_delay_us;
 
     walq__reader rd;   /* the stream, its position and the wait */
@@ -160,7 +162,7 @@ static int nap_ms(const walq_consumer *c, int ms)
 /* ------------------------------------------------------------------ */
 /* Outcomes                                                            */
 
-static void count(walq_consumer *c, walq__status st)
+static void count(walq_consumer *c, const walq__job *job, walq__status st)
 {
     if (st == WALQ__ST_DONE)
         c->stats.done++;
@@ -168,6 +170,11 @@ static void count(walq_consumer *c, walq__status st)
         c->stats.dead++;
     else if (st == WALQ__ST_SCHEDULED)
         c->stats.retried++;
+    if (st == WALQ__ST_DONE || st == WALQ__ST_DEAD || st == WALQ__ST_SCHEDULED)
+        walq__metrics_job(c->m, job->queue,
+                          st == WALQ__ST_DONE   ? WALQ__EV_DONE
+                          : st == WALQ__ST_DEAD ? WALQ__EV_DEAD
+                                                : WALQ__EV_RETRIED);
 }
 
 /*
@@ -205,6 +212,7 @@ static int admit(walq_consumer *c, walq__job *job, int64_t now_wall)
     int scheduled = 0, rc;
 
     c->stats.received++;
+    walq__metrics_job(c->m, job->queue, WALQ__EV_RECEIVED);
     rc = walq__sched_admit(&c->sched, job, now_wall, &scheduled);
     return rc ? rc : scheduled ? record(c, job, WALQ__ST_SCHEDULED, NULL) : 0;
 }
@@ -218,6 +226,7 @@ static int reject(walq_consumer *c, walq__job *job, const char *why)
 {
     walq__warn(&c->log, "job %lld is dead: %s", (long long)job->id, why);
     c->stats.dead++;
+    walq__metrics_job(c->m, job->queue, WALQ__EV_DEAD);
     walq__sched_reject(&c->sched, job);
     return record(c, job, WALQ__ST_DEAD, why);
 }
@@ -240,6 +249,7 @@ static int take(walq_consumer *c, const walq__job_row *row, walq__txn *txn, uint
     txn->outstanding++;
     if (row->bad_run_at != NULL) {
         c->stats.received++;
+        walq__metrics_job(c->m, job->queue, WALQ__EV_RECEIVED);
         snprintf(why, sizeof(why),
                  "run_at \"%.64s\" is out of the range walq schedules (the years 1 to 9999)",
                  row->bad_run_at);
@@ -256,7 +266,8 @@ static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
     walq__status st = walq__sched_decide(&c->sched, job, v, &run_at);
     int rc = walq__sched_settle(&c->sched, job, st, run_at, err);
 
-    count(c, st);
+    walq__metrics_ran(c->m, job->queue, job->started_us);
+    count(c, job, st);
     return rc ? rc : record(c, job, st, st == WALQ__ST_DONE ? NULL : err);
 }
 
@@ -296,6 +307,7 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
 
     if (t == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    walq__metrics_ran(c->m, job->queue, job->started_us);
     t->st = walq__sched_decide(&c->sched, job, v, &t->run_at);
     job->last_error = NULL;
     if (t->st != WALQ__ST_DONE && error_text(err, &job->last_error) != 0) {
@@ -352,7 +364,7 @@ static int tentative_commit(walq_consumer *c)
         }
         if (rc == 0)
             rc = walq__sched_settle(&c->sched, t->job, t->st, t->run_at, t->job->last_error);
-        count(c, t->st);
+        count(c, t->job, t->st);
     }
     c->ntent = 0;
     return rc;
@@ -498,6 +510,7 @@ static int connect_primary(walq_consumer *c)
 static void acked(walq_consumer *c, uint64_t cursor, int32_t sealed_through, int64_t sent_at)
 {
     c->stats.acks++;
+    walq__metrics_acked(c->m, sent_at);
     lease_renewed(c, sent_at);
     walq__retry_ok(&c->primary_retry);
     c->flush_failed = 0;
@@ -677,6 +690,7 @@ static int cancel_job(walq_consumer *c, int64_t id)
         return rc;
     walq__sched_withdraw(&c->sched, job);
     walq__info(&c->log, "job %lld cancelled", (long long)id);
+    walq__metrics_job(c->m, job->queue, WALQ__EV_CANCELLED);
     return record(c, job, WALQ__ST_CANCELLED, NULL);
 }
 
@@ -1402,6 +1416,7 @@ static int phase_dispatch(walq_consumer *c, int64_t now)
 
         job->attempts++;
         job->state = WALQ__JOB_RUNNING;
+        job->started_us = now;
         rc = c->h->ops->start(c->h, job, now);
         /* A failure here stops the consumer; the job must not leak. */
         if (rc != 0 && job->state == WALQ__JOB_RUNNING && job->pending_idx < 0)
@@ -1497,6 +1512,8 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
         rc = settle_acks(c);
         if (rc == 0 && c->pconn != NULL)
             rc = walq__reg_maintain(c->pconn, &c->maintain_us);
+        if (rc == 0 && c->pconn != NULL)
+            walq__metrics_primary_ok(c->m);
         if (rc == 0)
             rc = check_publication(c);
         if (rc == 0)
@@ -1610,6 +1627,31 @@ static walq_state loop_state(const walq_consumer *c)
     return c->rd.retry.failures > 0 ? WALQ_STATE_RECONNECTING : WALQ_STATE_STARTING;
 }
 
+/* The gauges of --http, once a turn: a few stores under the metrics' mutex. */
+static void publish(walq_consumer *c)
+{
+    walq__gauges g = {0};
+
+    g.streaming = c->rd.st.streaming;
+    g.primary_up = c->pconn != NULL;
+    g.in_flight = (uint64_t)c->h->ops->running(c->h);
+    g.in_memory = c->sched.in_memory;
+    g.ack_waiting = c->ack.n + c->ack.nsent + in_ack_waiting(c);
+    g.ack_oldest_us = c->ack.n > 0 ? c->ack.oldest : c->ack.inflight ? c->ack.sent_at : 0;
+    g.server_lsn = c->rd.recv_lsn;
+    g.received_lsn = c->rd.last_end;
+    g.confirmed_lsn = c->rd.confirmed;
+    g.commit_time_us = c->rd.txn.commit_time_us;
+    g.bytes = c->rd.bytes;
+    g.reconnects = c->rd.reconnects;
+    walq__metrics_publish(c->m, &g);
+}
+
+walq__metrics *walq__consumer_metrics(walq_consumer *c)
+{
+    return c->m;
+}
+
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq_consumer *c, walq__wait *w)
 {
@@ -1621,6 +1663,7 @@ static int turn(walq_consumer *c, walq__wait *w)
         return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
     watch(c, loop_state(c));
+    publish(c);
     rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
         rc = phase_take_in(c, now, wall);
@@ -1970,6 +2013,10 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc == 0)
         rc = name_reader(c);
+    if (rc == 0 && (c->m = walq__metrics_new("consume", c->group, c->slot, c->route.partition,
+                                             c->route.partitions, (const char *const *)c->queues,
+                                             opts->nqueues)) == NULL)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc == 0)
         rc = make_stages(c, &conf);
     if (rc == 0 && conf.version == 1)
@@ -1996,6 +2043,7 @@ void walq_consumer_free(walq_consumer *c)
     walq__route_free(&c->route);
     walq__ack_free(&c->ack);
     walq__reader_free(&c->rd);
+    walq__metrics_free(c->m);
     free(c->tent);
     free(c->sql);
     free(c->source);

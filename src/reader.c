@@ -473,6 +473,8 @@ int walq__reader_read(walq__reader *r, int *more)
         }
         if (rc <= 0)
             return rc;
+        /* The CopyData message whole: its header (25 bytes, a keepalive's 18) and data. */
+        r->bytes += msg.len + (msg.kind == WALQ__MSG_KEEPALIVE ? 18 : 25);
         if (msg.kind == WALQ__MSG_KEEPALIVE) {
             on_keepalive(r, &msg);
             continue;

@@ -128,6 +128,7 @@ typedef struct walq__reader {
     int reply_now;
     walq__retry retry;
     uint64_t reconnects;
+    uint64_t bytes; /* of the replication messages received (metrics) */
 } walq__reader;
 
 /* Copies nothing: cfg's strings must outlive the reader. */

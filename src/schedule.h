@@ -51,6 +51,7 @@ typedef struct walq_job {
     walq__status pending;
     int32_t pending_attempts;
     int pending_idx; /* index in the ack batch, -1 if none */
+    int64_t started_us; /* monotonic: when its handler started this attempt (metrics) */
     char *last_error;
     void *handler_ctx; /* the run stage's per-job state */
 } walq__job;

@@ -17,6 +17,7 @@
 #include "../audit.h"
 #include "cli/audit.h"
 #include "cli/cli.h"
+#include "cli/web.h"
 #include "cli/notify.h"
 
 #define EXIT_USAGE 2
@@ -64,6 +65,10 @@ static void help(void)
            "  --drain                 exit once every change committed before the start\n"
            "                          is written\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
+           "  --http ADDR:PORT        serve /metrics, /healthz, /readyz and a status page\n"
+           "                          at / (e.g. 127.0.0.1:9188; default: off)\n"
+           "  --ready-within SEC      /readyz answers 200 while the audit has streamed\n"
+           "                          within SEC seconds (default 60)\n"
            "  --verbose, --quiet      more or less logging\n"
            "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
            "                          on standard error, for log collectors\n\n"
@@ -76,6 +81,8 @@ int walq__cli_audit(int argc, char **argv)
 {
     enum {
         O_OUTPUT = 256,
+        O_HTTP_ADDR,
+        O_READY_WITHIN,
         O_LOG_FORMAT,
         O_INTO,
         O_GROUP,
@@ -96,10 +103,15 @@ int walq__cli_audit(int argc, char **argv)
                                              {"verbose", no_argument, NULL, O_VERBOSE},
                                              {"quiet", no_argument, NULL, O_QUIET},
                                              {"log-format", required_argument, NULL, O_LOG_FORMAT},
+                                             {"http", required_argument, NULL, O_HTTP_ADDR},
+                                             {"ready-within", required_argument, NULL, O_READY_WITHIN},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     walq__audit_options o;
     const char *dbname = NULL;
+    const char *http = NULL; /* --http ADDR:PORT */
+    double ready_within = 0; /* --ready-within, seconds; 0: the default */
+    walq__web *web = NULL;
     walq__audit *a = NULL;
     walq__audit_stats st;
     walq__notify notify;
@@ -156,6 +168,23 @@ int walq__cli_audit(int argc, char **argv)
                 return EXIT_USAGE;
             }
             break;
+        case O_HTTP_ADDR:
+            if (walq__web_check_listen(optarg) != 0)
+                return EXIT_USAGE;
+            http = optarg;
+            break;
+        case O_READY_WITHIN: {
+            char *end;
+
+            errno = 0;
+            ready_within = strtod(optarg, &end);
+            if (errno != 0 || end == optarg || *end != '\0' || !(ready_within > 0) ||
+                ready_within > 1e7) {
+                usage_error("--ready-within takes seconds above 0, not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        }
         case 'h':
             help();
             return 0;
@@ -185,6 +214,14 @@ int walq__cli_audit(int argc, char **argv)
     rc = walq__audit_open(&a, &o);
     if (rc != 0)
         return walq__cli_open_failed(rc);
+    if (http != NULL) {
+        walq__web_config cfg = {http, (int64_t)(ready_within * 1000), o.target, o.source};
+
+        if (walq__web_start(&web, &cfg, walq__audit_metrics(a)) != 0) {
+            walq__audit_free(a);
+            return 1;
+        }
+    }
     notify.arg = a;
     walq__cli_on_stop(stop_audit, a);
 
@@ -193,6 +230,7 @@ int walq__cli_audit(int argc, char **argv)
     walq__notify_stopping(&notify);
     walq__audit_stats_get(a, &st);
     walq__cli_on_stop(NULL, NULL);
+    walq__web_stop(web);
     walq__audit_free(a);
     if (rc != 0) {
         walq__cli_fail(rc);

@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "cli/consume.h"
+#include "cli/web.h"
 #include "cli/notify.h"
 #include "walq.h"
 
@@ -30,6 +31,8 @@ typedef struct consume_args {
     size_t nqueues;
     char **program; /* after "--": the handler program and its arguments */
     int nprogram;
+    const char *http;        /* --http ADDR:PORT, or NULL */
+    int64_t ready_within_ms; /* --ready-within; 0: the default */
     const char **pass_env; /* owned: the --pass-env names, NULL-terminated */
     size_t npass_env;
 } consume_args;
@@ -124,6 +127,10 @@ static void consume_help(void)
            "  --source CONNINFO       server with the slot (default: libpq environment)\n"
            "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
            "  --dbname CONNINFO       both of the above\n"
+           "  --http ADDR:PORT        serve /metrics, /healthz, /readyz and a status page\n"
+           "                          at / (e.g. 127.0.0.1:9187; default: off)\n"
+           "  --ready-within SEC      /readyz answers 200 while the consumer has streamed\n"
+           "                          and acked within SEC seconds (default 60)\n"
            "  --verbose, --quiet      more or less logging\n"
            "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
            "                          on standard error, for log collectors\n\n"
@@ -135,6 +142,8 @@ static void consume_help(void)
 
 enum {
     O_GROUP = 256,
+    O_HTTP_ADDR,
+    O_READY_WITHIN,
     O_LOG_FORMAT,
     O_SQL,
     O_HORIZON,
@@ -194,6 +203,8 @@ static const struct option consume_longopts[] = {
     {"verbose", no_argument, NULL, O_VERBOSE},
     {"quiet", no_argument, NULL, O_QUIET},
     {"log-format", required_argument, NULL, O_LOG_FORMAT},
+    {"http", required_argument, NULL, O_HTTP_ADDR},
+    {"ready-within", required_argument, NULL, O_READY_WITHIN},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0}};
 
@@ -335,6 +346,15 @@ static int parse_args(consume_args *a, int argc, char **argv)
             if (walq__cli_log_format(optarg) != 0)
                 bad = "--log-format takes text or json";
             break;
+        case O_HTTP_ADDR:
+            if (walq__web_check_listen(optarg) != 0)
+                return EXIT_USAGE;
+            a->http = optarg;
+            break;
+        case O_READY_WITHIN:
+            if (parse_seconds(optarg, 0, 0, &a->ready_within_ms))
+                bad = "--ready-within takes seconds above 0";
+            break;
         case 'h':
             consume_help();
             return 0;
@@ -448,9 +468,18 @@ static void log_context(const walq_options *o)
 }
 
 /* Opens the consumer and runs it until it stops: on a signal, or drained. */
+/* --http: the consumer's metrics and status page, answered on threads of their own. */
+static int start_web(const consume_args *a, walq_consumer *c, walq__web **web)
+{
+    walq__web_config cfg = {a->http, a->ready_within_ms, a->opts.primary, a->opts.source};
+
+    return walq__web_start(web, &cfg, walq__consumer_metrics(c));
+}
+
 static int run(const consume_args *a)
 {
     walq_consumer *c = NULL;
+    walq__web *web = NULL;
     walq__notify notify;
     int64_t t0;
     int rc;
@@ -459,6 +488,10 @@ static int run(const consume_args *a)
     rc = walq_consumer_open(&c, &a->opts);
     if (rc != 0)
         return walq__cli_open_failed(rc);
+    if (a->http != NULL && start_web(a, c, &web) != 0) {
+        walq_consumer_free(c);
+        return 1;
+    }
     walq__cli_on_stop(stop_consumer, c);
     walq__notify_init(&notify, describe, c);
     if (notify.on)
@@ -468,6 +501,7 @@ static int run(const consume_args *a)
     walq__notify_stopping(&notify);
     report(a, c, rc, walq__mono_us() - t0);
     walq__cli_on_stop(NULL, NULL);
+    walq__web_stop(web);
     walq_consumer_free(c);
     return rc == 0 ? 0 : 1;
 }
