@@ -1,6 +1,7 @@
-/* Text made valid UTF-8 before it reaches SQL. */
+/* Text made valid UTF-8 before it reaches SQL, and safe before it reaches a terminal. */
 #include "text.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,4 +82,88 @@ char *walq__utf8_clean(const char *s, size_t len, size_t max)
     }
     *o = '\0';
     return out;
+}
+
+/*
+ * The escape of the character of n bytes at p into out (at least 7 bytes),
+ * or 0 when it prints as it is.  A terminal acts on C0 and C1 controls (ESC
+ * starts the sequences that retitle a window or rewrite the screen; 0x9B is
+ * CSI to some terminals), and the bidirectional overrides and isolates make
+ * text read otherwise than it is.
+ */
+static size_t escape_one(const unsigned char *p, size_t n, char *out)
+{
+    unsigned cp;
+
+    if (n == 0)
+        return (size_t)snprintf(out, 7, "\\x%02x", p[0]);
+    if (n == 1) {
+        switch (p[0]) {
+        case '\n':
+            return (size_t)snprintf(out, 7, "\\n");
+        case '\r':
+            return (size_t)snprintf(out, 7, "\\r");
+        case '\t':
+            return (size_t)snprintf(out, 7, "\\t");
+        case 0x1B:
+            return (size_t)snprintf(out, 7, "\\e");
+        default:
+            if (p[0] < 0x20 || p[0] == 0x7F)
+                return (size_t)snprintf(out, 7, "\\x%02x", p[0]);
+            return 0;
+        }
+    }
+    if (n == 2) {
+        cp = ((unsigned)(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+        return cp <= 0x9F || cp == 0x061C ? (size_t)snprintf(out, 7, "\\u%04x", cp) : 0;
+    }
+    if (n == 3) {
+        cp = ((unsigned)(p[0] & 0x0F) << 12) | ((unsigned)(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+        if ((cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 ||
+            cp == 0x2029 || cp == 0x200E || cp == 0x200F)
+            return (size_t)snprintf(out, 7, "\\u%04x", cp);
+    }
+    return 0;
+}
+
+char *walq__text_escape(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    /* Each byte becomes at most four ("\xNN"); a 2- or 3-byte character at most six. */
+    char *out = malloc(len * 4 + 1), *o = out;
+
+    if (out == NULL)
+        return NULL;
+    while (len > 0) {
+        size_t n = walq__utf8_seq(p, len), w = escape_one(p, n, o);
+
+        if (w == 0) {
+            memcpy(o, p, n);
+            w = n;
+        }
+        o += w;
+        n = n ? n : 1;
+        p += n;
+        len -= n;
+    }
+    *o = '\0';
+    return out;
+}
+
+size_t walq__text_escaped_width(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s), width = 0;
+    char esc[8];
+
+    while (len > 0) {
+        size_t n = walq__utf8_seq(p, len), w = escape_one(p, n, esc);
+
+        width += w ? w : 1;
+        n = n ? n : 1;
+        p += n;
+        len -= n;
+    }
+    return width;
 }

@@ -27,4 +27,18 @@ int walq__utf8_valid(const char *s, size_t len);
  */
 char *walq__utf8_clean(const char *s, size_t len, size_t max);
 
+/*
+ * A copy of the NUL-terminated s that is safe to print on a terminal: each
+ * control character becomes a readable escape (\n, \r, \t, \e for ESC, \xNN
+ * for the other C0 controls and DEL, \u0080 to \u009f for the C1 controls,
+ * and \u202e and the like for the bidirectional overrides), each byte that
+ * is not part of valid UTF-8 becomes \xNN, and every other character, UTF-8
+ * text included, stays as it is.  The caller frees it; NULL when out of
+ * memory.
+ */
+char *walq__text_escape(const char *s);
+
+/* How many characters walq__text_escape(s) prints: the width of its column. */
+size_t walq__text_escaped_width(const char *s);
+
 #endif

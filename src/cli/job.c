@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "db.h"
 #include "job.h"
+#include "text.h"
 
 #define EXIT_USAGE 2
 
@@ -90,34 +91,22 @@ static int open_db(PGconn **conn, const char *dbname, const char *appname)
 /* Tables */
 
 /*
- * Values are printed on one line each: a newline or tab (a handler's stderr
- * in last_error has them) is shown as its escape, "\n" or "\t".
+ * Values are printed on one line each, and what producers and handlers
+ * wrote (payloads, queue names, last_error) can hold anything: every
+ * control character is shown as its escape ("\n", "\e", "\x07"), so that
+ * none reaches the terminal (src/text.c, walq__text_escape).
  */
 static size_t text_width(const char *s)
 {
-    size_t w = 0;
-
-    for (; *s; s++) {
-        if (*s == '\n' || *s == '\t' || *s == '\r')
-            w += 2;
-        else if (((unsigned char)*s & 0xC0) != 0x80) /* UTF-8: count code points */
-            w++;
-    }
-    return w;
+    return walq__text_escaped_width(s);
 }
 
 static void put_text(const char *s)
 {
-    for (; *s; s++) {
-        if (*s == '\n')
-            fputs("\\n", stdout);
-        else if (*s == '\t')
-            fputs("\\t", stdout);
-        else if (*s == '\r')
-            fputs("\\r", stdout);
-        else
-            putchar(*s);
-    }
+    char *e = walq__text_escape(s);
+
+    fputs(e ? e : "(out of memory)", stdout);
+    free(e);
 }
 
 /* Prints res under headers, columns padded to their widest value. */
@@ -246,10 +235,13 @@ static int job_show(int argc, char **argv)
         putchar('\n');
     }
     putchar('\n');
-    if (PQntuples(groups) == 0)
-        printf("(no consumer group reads queue \"%s\" yet)\n", PQgetvalue(job, 0, 1));
-    else
+    if (PQntuples(groups) == 0) {
+        printf("(no consumer group reads queue \"");
+        put_text(PQgetvalue(job, 0, 1));
+        printf("\" yet)\n");
+    } else {
         print_table(groups, headers, (int)WALQ__ARRAY_SIZE(headers));
+    }
     status = 0;
 
 done:

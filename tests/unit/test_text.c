@@ -126,6 +126,47 @@ START_TEST(clean_cuts_on_a_character_boundary)
 }
 END_TEST
 
+/* What the CLI prints of text producers and handlers wrote: no control reaches the terminal. */
+START_TEST(escape_controls_keeps_text)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"", ""},
+        {"plain text", "plain text"},
+        {"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80 \xE6\x97\xA5\xE6\x9C\xAC",
+         "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80 \xE6\x97\xA5\xE6\x9C\xAC"},
+        {"\033]0;pwned\007", "\\e]0;pwned\\x07"},
+        {"\033[2J\033[H", "\\e[2J\\e[H"},
+        {"a\nb\tc\rd", "a\\nb\\tc\\rd"},
+        {"\x01\x1F\x7F", "\\x01\\x1f\\x7f"},
+        /* C1 controls, CSI among them, as UTF-8 and as bare bytes. */
+        {"\xC2\x9B" "31m \xC2\x80 \xC2\xA0", "\\u009b31m \\u0080 \xC2\xA0"},
+        {"\x9B" "31m \xFF \xC3", "\\x9b31m \\xff \\xc3"},
+        /* Bidirectional overrides and isolates. */
+        {"abc\xE2\x80\xAE" "fed", "abc\\u202efed"},
+        {"\xE2\x81\xA6x\xE2\x81\xA9 \xD8\x9C", "\\u2066x\\u2069 \\u061c"},
+        /* Backslashes stay: the escapes are for reading, not for parsing back. */
+        {"C:\\dir \"q\"", "C:\\dir \"q\""},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *e = walq__text_escape(cases[i].in);
+        size_t w = 0;
+
+        ck_assert_ptr_nonnull(e);
+        ck_assert_msg(strcmp(e, cases[i].out) == 0, "case %zu: \"%s\"", i, e);
+        for (const char *p = e; *p; p++)
+            w += ((unsigned char)*p & 0xC0) != 0x80;
+        ck_assert_uint_eq(walq__text_escaped_width(cases[i].in), w);
+        for (const unsigned char *p = (const unsigned char *)e; *p; p++)
+            ck_assert_msg(*p >= 0x20 && *p != 0x7F, "case %zu: control 0x%02x left", i, *p);
+        ck_assert(walq__utf8_valid(e, strlen(e)));
+        free(e);
+    }
+}
+END_TEST
+
 static Suite *text_suite(void)
 {
     Suite *s = suite_create("text");
@@ -135,6 +176,7 @@ static Suite *text_suite(void)
     tcase_add_test(tc, valid);
     tcase_add_test(tc, clean_replaces_each_bad_byte);
     tcase_add_test(tc, clean_cuts_on_a_character_boundary);
+    tcase_add_test(tc, escape_controls_keeps_text);
     suite_add_tcase(s, tc);
     return s;
 }
