@@ -160,6 +160,9 @@ static int check_options(const walq__audit_options *opts)
     if (opts->output != NULL && *opts->output == '\0')
         return walq__error(WALQ_EINVAL, "Give a file name, or - for standard output.",
                            "the output file name must not be empty");
+    if (opts->file_mode < 0 || opts->file_mode > 0777)
+        return walq__error(WALQ_EINVAL, "Give the permissions in octal, such as 0600 or 0640.",
+                           "invalid output file mode %o", (unsigned)opts->file_mode);
     return 0;
 }
 
@@ -210,7 +213,8 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
                                                                .into = a->into,
                                                                .target = a->target,
                                                                .group = a->group,
-                                                               .log = &a->log});
+                                                               .log = &a->log,
+                                                               .file_mode = opts->file_mode});
     if (rc != 0) {
         walq__audit_free(a);
         return rc;

@@ -19,6 +19,7 @@ typedef struct walq__audit_options {
     const char *output;     /* file, or "-" for standard output; NULL with into */
     const char *into;       /* table, [schema.]name; NULL with output */
     int drain;              /* stop once caught up with the WAL position at start */
+    int file_mode;          /* permissions of an output file the audit creates; 0: 0600 */
     double status_interval; /* seconds between standby status updates at most */
     walq_log_fn log;
     void *log_arg;

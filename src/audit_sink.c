@@ -336,7 +336,12 @@ static int open_file(walq__audit_sink *s, uint64_t *cursor)
     int rc;
 
     *cursor = 0;
-    s->fd = open(s->output, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    /*
+     * The changes are every job's payload: a file walq creates is the
+     * user's alone (0600) unless --file-mode says otherwise, whatever the
+     * umask, which could only take permissions away.
+     */
+    s->fd = open(s->output, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, (mode_t)s->file_mode);
     if (s->fd < 0)
         return walq__error(WALQ_ESYS,
                            "Check that the directory exists and that this user may write there.",
@@ -344,6 +349,15 @@ static int open_file(walq__audit_sink *s, uint64_t *cursor)
     if (fstat(s->fd, &sb) != 0)
         return walq__error(WALQ_ESYS, NULL, "could not stat output file \"%s\": %s", s->output,
                            strerror(errno));
+    if (!existed && S_ISREG(sb.st_mode) && fchmod(s->fd, (mode_t)s->file_mode) != 0)
+        return walq__error(WALQ_ESYS, NULL, "could not set the mode of output file \"%s\": %s",
+                           s->output, strerror(errno));
+    if (existed && S_ISREG(sb.st_mode) && (sb.st_mode & 0777 & ~(mode_t)s->file_mode) != 0)
+        walq__warn(s->log,
+                   "output file \"%s\" has mode %04o, more open than %04o\nHINT:  Every job's "
+                   "payload is in it: chmod %04o it, or give --file-mode %04o to accept it.",
+                   s->output, (unsigned)(sb.st_mode & 0777), (unsigned)s->file_mode,
+                   (unsigned)s->file_mode, (unsigned)(sb.st_mode & 0777));
     if (!S_ISREG(sb.st_mode)) {
         /* A pipe or a device cannot be read back: it is written like stdout. */
         s->kind = WALQ__AUDIT_SINK_STREAM;
@@ -890,6 +904,7 @@ void walq__audit_sink_init(walq__audit_sink *s, const walq__audit_sink_config *c
     s->into = c->into;
     s->target = c->target;
     s->group = c->group;
+    s->file_mode = c->file_mode ? c->file_mode : 0600;
     s->log = c->log ? c->log : &quiet;
     s->kind = c->into != NULL               ? WALQ__AUDIT_SINK_TABLE
               : strcmp(s->output, "-") == 0 ? WALQ__AUDIT_SINK_STREAM

@@ -30,6 +30,7 @@ typedef struct walq__audit_sink_config {
     const char *target;   /* conninfo of the server of into; NULL: libpq environment */
     const char *group;    /* the audit group: the key of the table's cursor row */
     const walq__log *log; /* NULL: no messages */
+    int file_mode;        /* permissions of an output file the sink creates; 0: 0600 */
 } walq__audit_sink_config;
 
 /* What flushes made durable, for the stats. */
@@ -43,6 +44,7 @@ typedef struct walq__audit_sink_counts {
 typedef struct walq__audit_sink {
     walq__audit_sink_kind kind;
     const char *output, *into, *target, *group;
+    int file_mode; /* what a new output file gets, whatever the umask */
     const walq__log *log;
     int fd;
     walq__buf out;                      /* lines or COPY rows not yet handed over */

@@ -62,6 +62,8 @@ static void help(void)
            "                          --dbname, or the libpq environment)\n"
            "  --dbname CONNINFO       server of --into's table, and the source unless\n"
            "                          --source is given (default: libpq environment)\n"
+           "  --file-mode MODE        permissions of an output file the audit creates, in\n"
+           "                          octal (default 0600, whatever the umask)\n"
            "  --drain                 exit once every change committed before the start\n"
            "                          is written\n"
            "  --status-interval SEC   seconds between status updates (default 10)\n"
@@ -91,7 +93,8 @@ int walq__cli_audit(int argc, char **argv)
         O_DRAIN,
         O_STATUS,
         O_VERBOSE,
-        O_QUIET
+        O_QUIET,
+        O_FILE_MODE
     };
     static const struct option longopts[] = {{"output", required_argument, NULL, O_OUTPUT},
                                              {"into", required_argument, NULL, O_INTO},
@@ -102,6 +105,7 @@ int walq__cli_audit(int argc, char **argv)
                                              {"status-interval", required_argument, NULL, O_STATUS},
                                              {"verbose", no_argument, NULL, O_VERBOSE},
                                              {"quiet", no_argument, NULL, O_QUIET},
+                                             {"file-mode", required_argument, NULL, O_FILE_MODE},
                                              {"log-format", required_argument, NULL, O_LOG_FORMAT},
                                              {"http", required_argument, NULL, O_HTTP_ADDR},
                                              {"ready-within", required_argument, NULL, O_READY_WITHIN},
@@ -144,6 +148,20 @@ int walq__cli_audit(int argc, char **argv)
         case O_DRAIN:
             o.drain = 1;
             break;
+        case O_FILE_MODE: {
+            char *end;
+            long mode;
+
+            errno = 0;
+            mode = strtol(optarg, &end, 8);
+            if (errno != 0 || end == optarg || *end != '\0' || mode < 0 || mode > 0777) {
+                usage_error("--file-mode takes permissions in octal, such as 0640, not \"%s\"",
+                            optarg);
+                return EXIT_USAGE;
+            }
+            o.file_mode = mode == 0 ? 0 : (int)mode;
+            break;
+        }
         case O_STATUS: {
             char *end;
 
