@@ -44,25 +44,27 @@ LANGUAGE sql STABLE STRICT AS $$
 $$;
 
 -- How many jobs of a group (of one reader of it, for a group split over
--- partitions readers) are in each status: what counting walq.job_status
--- gives, without its cost.  The view finds a job's batch row per job, and
--- reads the row's array of ids each time: fine for one job, minutes for a
--- day of them.  Here each batch row's ids are read once, and joined to the
--- jobs by hash.  oldest_queued is when the oldest queued job became
--- queued: the created_at of a job the group has not recorded yet, or when
--- `walq job retry` put a job back (NULL when none is queued).  now() minus
--- it is the group's lag in seconds (`walq status`, `walq serve`): at least
--- that long, a job has waited for the group to take it.
-CREATE OR REPLACE FUNCTION walq.group_summary(group_name text, partitions integer DEFAULT 1,
+-- partitions readers) are in each status, per queue: what counting
+-- walq.job_status gives, without its cost.  The view finds a job's batch
+-- row per job, and reads the row's array of ids each time: fine for one
+-- job, minutes for a day of them.  Here each batch row's ids are read once,
+-- and joined to the jobs by hash.  oldest_queued is when the oldest queued
+-- job became queued: the created_at of a job the group has not recorded
+-- yet, or when `walq job retry` put a job back (NULL when none is queued).
+-- now() minus it is the group's lag in seconds (`walq status`, `walq
+-- serve`): at least that long, a job has waited for the group to take it.
+-- A queue of the group with no job has no row.
+CREATE OR REPLACE FUNCTION walq.queue_summary(group_name text, partitions integer DEFAULT 1,
                                               part integer DEFAULT 0)
-RETURNS TABLE (queued bigint, running bigint, scheduled bigint, done bigint, dead bigint,
-               cancelled bigint, oldest_queued timestamptz)
+RETURNS TABLE (queue text, queued bigint, running bigint, scheduled bigint, done bigint,
+               dead bigint, cancelled bigint, oldest_queued timestamptz)
 LANGUAGE sql STABLE AS $$
     WITH g AS (SELECT gr.name, gr.queues FROM walq.groups gr WHERE gr.name = $1),
     d AS (SELECT DISTINCT x.id, b.generation
             FROM walq.outcome_batches b, g, unnest(b.job_ids) AS x (id)
            WHERE b.group_name = g.name),
-    s AS (SELECT coalesce(o.status, CASE WHEN d.id IS NOT NULL THEN 'done' END, 'queued')
+    s AS (SELECT j.queue,
+                 coalesce(o.status, CASE WHEN d.id IS NOT NULL THEN 'done' END, 'queued')
                      AS status,
                  coalesce(o.updated_at, j.created_at) AS since
             FROM walq.jobs j
@@ -71,14 +73,29 @@ LANGUAGE sql STABLE AS $$
                    ON o.group_name = g.name AND o.job_id = j.id AND o.generation = j.generation
             LEFT JOIN d ON d.id = j.id AND d.generation = j.generation
            WHERE $2 <= 1 OR walq.partition_of(j.id, $2) = $3)
-    SELECT count(*) FILTER (WHERE status = 'queued'),
+    SELECT s.queue,
+           count(*) FILTER (WHERE status = 'queued'),
            count(*) FILTER (WHERE status = 'running'),
            count(*) FILTER (WHERE status = 'scheduled'),
            count(*) FILTER (WHERE status = 'done'),
            count(*) FILTER (WHERE status = 'dead'),
            count(*) FILTER (WHERE status = 'cancelled'),
            min(since) FILTER (WHERE status = 'queued')
-      FROM s
+      FROM s GROUP BY s.queue
+$$;
+
+-- The same for the whole group (or reader), every queue together: one row,
+-- of zeros for a group with no job.
+CREATE OR REPLACE FUNCTION walq.group_summary(group_name text, partitions integer DEFAULT 1,
+                                              part integer DEFAULT 0)
+RETURNS TABLE (queued bigint, running bigint, scheduled bigint, done bigint, dead bigint,
+               cancelled bigint, oldest_queued timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(q.queued), 0)::bigint, coalesce(sum(q.running), 0)::bigint,
+           coalesce(sum(q.scheduled), 0)::bigint, coalesce(sum(q.done), 0)::bigint,
+           coalesce(sum(q.dead), 0)::bigint, coalesce(sum(q.cancelled), 0)::bigint,
+           min(q.oldest_queued)
+      FROM walq.queue_summary($1, $2, $3) q
 $$;
 
 -- The counts of walq.group_summary alone.

@@ -540,6 +540,52 @@ static int drop_slot(PGconn *sconn, const char *slot, int *dropped)
     return 0;
 }
 
+/*
+ * Drops the publication named like a reader's slot, if it is there.  Where
+ * walq's schema has walq.drop_publication() (which drops, with the rights of
+ * walq's owner, only a publication walq made), through it; else directly.
+ */
+static int drop_pub(PGconn *conn, const char *slot, int *dropped)
+{
+    const char *params[1] = {slot};
+    PGresult *res;
+    int has_fn;
+
+    *dropped = 0;
+    res = run(conn, "read the publication",
+              "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),"
+              "       to_regprocedure('walq.drop_publication(text)') IS NOT NULL",
+              1, params, PGRES_TUPLES_OK);
+    if (res == NULL)
+        return 1;
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+        PQclear(res);
+        return 0;
+    }
+    has_fn = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    PQclear(res);
+    if (has_fn) {
+        res = run(conn, "drop the publication", "SELECT walq.drop_publication($1)", 1, params,
+                  PGRES_TUPLES_OK);
+        if (res == NULL)
+            return 1;
+        *dropped = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    } else {
+        char sql[256], *ident = PQescapeIdentifier(conn, slot, strlen(slot));
+
+        if (ident == NULL)
+            return 1;
+        snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS %s", ident);
+        PQfreemem(ident);
+        res = run(conn, "drop the publication", sql, 0, NULL, PGRES_COMMAND_OK);
+        if (res == NULL)
+            return 1;
+        *dropped = 1;
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int group_drop(int argc, char **argv)
 {
     static const struct option longopts[] = {{"dbname", required_argument, NULL, 'd'},
@@ -622,7 +668,6 @@ static int group_drop(int argc, char **argv)
     for (int i = 0; i < PQntuples(rows); i++) {
         const char *slot = PQgetvalue(rows, i, 0);
         const char *sid = PQgetvalue(rows, i, 1);
-        const char *params[1] = {slot};
         char msg[512];
         int dropped;
 
@@ -639,25 +684,9 @@ static int group_drop(int argc, char **argv)
         if (drop_slot(slots_on, slot, &dropped) != 0)
             goto rollback;
         nslots += dropped;
-        res = run(pubs_on, "read the publication",
-                  "SELECT 1 FROM pg_publication WHERE pubname = $1", 1, params, PGRES_TUPLES_OK);
-        if (res == NULL)
+        if (drop_pub(pubs_on, slot, &dropped) != 0)
             goto rollback;
-        if (PQntuples(res) == 1) {
-            char sql[256];
-            char *ident = PQescapeIdentifier(pubs_on, slot, strlen(slot));
-
-            PQclear(res);
-            if (ident == NULL)
-                goto rollback;
-            snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS %s", ident);
-            PQfreemem(ident);
-            res = run(pubs_on, "drop the publication", sql, 0, NULL, PGRES_COMMAND_OK);
-            if (res == NULL)
-                goto rollback;
-            npubs++;
-        }
-        PQclear(res);
+        npubs += dropped;
     }
     res = run(conn, "commit the drop", "COMMIT", 0, NULL, PGRES_COMMAND_OK);
     if (res == NULL)

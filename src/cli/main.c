@@ -19,6 +19,7 @@
 #include "cli/group.h"
 #include "cli/job.h"
 #include "cli/replica.h"
+#include "cli/serve.h"
 #include "db.h"
 #include "lsn.h"
 #include "walq.h"
@@ -382,6 +383,7 @@ static void help(void)
            "  consume    run a handler for every job of some queues\n"
            "  status     show consumer groups, their lag and job counts\n"
            "  group      list consumer groups, or drop an abandoned one\n"
+           "  serve      serve /metrics and a status page for the whole database\n"
            "  job        show, list, retry or cancel jobs\n"
            "  audit      write every change of the job tables as JSON lines or rows\n"
            "  replica    set up or tear down a subscriber to read the jobs from\n\n"
@@ -431,6 +433,8 @@ int main(int argc, char **argv)
         return walq__cli_status(argc, argv);
     if (strcmp(cmd, "group") == 0)
         return walq__cli_group(argc, argv);
+    if (strcmp(cmd, "serve") == 0)
+        return walq__cli_serve(argc, argv);
     if (strcmp(cmd, "job") == 0)
         return walq__cli_job(argc, argv);
     if (strcmp(cmd, "audit") == 0)
