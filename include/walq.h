@@ -264,6 +264,22 @@ WALQ_EXTERN int walq_consumer_run(walq_consumer *c);
  */
 WALQ_EXTERN void walq_consumer_stop(walq_consumer *c, int immediate);
 
+/*
+ * Gives a running (or not yet running) consumer new settings: opts is a
+ * whole set of options, checked as walq_consumer_open() checks them, of
+ * which these fields are taken and the others ignored: concurrency (exec
+ * handler; a coprocess handler keeps its workers until a restart),
+ * timeout_ms, backoff_min_ms, backoff_max_ms, batch_size, ack_delay_ms,
+ * max_in_flight, max_in_flight_bytes and log_level.  The consumer's loop
+ * applies them at its next turn: running handlers keep the timeout they
+ * started with, new ones get the new limits, and each change is logged.
+ * Nothing of opts is kept once it returns.  May be called from another
+ * thread than walq_consumer_run()'s, but not from a signal handler.
+ * WALQ_EINVAL, with walq_last_error() saying why, leaves the settings as
+ * they were.
+ */
+WALQ_EXTERN int walq_consumer_reconfigure(walq_consumer *c, const walq_options *opts);
+
 /* The message of the consumer's last failure, or "". Borrowed. */
 WALQ_EXTERN const char *walq_consumer_errmsg(const walq_consumer *c);
 

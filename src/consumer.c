@@ -9,6 +9,7 @@
  * lives with that stage; the statements the consumer runs are in registry.c.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,8 +89,12 @@ struct walq_consumer {
     int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
     walq__waiter waiter;                /* what waits on a server do meanwhile, and their bound */
     walq__watcher watcher;              /* the owner's watch callback */
-    int reached;                        /* set-up reached both servers once */
-    walq__txn *cur;                     /* the transaction being received, NULL between them */
+    /* A reload's options (walq_consumer_reconfigure), taken at the loop's next turn. */
+    pthread_mutex_t reconf_lock;
+    walq_options reconf;
+    int reconf_pending;
+    int reached;    /* set-up reached both servers once */
+    walq__txn *cur; /* the transaction being received, NULL between them */
 
     /* Set-up and recovery. */
     int backfilling;
@@ -1652,6 +1657,95 @@ walq__metrics *walq__consumer_metrics(walq_consumer *c)
     return c->m;
 }
 
+/*
+ * What a reload may change while the consumer runs, with the names its log
+ * gives them (docs/c-api.md lists them).  The other fields of the options
+ * are fixed when the consumer is opened.
+ */
+#define RELOADED(XX)                                                                               \
+    XX(concurrency, "concurrency", int)                                                            \
+    XX(timeout_ms, "timeout_ms", int64_t)                                                          \
+    XX(backoff_min_ms, "backoff_min_ms", int64_t)                                                  \
+    XX(backoff_max_ms, "backoff_max_ms", int64_t)                                                  \
+    XX(batch_size, "batch_size", int)                                                              \
+    XX(ack_delay_ms, "ack_delay_ms", int64_t)                                                      \
+    XX(max_in_flight, "max_in_flight", int)                                                        \
+    XX(max_in_flight_bytes, "max_in_flight_bytes", int64_t)                                        \
+    XX(log_level, "log_level", int)
+
+int walq_consumer_reconfigure(walq_consumer *c, const walq_options *opts)
+{
+    walq__options conf;
+    int rc = walq__options_load(&conf, opts);
+    char b = 'r';
+
+    if (rc != 0)
+        return rc;
+    pthread_mutex_lock(&c->reconf_lock);
+    c->reconf = conf.o;
+    c->reconf_pending = 1;
+    pthread_mutex_unlock(&c->reconf_lock);
+    if (c->rd.wake[1] >= 0 && write(c->rd.wake[1], &b, 1) < 0) {
+        /* The loop's wake pipe, as walq_consumer_stop() uses it: a full one wakes it too. */
+    }
+    return 0;
+}
+
+/*
+ * Applies the options of walq_consumer_reconfigure(), if any came: what
+ * runs keeps its limits (a handler its deadline), what starts from now on
+ * has the new ones.  The wait grows with the handlers' slots.
+ */
+static int phase_settings(walq_consumer *c, walq__wait *w)
+{
+    walq__handler_limits lim;
+    walq_options n;
+    size_t fds;
+    int pending, rc = 0;
+
+    pthread_mutex_lock(&c->reconf_lock);
+    pending = c->reconf_pending;
+    n = c->reconf;
+    c->reconf_pending = 0;
+    pthread_mutex_unlock(&c->reconf_lock);
+    if (!pending)
+        return 0;
+    lim = (walq__handler_limits){n.concurrency, n.timeout_ms * 1000, n.batch_size,
+                                 n.ack_delay_ms * 1000};
+    if (c->h->ops->set_limits != NULL && (rc = c->h->ops->set_limits(c->h, &lim)) < 0)
+        return rc;
+    if (rc == 1 && n.concurrency != c->o.concurrency) {
+        walq__warn(&c->log,
+                   "concurrency of a coprocess handler changes at a restart only; keeping %d "
+                   "workers",
+                   c->o.concurrency);
+        n.concurrency = c->o.concurrency;
+    }
+#define WALQ__RELOAD_LOG(field, name, type)                                                        \
+    if (n.field != c->o.field)                                                                     \
+        walq__info(&c->log, "%s changed from %lld to %lld", name, (long long)c->o.field,           \
+                   (long long)n.field);                                                            \
+    c->o.field = n.field;
+    RELOADED(WALQ__RELOAD_LOG)
+#undef WALQ__RELOAD_LOG
+    c->log.level = c->o.log_level;
+    c->ack_delay_us = c->o.ack_delay_ms * 1000;
+    c->sched.cfg.backoff_min_us = c->o.backoff_min_ms * 1000;
+    c->sched.cfg.backoff_max_us = c->o.backoff_max_ms * 1000;
+    c->sched.cfg.max_in_flight = (size_t)c->o.max_in_flight;
+    c->sched.cfg.max_bytes = (size_t)c->o.max_in_flight_bytes;
+    fds = 1 + c->h->ops->max_fds(c->h);
+    if (w->cap < 2 + fds) {
+        walq__wait bigger;
+
+        if (walq__wait_init(&bigger, fds) != 0)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        walq__wait_free(w);
+        *w = bigger;
+    }
+    return 0;
+}
+
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq_consumer *c, walq__wait *w)
 {
@@ -1664,7 +1758,9 @@ static int turn(walq_consumer *c, walq__wait *w)
     }
     watch(c, loop_state(c));
     publish(c);
-    rc = phase_reconnect(c, now);
+    rc = phase_settings(c, w);
+    if (rc == 0)
+        rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
         rc = phase_take_in(c, now, wall);
     if (rc == 0 && !stopping)
@@ -1986,6 +2082,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
     if (c == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     c->rd.wake[0] = c->rd.wake[1] = -1;
+    pthread_mutex_init(&c->reconf_lock, NULL);
     c->o = *opts;
     c->source = walq__strdup(opts->source ? opts->source : "");
     c->primary = walq__strdup(opts->primary ? opts->primary : "");
@@ -2052,5 +2149,6 @@ void walq_consumer_free(walq_consumer *c)
     free_strv(c->queues);
     free_strv(c->argv);
     free_strv(c->pass_env);
+    pthread_mutex_destroy(&c->reconf_lock);
     free(c);
 }

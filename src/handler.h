@@ -19,6 +19,14 @@
 
 typedef struct walq__handler walq__handler;
 
+/* What a reload may change of a running handler. */
+typedef struct walq__handler_limits {
+    int concurrency;    /* exec: processes at once */
+    int64_t timeout_us; /* exec, coprocess: 0 for no limit */
+    int batch_size;     /* sql: jobs in one ack transaction at most */
+    int64_t delay_us;   /* sql: the longest a job waits for its transaction */
+} walq__handler_limits;
+
 typedef struct walq__handler_ops {
     /* Can another job start now? */
     int (*has_room)(walq__handler *h);
@@ -49,6 +57,13 @@ typedef struct walq__handler_ops {
      * afterwards.  NULL where nothing can run past a timeout.
      */
     void (*kill_overdue)(walq__handler *h, int64_t now);
+    /*
+     * A reload's new limits, for what starts from now on (a running job
+     * keeps the deadline it started with).  0, WALQ_ENOMEM, or 1 when the
+     * concurrency cannot change while running (a coprocess handler's workers
+     * are started with it); NULL where no limit applies.
+     */
+    int (*set_limits)(walq__handler *h, const walq__handler_limits *lim);
 } walq__handler_ops;
 
 /*

@@ -926,6 +926,16 @@ static void coproc_free(walq__handler *h)
     free(c);
 }
 
+/* A reload: the timeout of jobs sent from now on; the workers stay as many. */
+static int coproc_set_limits(walq__handler *h, const walq__handler_limits *lim)
+{
+    coproc_handler *c = (coproc_handler *)h;
+
+    c->timeout_us = lim->timeout_us;
+    c->timeout = (double)lim->timeout_us / 1e6;
+    return lim->concurrency != c->nworkers;
+}
+
 static const walq__handler_ops coproc_ops = {
     .has_room = coproc_has_room,
     .start = coproc_start,
@@ -936,6 +946,7 @@ static const walq__handler_ops coproc_ops = {
     .running = coproc_running,
     .free = coproc_free,
     .kill_overdue = coproc_kill_overdue,
+    .set_limits = coproc_set_limits,
 };
 
 int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers, int inflight,

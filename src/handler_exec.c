@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 
 #include "handler.h"
@@ -21,7 +22,8 @@ typedef struct exec_slot {
 typedef struct exec_handler {
     walq__handler base;
     char *const *argv; /* borrowed from the consumer */
-    int concurrency;
+    int concurrency;   /* the limit; a reload may lower it below nslots */
+    int nslots;        /* slots allocated: the most concurrency ever was */
     int64_t timeout_us;
     size_t nrunning;
     exec_slot *slots;
@@ -41,7 +43,7 @@ static int exec_start(walq__handler *h, walq__job *job, int64_t now)
     exec_slot *slot = NULL;
     int rc;
 
-    for (int i = 0; i < e->concurrency; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         if (e->slots[i].job == NULL) {
             slot = &e->slots[i];
             break;
@@ -66,7 +68,7 @@ static size_t exec_fds(walq__handler *h, struct pollfd *pfd, size_t room, int64_
     exec_handler *e = (exec_handler *)h;
     size_t n = 0;
 
-    for (int i = 0; i < e->concurrency; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         exec_slot *s = &e->slots[i];
         int64_t due = 0;
 
@@ -97,7 +99,7 @@ static size_t exec_fds(walq__handler *h, struct pollfd *pfd, size_t room, int64_
 
 static size_t exec_max_fds(walq__handler *h)
 {
-    return 3 * (size_t)((exec_handler *)h)->concurrency;
+    return 3 * (size_t)((exec_handler *)h)->nslots;
 }
 
 /* Kills the process of each job past its timeout; process() reports it once reaped. */
@@ -105,7 +107,7 @@ static void exec_kill_overdue(walq__handler *h, int64_t now)
 {
     exec_handler *e = (exec_handler *)h;
 
-    for (int i = 0; i < e->concurrency; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         exec_slot *s = &e->slots[i];
 
         /* One that exited meanwhile (the consumer was waiting on a server) is reaped as it ended.
@@ -123,7 +125,7 @@ static int exec_process(walq__handler *h, int64_t now)
     exec_handler *e = (exec_handler *)h;
 
     exec_kill_overdue(h, now);
-    for (int i = 0; i < e->concurrency; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         exec_slot *s = &e->slots[i];
         walq__verdict v;
         char err[1024];
@@ -187,10 +189,10 @@ static void exec_kill_all(walq__handler *h)
     exec_handler *e = (exec_handler *)h;
     int64_t deadline = walq__mono_us() + EXEC_KILL_WAIT_US;
 
-    for (int i = 0; i < e->concurrency; i++)
+    for (int i = 0; i < e->nslots; i++)
         if (e->slots[i].job != NULL)
             walq__proc_kill(&e->slots[i].proc, SIGKILL);
-    for (int i = 0; i < e->concurrency; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         exec_slot *s = &e->slots[i];
         walq__job *job = s->job;
 
@@ -223,6 +225,28 @@ static void exec_free(walq__handler *h)
     free(e);
 }
 
+/*
+ * A reload: more slots when the concurrency grows; when it shrinks, the
+ * processes running finish and no new one starts until fewer run.
+ */
+static int exec_set_limits(walq__handler *h, const walq__handler_limits *lim)
+{
+    exec_handler *e = (exec_handler *)h;
+
+    if (lim->concurrency > e->nslots) {
+        exec_slot *slots = realloc(e->slots, (size_t)lim->concurrency * sizeof(*slots));
+
+        if (slots == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        memset(slots + e->nslots, 0, (size_t)(lim->concurrency - e->nslots) * sizeof(*slots));
+        e->slots = slots;
+        e->nslots = lim->concurrency;
+    }
+    e->concurrency = lim->concurrency;
+    e->timeout_us = lim->timeout_us;
+    return 0;
+}
+
 static const walq__handler_ops exec_ops = {
     .has_room = exec_has_room,
     .start = exec_start,
@@ -233,6 +257,7 @@ static const walq__handler_ops exec_ops = {
     .running = exec_running,
     .free = exec_free,
     .kill_overdue = exec_kill_overdue,
+    .set_limits = exec_set_limits,
 };
 
 int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurrency, double timeout)
@@ -248,7 +273,7 @@ int walq__handler_exec_new(walq__handler **out, char *const *argv, int concurren
     e->base.ops = &exec_ops;
     e->base.log = &no_log; /* until the consumer gives its own */
     e->argv = argv;
-    e->concurrency = concurrency;
+    e->concurrency = e->nslots = concurrency;
     e->timeout_us = (int64_t)(timeout * 1e6);
     *out = &e->base;
     return 0;

@@ -98,6 +98,16 @@ static void sql_free(walq__handler *h)
     free(s);
 }
 
+/* A reload: the size of the batches and how long a job waits for one. */
+static int sql_set_limits(walq__handler *h, const walq__handler_limits *lim)
+{
+    sql_handler *s = (sql_handler *)h;
+
+    s->batch_size = (size_t)lim->batch_size;
+    s->delay_us = lim->delay_us;
+    return 0;
+}
+
 static const walq__handler_ops sql_ops = {
     .has_room = sql_has_room,
     .start = sql_start,
@@ -107,6 +117,7 @@ static const walq__handler_ops sql_ops = {
     .kill_all = sql_kill_all,
     .running = sql_running,
     .free = sql_free,
+    .set_limits = sql_set_limits,
 };
 
 /* ------------------------------------------------------------------ */

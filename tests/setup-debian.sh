@@ -27,6 +27,8 @@ packages=(
     # --http of consume and audit (src/http.c); its tests scrape with curl and
     # load the status page in headless Chromium (tests/integration/http.sh).
     libmicrohttpd-dev curl chromium
+    # The configuration file of consume and audit (src/cli/settings.c).
+    libinih-dev
     "$@"
 )
 

@@ -1,5 +1,7 @@
 /* Error output shared by the walq program's commands. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -252,4 +254,78 @@ int walq__cli_open_failed(int rc)
 {
     walq__cli_fail(rc);
     return rc == WALQ_EINVAL ? 2 : 1;
+}
+
+static int hup_pipe[2] = {-1, -1};
+static pthread_t reload_thread;
+static void (*reload_fn)(void *arg);
+static void *reload_arg;
+
+static void on_hup_signal(int sig)
+{
+    int saved = errno;
+    char b = 'h';
+
+    (void)sig;
+    if (write(hup_pipe[1], &b, 1) < 0) {
+        /* A full pipe has a reload waiting already. */
+    }
+    errno = saved;
+}
+
+/* Reads the pipe: 'h' is a SIGHUP, 'q' the end. */
+static void *reload_main(void *unused)
+{
+    sigset_t all;
+
+    (void)unused;
+    /* Signals stay the main thread's, whose poll they wake. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        char b;
+        ssize_t n = read(hup_pipe[0], &b, 1);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || b == 'q')
+            return NULL;
+        reload_fn(reload_arg);
+    }
+}
+
+int walq__cli_on_reload(void (*reload)(void *arg), void *arg)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    if (reload == NULL) {
+        char b = 'q';
+
+        if (hup_pipe[0] < 0)
+            return 0;
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGHUP, &sa, NULL);
+        if (write(hup_pipe[1], &b, 1) == 1)
+            pthread_join(reload_thread, NULL);
+        close(hup_pipe[0]);
+        close(hup_pipe[1]);
+        hup_pipe[0] = hup_pipe[1] = -1;
+        return 0;
+    }
+    if (pipe2(hup_pipe, O_CLOEXEC) != 0)
+        return -1;
+    reload_fn = reload;
+    reload_arg = arg;
+    if (pthread_create(&reload_thread, NULL, reload_main, NULL) != 0) {
+        close(hup_pipe[0]);
+        close(hup_pipe[1]);
+        hup_pipe[0] = hup_pipe[1] = -1;
+        return -1;
+    }
+    sa.sa_handler = on_hup_signal;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &sa, NULL);
+    return 0;
 }

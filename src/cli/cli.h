@@ -27,6 +27,16 @@ void walq__cli_usage(const char *command, const char *sub, const char *fmt, ...)
  */
 void walq__cli_on_stop(void (*stop)(void *arg, int immediate), void *arg);
 
+/*
+ * The reload rule of the long-running commands: each SIGHUP calls
+ * reload(arg) in a thread of the program's own, which reads the
+ * configuration file again and hands the settings to the library; the
+ * signal handler only wakes that thread.  walq__cli_on_reload(NULL, NULL)
+ * stops the thread, waiting for a reload under way, and ignores SIGHUP from
+ * then on.  0, or -1 if the thread could not start.
+ */
+int walq__cli_on_reload(void (*reload)(void *arg), void *arg);
+
 /* A command's open failed with rc: prints why; the exit status (2 for bad options). */
 int walq__cli_open_failed(int rc);
 

@@ -5,6 +5,8 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include "cli/consume.h"
 #include "cli/web.h"
 #include "cli/notify.h"
+#include "cli/settings.h"
 #include "walq.h"
 
 #define EXIT_USAGE 2
@@ -24,17 +27,20 @@
 /* What parse_args() and check_args() return when the command goes on. */
 #define GO_ON (-1)
 
-/* The command line: the consumer's options, and the queues they point to. */
+/*
+ * The settings of a run: the consumer's options and what they point to,
+ * built by the table below from the defaults, the configuration file and
+ * the command line.  The strings and lists are the pool's (or argv's).
+ */
 typedef struct consume_args {
     walq_options opts;
-    const char **queues; /* owned; opts.queues once they are checked */
-    size_t nqueues;
-    char **program; /* after "--": the handler program and its arguments */
-    int nprogram;
+    walq__strv queues;       /* opts.queues */
+    walq__strv program;      /* opts.argv: after "--", or the file's program */
+    walq__strv pass_env;     /* opts.pass_env */
     const char *http;        /* --http ADDR:PORT, or NULL */
     int64_t ready_within_ms; /* --ready-within; 0: the default */
-    const char **pass_env; /* owned: the --pass-env names, NULL-terminated */
-    size_t npass_env;
+    const char *log_format;  /* --log-format */
+    walq__set_pool pool;
 } consume_args;
 
 static void stop_consumer(void *c, int immediate)
@@ -42,43 +48,373 @@ static void stop_consumer(void *c, int immediate)
     walq_consumer_stop(c, immediate);
 }
 
-/* Seconds, as the command line takes them, into the milliseconds of the options. */
-static int parse_seconds(const char *s, double min, int min_ok, int64_t *ms)
+static int set_partition(void *base, const char *value, walq__set_pool *pool)
 {
-    char *end;
-    double v;
+    walq_options *o = &((consume_args *)base)->opts;
+    char extra;
 
-    errno = 0;
-    v = strtod(s, &end);
-    /* Written so that "nan" is refused too. */
-    if (errno != 0 || end == s || *end != '\0' || !(v >= min && v <= 1e7) || (!min_ok && v == min))
+    (void)pool;
+    return sscanf(value, "%d/%d%c", &o->partition, &o->partitions, &extra) == 2 &&
+                   o->partitions >= 1 && o->partitions <= 1024 && o->partition >= 0 &&
+                   o->partition < o->partitions
+               ? 0
+               : -1;
+}
+
+static void then_sql(void *base)
+{
+    ((consume_args *)base)->opts.handler = WALQ_HANDLER_SQL;
+}
+
+static void then_dbname(void *base)
+{
+    walq_options *o = &((consume_args *)base)->opts;
+
+    o->primary = o->source;
+}
+
+/* The environment's choice of plugin, which the file and --plugin override. */
+static int plugin_from_env(void *base, char *err, size_t errlen)
+{
+    const char *env = getenv("WALQ_PLUGIN");
+
+    if (env == NULL || env[0] == '\0')
+        return 0;
+    if (strcmp(env, "pgoutput") != 0 && strcmp(env, "wal2json") != 0 && strcmp(env, "auto") != 0) {
+        snprintf(err, errlen, "WALQ_PLUGIN takes pgoutput, wal2json or auto, not \"%s\"", env);
         return -1;
-    *ms = (int64_t)(v * 1000.0 + 0.5);
-    /* A positive duration stays positive: a short --timeout is not "no limit". */
-    if (*ms == 0 && v > 0)
-        *ms = 1;
+    }
+    ((consume_args *)base)->opts.plugin = env;
     return 0;
 }
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v;
+static const walq__set_name handlers[] = {{"exec", WALQ_HANDLER_EXEC},
+                                          {"coprocess", WALQ_HANDLER_COPROCESS},
+                                          {"sql", WALQ_HANDLER_SQL},
+                                          {"noop", WALQ_HANDLER_NOOP},
+                                          {NULL, 0}};
+static const walq__set_name plugins[] = {{"pgoutput", 0}, {"wal2json", 0}, {"auto", 0}, {NULL, 0}};
+static const walq__set_name log_levels[] = {{"error", WALQ_LOG_ERROR},
+                                            {"warning", WALQ_LOG_WARNING},
+                                            {"info", WALQ_LOG_INFO},
+                                            {"debug", WALQ_LOG_DEBUG},
+                                            {NULL, 0}};
+static const walq__set_name log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
 
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
+#define OFF(field) offsetof(consume_args, field)
+#define MAX_MS     INT64_C(10000000000)
+
+/*
+ * Every setting of walq consume: the command line's --NAME and the file's
+ * NAME in [consume].  Defaults are the file's way of writing them; those
+ * that reload are applied by SIGHUP to the running consumer
+ * (walq_consumer_reconfigure() takes the same ones).
+ */
+static const walq__setting consume_table[] = {
+    {.name = "group",
+     .kind = WALQ__SET_STR,
+     .off = OFF(opts.group),
+     .arg = "NAME",
+     .help = "consumer group: lower-case letters, digits, _",
+     .what = "a group name"},
+    {.name = "queue",
+     .kind = WALQ__SET_LIST,
+     .off = OFF(queues),
+     .arg = "NAME",
+     .help = "a queue to read (repeatable; a line of the file may\nname several)",
+     .what = "queue names"},
+    {.name = "partition",
+     .kind = WALQ__SET_FUNC,
+     .off = OFF(opts.partition),
+     .def = "0/1",
+     .arg = "K/N",
+     .help = "read partition K (0..N-1) of a group split over N\nreaders, with its own slot "
+             "walq_G_KofN; job j is in\npartition walq.partition_of(j, N)",
+     .what = "K/N, with N from 1 to 1024 and K from 0 to N-1",
+     .fn = set_partition,
+     .size = 2 * sizeof(int)},
+    {.name = "concurrency",
+     .kind = WALQ__SET_INT,
+     .off = OFF(opts.concurrency),
+     .def = "1",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "N",
+     .help = "handlers running at once (default 1)",
+     .what = "a whole number from 1 to 4096",
+     .lo = 1,
+     .hi = 4096},
+    {.name = "drain",
+     .kind = WALQ__SET_BOOL,
+     .off = OFF(opts.drain),
+     .def = "no",
+     .help = "exit once the jobs committed before the start are done",
+     .what = "yes or no"},
+    {.name = "keep-outcomes",
+     .kind = WALQ__SET_BOOL,
+     .off = OFF(opts.keep_outcomes),
+     .def = "no",
+     .help = "accepted for compatibility: every outcome is kept\nuntil the retention removes its "
+             "job",
+     .what = "yes or no"},
+    {.name = "handler",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.handler),
+     .def = "exec",
+     .arg = "KIND",
+     .help = "exec (the default: PROGRAM per job), coprocess, sql\nor noop; the shorthands "
+             "follow",
+     .what = "exec, coprocess, sql or noop",
+     .names = handlers},
+    {.name = "noop",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.handler),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "record every job done without running anything",
+     .what = "",
+     .names = handlers,
+     .fixed = "noop"},
+    {.name = "coprocess",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.handler),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "run --concurrency long-lived PROGRAMs that take jobs\nas JSON lines on stdin and "
+             "reply on stdout",
+     .what = "",
+     .names = handlers,
+     .fixed = "coprocess"},
+    {.name = "coprocess-inflight",
+     .kind = WALQ__SET_INT,
+     .off = OFF(opts.coprocess_inflight),
+     .def = "16",
+     .arg = "N",
+     .help = "jobs in flight per coprocess worker (default 16)",
+     .what = "a whole number from 1 to 100000",
+     .lo = 1,
+     .hi = 100000},
+    {.name = "sql",
+     .kind = WALQ__SET_STR,
+     .off = OFF(opts.sql),
+     .arg = "STATEMENT",
+     .help = "run STATEMENT per job in the ack transaction, with\n$1 = payload (jsonb) and $2 = "
+             "job id (bigint)",
+     .what = "a statement",
+     .then = then_sql},
+    {.name = "program",
+     .kind = WALQ__SET_WORDS,
+     .off = OFF(program),
+     .arg = "'PROG ARGS'",
+     .help = "the handler program and its arguments in one string,\nsplit as a shell does (quotes, "
+             "\\) but expanding nothing;\nwhat follows \"--\" wins over it",
+     .what = "a program and its arguments"},
+    {.name = "pass-env",
+     .kind = WALQ__SET_LIST,
+     .off = OFF(pass_env),
+     .arg = "NAME",
+     .help = "give handlers the variable NAME of walq's environment\nalthough it starts with PG "
+             "(repeatable; NAME* for\nevery variable that begins with NAME)",
+     .what = "variable names"},
+    {.name = "timeout",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.timeout_ms),
+     .def = "0",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "SECONDS",
+     .help = "kill a handler running longer (default 0: no limit)",
+     .what = "seconds",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "backoff-min",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.backoff_min_ms),
+     .def = "1",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "SECONDS",
+     .help = "first retry delay (default 1)",
+     .what = "seconds",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "backoff-max",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.backoff_max_ms),
+     .def = "600",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "SECONDS",
+     .help = "longest retry delay (default 600)",
+     .what = "seconds",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "batch-size",
+     .kind = WALQ__SET_INT,
+     .off = OFF(opts.batch_size),
+     .def = "1000",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "N",
+     .help = "outcomes per ack transaction (default 1000)",
+     .what = "a whole number from 1 to 100000",
+     .lo = 1,
+     .hi = 100000},
+    {.name = "ack-delay-ms",
+     .kind = WALQ__SET_INT64,
+     .off = OFF(opts.ack_delay_ms),
+     .def = "10",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "MS",
+     .help = "the longest an outcome waits for its ack transaction,\nin milliseconds (default 10)",
+     .what = "milliseconds from 0 to 60000",
+     .lo = 0,
+     .hi = 60000},
+    {.name = "max-in-flight",
+     .kind = WALQ__SET_INT,
+     .off = OFF(opts.max_in_flight),
+     .def = "10000",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "N",
+     .help = "jobs in memory before reading pauses (default 10000)",
+     .what = "a whole number from 1 to 10000000",
+     .lo = 1,
+     .hi = 10000000},
+    {.name = "max-in-flight-bytes",
+     .kind = WALQ__SET_INT64,
+     .off = OFF(opts.max_in_flight_bytes),
+     .def = "268435456",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "N",
+     .help = "payload bytes in memory before reading pauses\n(default 268435456, 256 MiB)",
+     .what = "a positive whole number of bytes",
+     .lo = 1,
+     .hi = INT64_MAX},
+    {.name = "primary-timeout",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.primary_timeout_ms),
+     .def = "10",
+     .flags = WALQ__SET_ZERO_OK,
+     .arg = "SEC",
+     .help = "longest wait for one answer of the primary before\nwalq reconnects (default 10; 0: "
+             "no limit)",
+     .what = "seconds, 0 for no limit or at least 0.1",
+     .lo = 100,
+     .hi = MAX_MS},
+    {.name = "status-interval",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.status_interval_ms),
+     .def = "10",
+     .flags = WALQ__SET_EXCL_LO,
+     .arg = "SEC",
+     .help = "seconds between status updates (default 10)",
+     .what = "seconds above 0",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "plugin",
+     .kind = WALQ__SET_CHOICE,
+     .off = OFF(opts.plugin),
+     .arg = "NAME",
+     .help = "output plugin of a new slot: pgoutput (the default,\nallowed on every server) or "
+             "wal2json; a slot that\nexists keeps its own (default: $WALQ_PLUGIN, or auto)",
+     .what = "pgoutput, wal2json or auto",
+     .names = plugins},
+    {.name = "failover-slot",
+     .kind = WALQ__SET_BOOL,
+     .off = OFF(opts.failover_slot),
+     .def = "no",
+     .help = "make the slot a failover slot (PostgreSQL 17+): a\nstandby with "
+             "sync_replication_slots keeps it, and\nthe group reads on from it once it is promoted",
+     .what = "yes or no"},
+    {.name = "timer-horizon",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(opts.timer_horizon_ms),
+     .def = "60",
+     .arg = "SEC",
+     .help = "scheduled jobs due within this are kept in memory;\nlater ones are read from the "
+             "table nearer their\ntime (default 60)",
+     .what = "seconds, at least 0.1",
+     .lo = 100,
+     .hi = MAX_MS},
+    {.name = "source",
+     .kind = WALQ__SET_STR,
+     .off = OFF(opts.source),
+     .arg = "CONNINFO",
+     .help = "server with the slot (default: libpq environment)",
+     .what = "a connection string"},
+    {.name = "primary",
+     .kind = WALQ__SET_STR,
+     .off = OFF(opts.primary),
+     .arg = "CONNINFO",
+     .help = "server taking the outcomes (default: libpq environment)",
+     .what = "a connection string"},
+    {.name = "dbname",
+     .kind = WALQ__SET_STR,
+     .off = OFF(opts.source),
+     .flags = WALQ__SET_NO_CMP,
+     .arg = "CONNINFO",
+     .help = "both of the above",
+     .what = "a connection string",
+     .then = then_dbname},
+    {.name = "http",
+     .kind = WALQ__SET_STR,
+     .off = OFF(http),
+     .arg = "ADDR:PORT",
+     .help = "serve /metrics, /healthz, /readyz and a status page\nat / (e.g. 127.0.0.1:9187; "
+             "default: off)",
+     .what = "ADDR:PORT"},
+    {.name = "ready-within",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(ready_within_ms),
+     .flags = WALQ__SET_EXCL_LO,
+     .arg = "SEC",
+     .help = "/readyz answers 200 while the consumer has streamed\nand acked within SEC seconds "
+             "(default 60)",
+     .what = "seconds above 0",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "log-level",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.log_level),
+     .def = "info",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "LEVEL",
+     .help = "error, warning, info (the default) or debug",
+     .what = "error, warning, info or debug",
+     .names = log_levels},
+    {.name = "verbose",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.log_level),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "--log-level debug",
+     .what = "",
+     .names = log_levels,
+     .fixed = "debug"},
+    {.name = "quiet",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(opts.log_level),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "--log-level warning",
+     .what = "",
+     .names = log_levels,
+     .fixed = "warning"},
+    {.name = "log-format",
+     .kind = WALQ__SET_CHOICE,
+     .off = OFF(log_format),
+     .def = "text",
+     .arg = "FORMAT",
+     .help = "text (the default) or json: one JSON object per line\non standard error, for log "
+             "collectors",
+     .what = "text or json",
+     .names = log_formats},
+};
+
+/* A file may hold the audit's settings too, in [audit]. */
+static const char *const other_sections[] = {"audit", NULL};
+
+static const walq__settings consume_settings = {
+    "consume", consume_table, WALQ__ARRAY_SIZE(consume_table), other_sections, plugin_from_env};
 
 static void consume_help(void)
 {
     printf("Usage: %s consume --group G --queue Q [--queue Q2 ...] [OPTIONS] -- PROGRAM [ARGS]\n"
            "       %s consume --group G --queue Q --coprocess [OPTIONS] -- PROGRAM [ARGS]\n"
            "       %s consume --group G --queue Q --sql STATEMENT [OPTIONS]\n"
-           "       %s consume --group G --queue Q --noop [OPTIONS]\n\n"
+           "       %s consume --group G --queue Q --noop [OPTIONS]\n"
+           "       %s consume --config FILE [OPTIONS] [-- PROGRAM [ARGS]]\n\n"
            "Runs PROGRAM for every job of the queues, reading the jobs from the group's\n"
            "replication slot (walq_G).  The payload is on the program's standard input;\n"
            "WALQ_JOB_ID, WALQ_QUEUE, WALQ_GROUP and WALQ_ATTEMPT are in its environment,\n"
@@ -86,304 +422,88 @@ static void consume_help(void)
            "passwords, password files and connection settings) unless --pass-env names them.\n"
            "Exit 0 marks the job done, exit 75 asks for a retry; any other exit or a\n"
            "signal is a failure, retried until the job's max_attempts, then the job is dead.\n\n"
-           "Options:\n"
-           "  --group NAME            consumer group: lower-case letters, digits, _\n"
-           "  --queue NAME            a queue to read (repeatable)\n"
-           "  --partition K/N         read partition K (0..N-1) of a group split over N\n"
-           "                          readers, with its own slot walq_G_KofN; job j is in\n"
-           "                          partition walq.partition_of(j, N)\n"
-           "  --concurrency N         handlers running at once (default 1)\n"
-           "  --drain                 exit once the jobs committed before the start are done\n"
-           "  --keep-outcomes         accepted for compatibility: every outcome is kept\n"
-           "                          until the retention removes its job\n"
-           "  --noop                  record every job done without running anything\n"
-           "  --coprocess             run --concurrency long-lived PROGRAMs that take jobs\n"
-           "                          as JSON lines on stdin and reply on stdout\n"
-           "  --coprocess-inflight N  jobs in flight per coprocess worker (default 16)\n"
-           "  --sql STATEMENT         run STATEMENT per job in the ack transaction, with\n"
-           "                          $1 = payload (jsonb) and $2 = job id (bigint)\n"
-           "  --pass-env NAME         give handlers the variable NAME of walq's environment\n"
-           "                          although it starts with PG (repeatable; NAME* for\n"
-           "                          every variable that begins with NAME)\n"
-           "  --timeout SECONDS       kill a handler running longer (default: no limit)\n"
-           "  --backoff-min SECONDS   first retry delay (default 1)\n"
-           "  --backoff-max SECONDS   longest retry delay (default 600)\n"
-           "  --batch-size N          outcomes per ack transaction (default 1000)\n"
-           "  --max-in-flight N       jobs in memory before reading pauses (default 10000)\n"
-           "  --max-in-flight-bytes N payload bytes in memory before reading pauses\n"
-           "                          (default 268435456, 256 MiB)\n"
-           "  --primary-timeout SEC   longest wait for one answer of the primary before\n"
-           "                          walq reconnects (default 10; 0: no limit)\n"
-           "  --status-interval SEC   seconds between status updates (default 10)\n"
-           "  --plugin NAME           output plugin of a new slot: pgoutput (the default,\n"
-           "                          allowed on every server) or wal2json; a slot that\n"
-           "                          exists keeps its own (default: $WALQ_PLUGIN, or auto)\n"
-           "  --failover-slot         make the slot a failover slot (PostgreSQL 17+): a\n"
-           "                          standby with sync_replication_slots keeps it, and\n"
-           "                          the group reads on from it once it is promoted\n"
-           "  --timer-horizon SEC     scheduled jobs due within this are kept in memory;\n"
-           "                          later ones are read from the table nearer their\n"
-           "                          time (default 60)\n"
-           "  --source CONNINFO       server with the slot (default: libpq environment)\n"
-           "  --primary CONNINFO      server taking the outcomes (default: libpq environment)\n"
-           "  --dbname CONNINFO       both of the above\n"
-           "  --http ADDR:PORT        serve /metrics, /healthz, /readyz and a status page\n"
-           "                          at / (e.g. 127.0.0.1:9187; default: off)\n"
-           "  --ready-within SEC      /readyz answers 200 while the consumer has streamed\n"
-           "                          and acked within SEC seconds (default 60)\n"
-           "  --verbose, --quiet      more or less logging\n"
-           "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
-           "                          on standard error, for log collectors\n\n"
-           "A second consume of the same group (and partition) stands by while the first\n"
+           "Options:\n",
+           progname, progname, progname, progname, progname);
+    walq__settings_help(&consume_settings, stdout);
+    printf("\nA second consume of the same group (and partition) stands by while the first\n"
            "runs and takes over when it stops.  SIGTERM or SIGINT finishes the running\n"
-           "jobs, records them and exits 0; a second signal exits at once.\n",
-           progname, progname, progname, progname);
+           "jobs, records them and exits 0; a second signal exits at once.\n");
 }
 
-enum {
-    O_GROUP = 256,
-    O_HTTP_ADDR,
-    O_READY_WITHIN,
-    O_LOG_FORMAT,
-    O_SQL,
-    O_HORIZON,
-    O_QUEUE,
-    O_CONC,
-    O_DRAIN,
-    O_NOOP,
-    O_TIMEOUT,
-    O_BMIN,
-    O_BMAX,
-    O_BATCH,
-    O_INFLIGHT,
-    O_INFLIGHT_BYTES,
-    O_PRIMARY_TIMEOUT,
-    O_STATUS,
-    O_SOURCE,
-    O_PRIMARY,
-    O_DBNAME,
-    O_VERBOSE,
-    O_QUIET,
-    O_ACKDELAY,
-    O_COPROC,
-    O_COPROC_INFLIGHT,
-    O_PARTITION,
-    O_KEEP,
-    O_PLUGIN,
-    O_FAILOVER,
-    O_PASS_ENV
-};
-static const struct option consume_longopts[] = {
-    {"group", required_argument, NULL, O_GROUP},
-    {"queue", required_argument, NULL, O_QUEUE},
-    {"partition", required_argument, NULL, O_PARTITION},
-    {"concurrency", required_argument, NULL, O_CONC},
-    {"drain", no_argument, NULL, O_DRAIN},
-    {"keep-outcomes", no_argument, NULL, O_KEEP},
-    {"noop", no_argument, NULL, O_NOOP},
-    {"coprocess", no_argument, NULL, O_COPROC},
-    {"coprocess-inflight", required_argument, NULL, O_COPROC_INFLIGHT},
-    {"sql", required_argument, NULL, O_SQL},
-    {"timer-horizon", required_argument, NULL, O_HORIZON},
-    {"timeout", required_argument, NULL, O_TIMEOUT},
-    {"backoff-min", required_argument, NULL, O_BMIN},
-    {"backoff-max", required_argument, NULL, O_BMAX},
-    {"batch-size", required_argument, NULL, O_BATCH},
-    {"ack-delay-ms", required_argument, NULL, O_ACKDELAY},
-    {"max-in-flight", required_argument, NULL, O_INFLIGHT},
-    {"max-in-flight-bytes", required_argument, NULL, O_INFLIGHT_BYTES},
-    {"primary-timeout", required_argument, NULL, O_PRIMARY_TIMEOUT},
-    {"status-interval", required_argument, NULL, O_STATUS},
-    {"plugin", required_argument, NULL, O_PLUGIN},
-    {"failover-slot", no_argument, NULL, O_FAILOVER},
-    {"pass-env", required_argument, NULL, O_PASS_ENV},
-    {"source", required_argument, NULL, O_SOURCE},
-    {"primary", required_argument, NULL, O_PRIMARY},
-    {"dbname", required_argument, NULL, O_DBNAME},
-    {"verbose", no_argument, NULL, O_VERBOSE},
-    {"quiet", no_argument, NULL, O_QUIET},
-    {"log-format", required_argument, NULL, O_LOG_FORMAT},
-    {"http", required_argument, NULL, O_HTTP_ADDR},
-    {"ready-within", required_argument, NULL, O_READY_WITHIN},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0}};
+/*
+ * The settings from the table, the file and the command line, as at the
+ * start and at every reload: 0, or 1 (the file) or 2 (the command line)
+ * with err saying what is wrong.
+ */
+static int build(consume_args *a, const walq__cmdline *cl, char *err, size_t errlen)
+{
+    int rc, runs_program;
+
+    memset(a, 0, sizeof(*a));
+    a->opts = (walq_options)WALQ_OPTIONS_INIT;
+    a->opts.log = walq__cli_log;
+    rc = walq__settings_build(&consume_settings, cl, a, &a->pool, err, errlen);
+    if (rc != 0)
+        return rc;
+    /* What follows "--" wins over the file's program. */
+    if (cl->nrest > 0)
+        a->program = (walq__strv){(const char **)cl->rest, (size_t)cl->nrest};
+    runs_program =
+        a->opts.handler == WALQ_HANDLER_EXEC || a->opts.handler == WALQ_HANDLER_COPROCESS;
+    /* The file's program is for a handler that runs one: the command line chose another. */
+    if (!runs_program && cl->nrest == 0)
+        a->program = (walq__strv){NULL, 0};
+    a->opts.queues = a->queues.v;
+    a->opts.nqueues = a->queues.n;
+    a->opts.argv = a->program.v;
+    a->opts.pass_env = a->pass_env.n ? a->pass_env.v : NULL;
+    return 0;
+}
 
 /*
- * Reads the options into a.  GO_ON, or the exit status: 0 after --help, 2
- * after a usage error, which it has printed.
+ * Reads the command line (and the file it names) into a.  GO_ON, or the
+ * exit status: 0 after --help, 2 after a usage error, which it has printed.
  */
-static int parse_args(consume_args *a, int argc, char **argv)
+static int parse_args(consume_args *a, walq__cmdline *cl, int argc, char **argv)
 {
-    walq_options *o = &a->opts;
-    int opt;
+    char err[2048];
+    int rc;
 
-    while ((opt = getopt_long(argc, argv, "+h", consume_longopts, NULL)) != -1) {
-        const char *bad = NULL;
-        int n;
-
-        switch (opt) {
-        case O_GROUP:
-            o->group = optarg;
-            break;
-        case O_QUEUE:
-            a->queues[a->nqueues++] = optarg;
-            break;
-        case O_PARTITION: {
-            char extra;
-
-            if (sscanf(optarg, "%d/%d%c", &o->partition, &o->partitions, &extra) != 2 ||
-                o->partitions < 1 || o->partitions > 1024 || o->partition < 0 ||
-                o->partition >= o->partitions)
-                bad = "--partition takes K/N, with N from 1 to 1024 and K from 0 to N-1";
-            break;
-        }
-
-        case O_CONC:
-            if (parse_int(optarg, 1, 4096, &o->concurrency))
-                bad = "--concurrency takes a whole number from 1 to 4096";
-            break;
-        case O_KEEP:
-            o->keep_outcomes = 1;
-            break;
-        case O_DRAIN:
-            o->drain = 1;
-            break;
-        case O_NOOP:
-            o->handler = WALQ_HANDLER_NOOP;
-            break;
-        case O_COPROC:
-            o->handler = WALQ_HANDLER_COPROCESS;
-            break;
-        case O_COPROC_INFLIGHT:
-            if (parse_int(optarg, 1, 100000, &o->coprocess_inflight))
-                bad = "--coprocess-inflight takes a whole number from 1 to 100000";
-            break;
-        case O_SQL:
-            o->handler = WALQ_HANDLER_SQL;
-            o->sql = optarg;
-            break;
-        case O_HORIZON:
-            if (parse_seconds(optarg, 0.1, 1, &o->timer_horizon_ms))
-                bad = "--timer-horizon takes seconds, at least 0.1";
-            break;
-        case O_TIMEOUT:
-            if (parse_seconds(optarg, 0, 1, &o->timeout_ms))
-                bad = "--timeout takes seconds";
-            break;
-        case O_BMIN:
-            if (parse_seconds(optarg, 0, 1, &o->backoff_min_ms))
-                bad = "--backoff-min takes seconds";
-            break;
-        case O_BMAX:
-            if (parse_seconds(optarg, 0, 1, &o->backoff_max_ms))
-                bad = "--backoff-max takes seconds";
-            break;
-        case O_BATCH:
-            if (parse_int(optarg, 1, 100000, &o->batch_size))
-                bad = "--batch-size takes a whole number from 1 to 100000";
-            break;
-        case O_ACKDELAY:
-            if (parse_int(optarg, 0, 60000, &n))
-                bad = "--ack-delay-ms takes milliseconds from 0 to 60000";
-            else
-                o->ack_delay_ms = n;
-            break;
-        case O_INFLIGHT_BYTES: {
-            char *end;
-            long long v;
-
-            errno = 0;
-            v = strtoll(optarg, &end, 10);
-            if (errno != 0 || end == optarg || *end != '\0' || v < 1)
-                bad = "--max-in-flight-bytes takes a positive whole number of bytes";
-            else
-                o->max_in_flight_bytes = v;
-            break;
-        }
-        case O_PRIMARY_TIMEOUT:
-            if (parse_seconds(optarg, 0, 1, &o->primary_timeout_ms) ||
-                (o->primary_timeout_ms != 0 && o->primary_timeout_ms < 100))
-                bad = "--primary-timeout takes seconds, 0 for no limit or at least 0.1";
-            break;
-        case O_INFLIGHT:
-            if (parse_int(optarg, 1, 10000000, &o->max_in_flight))
-                bad = "--max-in-flight takes a whole number from 1 to 10000000";
-            break;
-        case O_STATUS:
-            if (parse_seconds(optarg, 0, 0, &o->status_interval_ms))
-                bad = "--status-interval takes seconds above 0";
-            break;
-        case O_PLUGIN:
-            if (strcmp(optarg, "pgoutput") != 0 && strcmp(optarg, "wal2json") != 0 &&
-                strcmp(optarg, "auto") != 0)
-                bad = "--plugin takes pgoutput, wal2json or auto";
-            else
-                o->plugin = optarg;
-            break;
-        case O_FAILOVER:
-            o->failover_slot = 1;
-            break;
-        case O_PASS_ENV:
-            a->pass_env[a->npass_env++] = optarg;
-            o->pass_env = a->pass_env;
-            break;
-        case O_SOURCE:
-            o->source = optarg;
-            break;
-        case O_PRIMARY:
-            o->primary = optarg;
-            break;
-        case O_DBNAME:
-            o->source = o->primary = optarg;
-            break;
-        case O_VERBOSE:
-            o->log_level = WALQ_LOG_DEBUG;
-            break;
-        case O_QUIET:
-            o->log_level = WALQ_LOG_WARNING;
-            break;
-        case O_LOG_FORMAT:
-            if (walq__cli_log_format(optarg) != 0)
-                bad = "--log-format takes text or json";
-            break;
-        case O_HTTP_ADDR:
-            if (walq__web_check_listen(optarg) != 0)
-                return EXIT_USAGE;
-            a->http = optarg;
-            break;
-        case O_READY_WITHIN:
-            if (parse_seconds(optarg, 0, 0, &a->ready_within_ms))
-                bad = "--ready-within takes seconds above 0";
-            break;
-        case 'h':
-            consume_help();
-            return 0;
-        default:
-            usage_error("%s", "invalid option for \"consume\"");
-            return EXIT_USAGE;
-        }
-        if (bad != NULL) {
-            usage_error("%s, not \"%s\"", bad, optarg);
-            return EXIT_USAGE;
-        }
+    memset(a, 0, sizeof(*a));
+    rc = walq__settings_cmdline(&consume_settings, cl, argc, argv);
+    if (rc == 1) {
+        consume_help();
+        return 0;
     }
-    a->program = argv + optind;
-    a->nprogram = argc - optind;
+    if (rc != 0) {
+        usage_error("%s", "invalid option for \"consume\"");
+        return EXIT_USAGE;
+    }
+    rc = build(a, cl, err, sizeof(err));
+    if (rc == 1) {
+        walq__cli_message("ERROR", err);
+        return EXIT_USAGE;
+    }
+    if (rc != 0) {
+        usage_error("%s", err);
+        return EXIT_USAGE;
+    }
+    walq__cli_log_format(a->log_format);
     return GO_ON;
 }
 
 /*
- * What the command line must say before the library is asked: a group, a
+ * What the settings must say before the library is asked: a group, a
  * queue, and a handler program exactly when the handler runs one.  GO_ON,
  * or the exit status 2 after printing the usage error.
  */
-static int check_args(consume_args *a)
+static int check_args(const consume_args *a, const walq__cmdline *cl)
 {
-    walq_options *o = &a->opts;
+    const walq_options *o = &a->opts;
     int runs_program = o->handler == WALQ_HANDLER_EXEC || o->handler == WALQ_HANDLER_COPROCESS;
 
     if (o->group == NULL) {
-        usage_error("%s", "consume needs --group NAME");
+        usage_error("%s", "consume needs --group NAME (or group = NAME in the file)");
         return EXIT_USAGE;
     }
     if (!walq_group_name_valid(o->group)) {
@@ -396,23 +516,110 @@ static int check_args(consume_args *a)
         walq__cli_message("ERROR", msg);
         return EXIT_USAGE;
     }
-    if (a->nqueues == 0) {
-        usage_error("%s", "consume needs at least one --queue NAME");
+    if (a->queues.n == 0) {
+        usage_error("%s", "consume needs at least one --queue NAME (or queue = NAME in the file)");
         return EXIT_USAGE;
     }
-    if (runs_program && a->nprogram == 0) {
+    if (runs_program && a->program.n == 0) {
         usage_error("%s", "give the handler after \"--\" (consume ... -- PROGRAM [ARGS]), "
                           "--sql STATEMENT or --noop");
         return EXIT_USAGE;
     }
-    if (!runs_program && a->nprogram > 0) {
+    if (!runs_program && cl->nrest > 0) {
         usage_error("%s", "--noop and --sql take no handler program");
         return EXIT_USAGE;
     }
-    o->queues = a->queues;
-    o->nqueues = a->nqueues;
-    o->argv = (const char *const *)a->program;
+    if (a->http != NULL && walq__web_check_listen(a->http) != 0)
+        return EXIT_USAGE;
     return GO_ON;
+}
+
+/* What a reload needs: the settings in use, how they were given, the consumer. */
+typedef struct reloader {
+    consume_args *cur;
+    const walq__cmdline *cl;
+    walq_consumer *c;
+} reloader;
+
+static void reload_log(walq_log_level level, const char *fmt, ...) WALQ__PRINTF(2, 3);
+
+static void reload_log(walq_log_level level, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    walq__cli_log(level, msg, NULL);
+}
+
+/*
+ * SIGHUP, in the reload thread: the settings built again, as at the start.
+ * The ones that reload and changed go to the consumer, which applies them
+ * at its next turn; any other change is logged as needing a restart and
+ * left as it is; a bad file changes nothing.
+ */
+static void reload(void *arg)
+{
+    reloader *r = arg;
+    consume_args fresh, next;
+    char err[2048], was[256], now[256];
+    int changed = 0, rc;
+
+    if (r->cl->config == NULL) {
+        reload_log(WALQ_LOG_WARNING, "received SIGHUP, but there is no configuration file to read "
+                                     "again\nHINT:  Start walq consume with --config FILE.");
+        return;
+    }
+    rc = build(&fresh, r->cl, err, sizeof(err));
+    if (rc != 0) {
+        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
+                   err);
+        walq__set_pool_free(&fresh.pool);
+        return;
+    }
+    next = *r->cur;
+    for (size_t i = 0; i < consume_settings.n; i++) {
+        const walq__setting *s = &consume_settings.v[i];
+
+        if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP)) ||
+            walq__setting_equal(s, r->cur, &fresh))
+            continue;
+        if (!(s->flags & WALQ__SET_RELOAD)) {
+            /* Connection strings may hold a password: their values are not shown. */
+            if (s->kind == WALQ__SET_STR) {
+                reload_log(WALQ_LOG_WARNING,
+                           "setting \"%s\" changed in \"%s\" but needs a restart; the value in "
+                           "use stays",
+                           s->name, r->cl->config);
+            } else {
+                walq__setting_format(s, r->cur, was, sizeof(was));
+                walq__setting_format(s, &fresh, now, sizeof(now));
+                reload_log(WALQ_LOG_WARNING,
+                           "setting \"%s\" changed to \"%s\" in \"%s\" but needs a restart; it "
+                           "stays \"%s\"",
+                           s->name, now, r->cl->config, was);
+            }
+            continue;
+        }
+        walq__setting_copy(s, &next, &fresh);
+        changed++;
+    }
+    if (changed == 0) {
+        reload_log(WALQ_LOG_INFO, "reloaded \"%s\": no setting that reloads has changed",
+                   r->cl->config);
+    } else if ((rc = walq_consumer_reconfigure(r->c, &next.opts)) != 0) {
+        const char *why = walq_last_error();
+
+        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
+                   *why ? why : walq_strerror(rc));
+    } else {
+        *r->cur = next;
+        reload_log(WALQ_LOG_INFO, "reloaded \"%s\": %d setting%s changed", r->cl->config, changed,
+                   changed == 1 ? "" : "s");
+    }
+    walq__set_pool_free(&fresh.pool);
 }
 
 /* The summary of a run, or why it failed. */
@@ -476,11 +683,12 @@ static int start_web(const consume_args *a, walq_consumer *c, walq__web **web)
     return walq__web_start(web, &cfg, walq__consumer_metrics(c));
 }
 
-static int run(const consume_args *a)
+static int run(consume_args *a, const walq__cmdline *cl)
 {
     walq_consumer *c = NULL;
     walq__web *web = NULL;
     walq__notify notify;
+    reloader r;
     int64_t t0;
     int rc;
 
@@ -493,11 +701,16 @@ static int run(const consume_args *a)
         return 1;
     }
     walq__cli_on_stop(stop_consumer, c);
+    r = (reloader){a, cl, c};
+    if (walq__cli_on_reload(reload, &r) != 0)
+        walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
+                                     "ignored");
     walq__notify_init(&notify, describe, c);
     if (notify.on)
         walq_consumer_watch(c, walq__notify_watch, &notify, walq__notify_interval_ms(&notify));
     t0 = walq__mono_us();
     rc = walq_consumer_run(c);
+    walq__cli_on_reload(NULL, NULL);
     walq__notify_stopping(&notify);
     report(a, c, rc, walq__mono_us() - t0);
     walq__cli_on_stop(NULL, NULL);
@@ -508,34 +721,15 @@ static int run(const consume_args *a)
 
 int walq__cli_consume(int argc, char **argv)
 {
-    consume_args a = {.opts = WALQ_OPTIONS_INIT};
-    int status;
+    consume_args a;
+    walq__cmdline cl;
+    int status = parse_args(&a, &cl, argc, argv);
 
-    /* At most one queue, and one --pass-env name, per argument. */
-    a.queues = calloc((size_t)argc + 1, sizeof(*a.queues));
-    a.pass_env = calloc((size_t)argc + 1, sizeof(*a.pass_env));
-    if (a.queues == NULL || a.pass_env == NULL) {
-        free(a.queues);
-        free(a.pass_env);
-        return 1;
-    }
-    a.opts.log = walq__cli_log;
-    /* The environment's choice, which --plugin overrides. */
-    a.opts.plugin = getenv("WALQ_PLUGIN");
-    if (a.opts.plugin != NULL && a.opts.plugin[0] != '\0' &&
-        strcmp(a.opts.plugin, "pgoutput") != 0 && strcmp(a.opts.plugin, "wal2json") != 0 &&
-        strcmp(a.opts.plugin, "auto") != 0) {
-        usage_error("WALQ_PLUGIN takes pgoutput, wal2json or auto, not \"%s\"", a.opts.plugin);
-        free(a.queues);
-        free(a.pass_env);
-        return EXIT_USAGE;
-    }
-    status = parse_args(&a, argc, argv);
     if (status == GO_ON)
-        status = check_args(&a);
+        status = check_args(&a, &cl);
     if (status == GO_ON)
-        status = run(&a);
-    free(a.queues);
-    free(a.pass_env);
+        status = run(&a, &cl);
+    walq__set_pool_free(&a.pool);
+    walq__cmdline_free(&cl);
     return status;
 }

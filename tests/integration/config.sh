@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # wait_for evals its condition later
+# The configuration file (--config, docs/operations.md): a consume set up by
+# the file alone drains its queues with the file's program and arguments;
+# the command line wins over the file (its group and its queue list); a bad
+# file is refused with exit 2 and its file:line; SIGHUP changes the
+# concurrency of a running consumer, seen in its handlers' own records, logs
+# a changed setting that does not reload as needing a restart, and a bad
+# file at a later SIGHUP keeps the settings in use.  Then the audit, from
+# its own section of the same kind of file.
+# shellcheck source=SCRIPTDIR/../lib/pgtest.sh
+. "$(dirname "$0")/../lib/pgtest.sh"
+require_walq
+pg_start
+walq init
+
+outcomes() {
+    q "SELECT coalesce(string_agg(queue || ':' || status, ' ' ORDER BY queue, job_id), '')
+         FROM walq.job_status WHERE consumer_group = '$1'"
+}
+
+# ------------------------------------------------------------------
+# 1. Everything from the file: group, queues, program with a quoted
+#    argument, concurrency, drain.
+args=$(handler args.sh <<HANDLER
+cat >/dev/null
+printf '%s|%s|%s\n' "\$WALQ_QUEUE" "\$1" "\$2" >>"$WORK/args.log"
+HANDLER
+)
+for i in 1 2 3; do walq publish qa "{\"i\": $i}" >/dev/null; done
+for i in 1 2; do walq publish qb "{\"i\": $i}" >/dev/null; done
+
+cat >"$WORK/walq.ini" <<INI
+; the consumer of section 1
+[consume]
+group = fa
+queue = qa
+queue = qb
+program = $args "an argument" 'it''s'
+concurrency = 2
+drain = yes
+log_level = warning
+
+[audit]
+group = ignored_by_consume
+INI
+capture walq consume --config "$WORK/walq.ini"
+assert_eq "$CAP_RC" 0 "consume configured by the file alone drains and exits 0 ($CAP_ERR)"
+assert_eq "$(outcomes fa)" "qa:done qa:done qa:done qb:done qb:done" \
+    "every job of the file's two queues is done in the file's group"
+assert_eq "$(sort -u "$WORK/args.log" | paste -sd' ')" "qa|an argument|its qb|an argument|its" \
+    "the file's program got its arguments, quotes taken off"
+case $CAP_ERR in
+*"jobs/s"*) fail "log_level = warning in the file: no summary line expected ($CAP_ERR)" ;;
+esac
+pass "log_level = warning from the file quiets the summary"
+
+# ------------------------------------------------------------------
+# 2. The command line wins: another group, one queue of the two.
+capture walq consume --config "$WORK/walq.ini" --group fb --queue qb --log-level info
+assert_eq "$CAP_RC" 0 "consume with the file and command-line overrides exits 0 ($CAP_ERR)"
+assert_eq "$(outcomes fb)" "qb:done qb:done" "--group fb and --queue qb win: qb's jobs done in fb"
+assert_eq "$(q "SELECT queues FROM walq.groups WHERE name = 'fb'")" "{qb}" "group fb reads qb alone"
+assert_eq "$(wc -l <"$WORK/args.log")" 7 "the handler ran for qb's two jobs only"
+assert_eq "$(outcomes fa)" "qa:done qa:done qa:done qb:done qb:done" "the file's group is untouched"
+assert_match "$CAP_ERR" 'group "fb": 2 received, 2 done' "--log-level info wins over the file's warning"
+
+# --noop on the command line wins over the file's program.
+capture walq consume --config "$WORK/walq.ini" --group fc --noop
+assert_eq "$CAP_RC" 0 "--noop over the file's program exits 0 ($CAP_ERR)"
+assert_eq "$(outcomes fc)" "qa:done qa:done qa:done qb:done qb:done" "--noop: every job done in fc"
+assert_eq "$(wc -l <"$WORK/args.log")" 7 "with --noop the file's program did not run again"
+
+# ------------------------------------------------------------------
+# 3. Bad files: exit 2, the file and its line, nothing run.
+bad() { # bad NAME LINE EXPECTED-TEXT, the file's text on stdin
+    local f=$WORK/$1.ini
+    cat >"$f"
+    capture walq consume --config "$f"
+    assert_eq "$CAP_RC" 2 "$1: exit 2"
+    assert_match "$CAP_ERR" "$f:$2: $3" "$1: the message names $f:$2 ($CAP_ERR)"
+    assert_match "$CAP_ERR" 'HINT:  |takes |expected ' "$1: the message says what to do"
+}
+bad unknown_key 4 'unknown setting "concurency" in section \[consume\]' <<INI
+[consume]
+group = fa
+queue = qa
+concurency = 4
+INI
+bad bad_value 3 '"concurrency" takes a whole number from 1 to 4096, not "four"' <<INI
+[consume]
+group = fa
+concurrency = four
+INI
+bad bad_duration 2 '"timeout" takes seconds, not "10s"' <<INI
+[consume]
+timeout = 10s
+INI
+bad unknown_section 1 'unknown section \[consumer\]' <<INI
+[consumer]
+group = fa
+INI
+bad no_equals 3 'syntax error' <<INI
+[consume]
+group = fa
+concurrency
+INI
+capture walq consume --config "$WORK/nonexistent.ini"
+assert_eq "$CAP_RC" 2 "missing file: exit 2"
+assert_match "$CAP_ERR" "$WORK/nonexistent.ini: could not open the configuration file: No such file or directory" \
+    "missing file: named, with the reason"
+assert_eq "$(q "SELECT count(*) FROM walq.groups WHERE name NOT IN ('fa', 'fb', 'fc')")" 0 \
+    "no bad file made a group"
+
+# ------------------------------------------------------------------
+# 4. SIGHUP: concurrency 1, then 4, then a bad file that changes nothing.
+sleeper=$(handler sleeper.sh <<HANDLER
+phase=\$(cat)
+s=\$(date +%s.%N)
+sleep 1
+e=\$(date +%s.%N)
+echo "\$phase \$s \$e \$\$" >>"$WORK/runs.log"
+HANDLER
+)
+# The most handlers of a phase that ran at the same time, from their own records.
+overlap() {
+    awk -v p="$1" '$1 == p { print $2, 1; print $3, -1 }' "$WORK/runs.log" |
+        sort -k1,1n -k2,2n | awk '{ n += $2; if (n > m) m = n } END { print m + 0 }'
+}
+ran() { awk -v p="$1" '$1 == p' "$WORK/runs.log" 2>/dev/null | wc -l; }
+write_conf() { # the file, replaced at once, as an editor or a deployment would
+    cat >"$WORK/live.ini.new"
+    mv "$WORK/live.ini.new" "$WORK/live.ini"
+}
+
+write_conf <<INI
+[consume]
+group = live
+queue = ql
+program = $sleeper
+concurrency = 1
+backoff_min = 0.1
+INI
+bg "$WALQ_BIN" consume --config "$WORK/live.ini" 2>"$WORK/live.err"
+live=$BG_PID
+for i in 1 2 3; do walq publish ql 1 >/dev/null; done
+wait_for '[ "$(ran 1)" -eq 3 ]' 60 "three jobs of phase 1 to run"
+assert_eq "$(overlap 1)" 1 "concurrency = 1: the handlers never overlapped"
+
+write_conf <<INI
+[consume]
+group = live
+queue = ql
+program = $sleeper
+concurrency = 4
+backoff_min = 0.1
+status_interval = 5
+INI
+kill -HUP "$live"
+wait_for 'grep -q "concurrency changed from 1 to 4" "$WORK/live.err"' 30 "the consumer to apply concurrency 4"
+assert_match "$(cat "$WORK/live.err")" 'setting "status-interval" changed to "5" in "[^"]*live.ini" but needs a restart; it stays "10"' \
+    "a setting that does not reload is logged as needing a restart"
+for i in 1 2 3 4 5 6 7 8; do walq publish ql 2 >/dev/null; done
+wait_for '[ "$(ran 2)" -eq 8 ]' 60 "eight jobs of phase 2 to run"
+assert_eq "$(overlap 2)" 4 "after SIGHUP with concurrency = 4: four handlers ran at once, never more"
+kill -0 "$live" 2>/dev/null || fail "the consumer exited on SIGHUP"
+
+write_conf <<INI
+[consume]
+group = live
+concurrency = 9000
+INI
+kill -HUP "$live"
+wait_for 'grep -q "not reloaded" "$WORK/live.err"' 30 "the consumer to refuse the bad file"
+assert_match "$(cat "$WORK/live.err")" \
+    "ERROR:  configuration file not reloaded; the settings in use stay: $WORK/live.ini:3: \"concurrency\" takes a whole number from 1 to 4096, not \"9000\"" \
+    "the bad file is logged with its line, and nothing changes"
+for i in 1 2 3 4 5 6 7 8; do walq publish ql 3 >/dev/null; done
+wait_for '[ "$(ran 3)" -eq 8 ]' 60 "eight jobs of phase 3 to run"
+assert_eq "$(overlap 3)" 4 "after the bad file the concurrency is still 4"
+
+kill -TERM "$live"
+bg_wait "$live" 30
+assert_eq "$BG_RC" 0 "the consumer stops cleanly after its reloads"
+assert_eq "$(outcomes live | tr ' ' '\n' | sort | uniq -c | awk '{ print $1, $2 }')" "19 ql:done" \
+    "all 19 jobs of the three phases are done once each"
