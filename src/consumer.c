@@ -732,6 +732,37 @@ static int retry_job(walq_consumer *c, const walq__reader_txn *t, int64_t id)
     return rc;
 }
 
+/*
+ * A seal: every job of its generation came before it.  A seal of a
+ * generation that walq has not closed would let the generation go with
+ * jobs unrecorded, so it is checked against the primary's generations
+ * first, and one that fails is logged and never acted on.
+ */
+static int seal_noted(walq_consumer *c, const walq__reader_txn *t, int64_t generation)
+{
+    int64_t opened = 0;
+    int rc, valid = 0;
+
+    /* An ack may be in flight on the primary's connection. */
+    rc = settle_acks(c);
+    if (rc != 0)
+        return rc;
+    if (c->pconn == NULL)
+        return WALQ_ECONN;
+    rc = walq__reg_seal_valid(c->pconn, generation, &valid, &opened);
+    if (rc != 0)
+        return rc;
+    if (!valid) {
+        walq__warn(&c->log,
+                   "seal command for generation %lld ignored: the current generation is %lld, "
+                   "and only closed ones are sealed",
+                   (long long)generation, (long long)opened);
+        return 0;
+    }
+    walq__seals_note(&c->seals, t->end_lsn, (int32_t)generation);
+    return 0;
+}
+
 static int on_command(walq_consumer *c, const walq__reader_txn *t, const walq__change *ch)
 {
     const walq__value *group = walq__change_column(ch, "group_name");
@@ -746,10 +777,8 @@ static int on_command(walq_consumer *c, const walq__reader_txn *t, const walq__c
         return cancel_job(c, id->i);
     if (strcmp(action->str, "retry") == 0)
         return retry_job(c, t, id->i);
-    if (strcmp(action->str, "seal") == 0) {
-        walq__seals_note(&c->seals, t->end_lsn, (int32_t)id->i);
-        return 0;
-    }
+    if (strcmp(action->str, "seal") == 0)
+        return seal_noted(c, t, id->i);
     /* The outcome horizon's commands, from before generations. */
     if (strcmp(action->str, "horizon") == 0)
         return 0;

@@ -525,7 +525,8 @@ int walq__exec(PGconn *conn, const char *what, const char *sql)
 {
     PGresult *res = NULL;
     ExecStatusType st;
-    char msg[1024];
+    char msg[1024], hint_buf[512];
+    const char *hint;
     int code;
 
     if (PQsendQuery(conn, sql)) {
@@ -546,8 +547,11 @@ int walq__exec(PGconn *conn, const char *what, const char *sql)
     }
     walq__pg_message(conn, res, msg, sizeof(msg));
     code = walq__conn_failed(conn, res) ? WALQ_ECONN : WALQ_EQUERY;
+    /* The server's hint, such as the fix walq init's files name, is kept. */
+    hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+    snprintf(hint_buf, sizeof(hint_buf), "%s", hint ? hint : "");
     PQclear(res);
-    return walq__error(code, NULL, "could not %s: %s", what, msg);
+    return walq__error(code, *hint_buf ? hint_buf : NULL, "could not %s: %s", what, msg);
 }
 
 /* The newest migration this program has. */

@@ -12,32 +12,19 @@
 #define COMMENT_TAG "walq consume keeps this publication: "
 
 /*
- * What the publication is, as one line: its tables with their filters as
- * the server prints them, and what it publishes; then its owner, the
- * session's role, whether that role may act as the owner, and the comment.
- * Filters, and schemas in a publication, are PostgreSQL 15's.
+ * What the publication is, as one line (walq.publication_fingerprint: its
+ * tables with their filters as the server prints them, and what it
+ * publishes); then its owner, the session's role, whether that role may act
+ * as the owner or the owner is walq's (whose functions keep it, as
+ * walq.define_publication), and the comment.
  */
-#define FINGERPRINT_TAIL                                                                           \
-    "    || format(' (all tables %s, insert %s, update %s, delete %s, truncate %s,"                \
-    " via root %s)', p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,"        \
-    "              p.pubviaroot),"                                                                 \
-    "  pg_get_userbyid(p.pubowner), current_user,"                                                 \
-    "  pg_has_role(current_user, p.pubowner, 'USAGE'),"                                            \
-    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"                                     \
-    "  FROM pg_publication p WHERE p.pubname = $1"
-
-static const char fingerprint_15[] =
-    "SELECT coalesce((SELECT string_agg(r.prrelid::regclass::text"
-    "         || coalesce(' WHERE ' || pg_get_expr(r.prqual, r.prrelid), ''), '; '"
-    "         ORDER BY r.prrelid::regclass::text)"
-    "         FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')"
-    "    || coalesce((SELECT '; schemas ' || string_agg(n.pnnspid::regnamespace::text, ', ')"
-    "         FROM pg_publication_namespace n WHERE n.pnpubid = p.oid), '')" FINGERPRINT_TAIL;
-
-static const char fingerprint_14[] =
-    "SELECT coalesce((SELECT string_agg(r.prrelid::regclass::text, '; '"
-    "         ORDER BY r.prrelid::regclass::text)"
-    "         FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')" FINGERPRINT_TAIL;
+static const char fingerprint_sql[] =
+    "SELECT walq.publication_fingerprint(p.pubname),"
+    "  pg_get_userbyid(p.pubowner), current_user,"
+    "  pg_has_role(current_user, p.pubowner, 'USAGE')"
+    "  OR p.pubowner = (SELECT c.relowner FROM pg_class c WHERE c.oid = 'walq.jobs'::regclass),"
+    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"
+    "  FROM pg_publication p WHERE p.pubname = $1";
 
 /* The publication as the server has it now. */
 typedef struct pub_row {
@@ -62,8 +49,7 @@ static int read_pub(PGconn *conn, const char *name, pub_row *out)
     int rc;
 
     memset(out, 0, sizeof(*out));
-    rc = walq__query(conn, &res, "read the reader's publication",
-                     PQserverVersion(conn) >= 150000 ? fingerprint_15 : fingerprint_14, 1, params);
+    rc = walq__query(conn, &res, "read the reader's publication", fingerprint_sql, 1, params);
     if (rc != 0)
         return rc;
     if (PQntuples(res) == 1) {
@@ -99,59 +85,6 @@ static int not_owned(const walq__pub_spec *spec, const pub_row *p)
                        spec->name, p->owner, p->role);
 }
 
-/* The SQL literal of s, appended to b. */
-static int put_literal(walq__buf *b, PGconn *conn, const char *s)
-{
-    char *lit = PQescapeLiteral(conn, s, strlen(s));
-    int rc;
-
-    if (lit == NULL)
-        return walq__error(WALQ_ENOMEM, NULL, "could not quote \"%s\": %s", s,
-                           PQerrorMessage(conn));
-    rc = walq__buf_puts(b, lit);
-    PQfreemem(lit);
-    return rc ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
-}
-
-/*
- * The tables and their filters, as CREATE PUBLICATION ... FOR TABLE and
- * ALTER PUBLICATION ... SET TABLE take them.  A filter may call only
- * built-in immutable functions: the partition is hashint8(id) taken as
- * unsigned, which is what walq.partition_of computes.
- */
-static int put_tables(walq__buf *b, PGconn *conn, const walq__pub_spec *spec)
-{
-    int filters = PQserverVersion(conn) >= 150000;
-    int rc = walq__buf_puts(b, "TABLE walq.jobs");
-
-    if (rc == 0 && filters) {
-        rc = walq__buf_puts(b, " WHERE (queue IN (");
-        for (size_t i = 0; rc == 0 && i < spec->nqueues; i++) {
-            if (i > 0)
-                rc = walq__buf_puts(b, ", ");
-            if (rc == 0)
-                rc = put_literal(b, conn, spec->queues[i]);
-        }
-        if (rc == 0)
-            rc = walq__buf_puts(b, ")");
-        if (rc == 0 && spec->partitions > 1)
-            rc = walq__buf_printf(b, " AND (hashint8(id)::bigint & 4294967295) %% %d = %d",
-                                  spec->partitions, spec->partition);
-        if (rc == 0)
-            rc = walq__buf_puts(b, ")");
-    }
-    if (rc == 0)
-        rc = walq__buf_puts(b, ", walq.commands");
-    if (rc == 0 && filters) {
-        rc = walq__buf_puts(b, " WHERE (group_name = ");
-        if (rc == 0)
-            rc = put_literal(b, conn, spec->group);
-        if (rc == 0)
-            rc = walq__buf_puts(b, ")");
-    }
-    return rc ? walq__error(WALQ_ENOMEM, NULL, "out of memory") : 0;
-}
-
 static int define_failed(const walq__pub_spec *spec, int rc)
 {
     char msg[1024];
@@ -161,76 +94,52 @@ static int define_failed(const walq__pub_spec *spec, int rc)
         return rc;
     snprintf(msg, sizeof(msg), "%s", walq_last_error());
     return walq__error(WALQ_EPERM,
-                       "A consumer on pgoutput makes the publication of its slot: its role needs "
-                       "CREATE on the database and ownership of walq.jobs and walq.commands. Run "
-                       "it as the role that ran walq init, or let a superuser make the "
-                       "publication for it and give it to that role.",
+                       "A consumer on pgoutput makes the publication of its slot through "
+                       "walq.define_publication(), which walq_consumer may call: GRANT "
+                       "walq_consumer to the consumer's role, and run walq init again as the "
+                       "role that owns the walq schema if the function is missing.",
                        "could not make publication \"%s\": %s", spec->name, msg);
 }
 
+/*
+ * The publication is made or redefined by walq.define_publication, with
+ * the rights of walq's owner: CREATE PUBLICATION ... FOR TABLE takes
+ * ownership of the tables, which a consumer need not have.  The function
+ * quotes every name and value, and records what the server made of it in
+ * the comment.
+ */
 int walq__pub_define(PGconn *conn, const walq__pub_spec *spec)
 {
-    walq__buf sql = {0}, text = {0};
-    pub_row now, after;
-    char *name = NULL;
+    walq__buf queues = {0};
+    char k[16], n[16];
+    const char *params[5] = {spec->name, spec->group, NULL, n, k};
+    pub_row now;
+    PGresult *res;
     int rc;
 
-    rc = walq__exec(conn, "begin the publication's transaction", "BEGIN");
-    if (rc != 0)
-        return rc;
+    snprintf(k, sizeof(k), "%d", spec->partition);
+    snprintf(n, sizeof(n), "%d", spec->partitions > 0 ? spec->partitions : 1);
     rc = read_pub(conn, spec->name, &now);
     if (rc == 0 && now.exists && !now.owned)
         rc = not_owned(spec, &now);
-    name = rc == 0 ? PQescapeIdentifier(conn, spec->name, strlen(spec->name)) : NULL;
-    if (rc == 0 && name == NULL)
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    /*
-     * The options first: a partitioned table takes a filter only when its
-     * changes are published as the root's.
-     */
-    if (rc == 0 && now.exists)
-        rc = walq__buf_printf(&sql,
-                              "ALTER PUBLICATION %s SET (publish = 'insert',"
-                              " publish_via_partition_root = true);"
-                              " ALTER PUBLICATION %s SET ",
-                              name, name) != 0
-                 ? walq__error(WALQ_ENOMEM, NULL, "out of memory")
-                 : 0;
-    else if (rc == 0)
-        rc = walq__buf_printf(&sql, "CREATE PUBLICATION %s FOR ", name) != 0
-                 ? walq__error(WALQ_ENOMEM, NULL, "out of memory")
-                 : 0;
-    if (rc == 0)
-        rc = put_tables(&sql, conn, spec);
-    if (rc == 0 && !now.exists &&
-        walq__buf_puts(&sql, " WITH (publish = 'insert', publish_via_partition_root = true)") != 0)
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    if (rc == 0)
-        rc = define_failed(spec, walq__exec(conn, "define the publication", sql.data));
     pub_row_free(&now);
-    memset(&after, 0, sizeof(after));
-    /* The comment records what the server made of it, to tell a change by hand. */
-    if (rc == 0)
-        rc = read_pub(conn, spec->name, &after);
-    if (rc == 0) {
-        walq__buf_free(&sql);
-        sql = (walq__buf){0};
-        if (walq__buf_printf(&sql, "COMMENT ON PUBLICATION %s IS ", name) != 0 ||
-            walq__buf_printf(&text, "%s%s", COMMENT_TAG, after.fingerprint) != 0)
+    if (rc == 0 && walq__buf_puts(&queues, "{") != 0)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    for (size_t i = 0; rc == 0 && i < spec->nqueues; i++)
+        if ((i && walq__buf_puts(&queues, ",") != 0) ||
+            walq__buf_array_elem(&queues, spec->queues[i]) != 0)
             rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    }
+    if (rc == 0 && walq__buf_puts(&queues, "}") != 0)
+        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    params[2] = queues.data;
     if (rc == 0)
-        rc = put_literal(&sql, conn, text.data);
+        rc = define_failed(spec, walq__query(conn, &res, "define the publication",
+                                             "SELECT walq.define_publication($1, $2, $3::text[],"
+                                             " $4::int, $5::int)",
+                                             5, params));
     if (rc == 0)
-        rc = walq__exec(conn, "comment on the publication", sql.data);
-    if (rc == 0)
-        rc = walq__exec(conn, "commit the publication", "COMMIT");
-    else if (PQstatus(conn) == CONNECTION_OK)
-        PQclear(PQexec(conn, "ROLLBACK"));
-    pub_row_free(&after);
-    walq__buf_free(&sql);
-    walq__buf_free(&text);
-    PQfreemem(name);
+        PQclear(res);
+    walq__buf_free(&queues);
     return rc;
 }
 

@@ -103,10 +103,12 @@ int walq__reg_check_sql(PGconn *primary, const char *sql)
 /* The reader                                                          */
 
 /*
- * Through a pooler the process has no session to hold the lock with: the
- * reader is free when no session holds the lock and no lease of another
- * process's runs.  A session that takes the lock while such a lease runs
- * would not hold the reader, so the lock is not even tried then.
+ * The fence is the reader's row (sql/010_roles.sql): a process holds the
+ * reader by its live backend on the primary, or, through a pooler, where it
+ * has no session of its own, by the lease of its epoch.  walq.lock_reader
+ * makes this session the holder when no other live backend and no lease
+ * of another epoch holds it; through a pooler it only says whether the
+ * reader is free, and the takeover then takes the lease.
  */
 int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, int pooled, int64_t mine,
                        walq__reg_lock *out)
@@ -123,10 +125,7 @@ int walq__reg_try_lock(const walq__registry *rg, PGconn *primary, int pooled, in
                      "         coalesce(lease_until > now(), false) AS leased,"
                      "         ceil(extract(epoch FROM lease_until - now()))::bigint AS left_s"
                      "    FROM walq.readers WHERE slot_name = $1)"
-                     " SELECT CASE WHEN coalesce((SELECT leased AND epoch <> $2::bigint FROM r),"
-                     "                           false) THEN false"
-                     "             WHEN $3::boolean THEN walq.reader_lock_pid($1) IS NULL"
-                     "             ELSE walq.lock_reader($1) END,"
+                     " SELECT walq.lock_reader($1, $2::bigint, $3::boolean),"
                      "        coalesce(walq.reader_lock_pid($1)::text, ''),"
                      "        (SELECT holder FROM r), (SELECT epoch FROM r),"
                      "        coalesce((SELECT leased FROM r), false), (SELECT left_s FROM r)",
@@ -151,8 +150,8 @@ int walq__reg_unlock(const walq__registry *rg, PGconn *primary)
 {
     const char *params[1] = {rg->slot};
 
-    return query_clear(primary, "let the reader's lock go",
-                       "SELECT pg_advisory_unlock(2037741434, hashtext($1))", 1, params);
+    return query_clear(primary, "let the reader's lock go", "SELECT walq.unlock_reader($1)", 1,
+                       params);
 }
 
 int walq__reg_lease(const walq__registry *rg, PGconn *primary, int64_t epoch, const char *lease,
@@ -176,21 +175,17 @@ int walq__reg_lease(const walq__registry *rg, PGconn *primary, int64_t epoch, co
     return 0;
 }
 
-/* DROP PUBLICATION IF EXISTS name, on a server that takes writes. */
+/*
+ * Drops the publication named like a slot, if walq made it, on a server
+ * that takes writes: as walq's owner (walq.drop_publication), since a
+ * consumer need not own the tables.
+ */
 static int drop_publication(PGconn *conn, const char *name)
 {
-    char *id = PQescapeIdentifier(conn, name, strlen(name));
-    walq__buf sql = {0};
-    int rc;
+    const char *params[1] = {name};
 
-    if (id == NULL || walq__buf_printf(&sql, "DROP PUBLICATION IF EXISTS %s", id) != 0)
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    else
-        rc =
-            walq__exec(conn, "drop the publication of a slot of the previous partitions", sql.data);
-    PQfreemem(id);
-    walq__buf_free(&sql);
-    return rc;
+    return query_clear(conn, "drop the publication of a slot of the previous partitions",
+                       "SELECT walq.drop_publication($1)", 1, params);
 }
 
 /*
@@ -299,7 +294,9 @@ static int take_row(const walq__registry *rg, PGconn *primary, const char *queue
                      "                         ELSE cursor_lsn END,"
                      "       sync_lsn = CASE WHEN old.source_id <> $4 THEN NULL"
                      "                       ELSE sync_lsn END,"
-                     "       lease_until = now() + $6::interval"
+                     "       lease_until = now() + $6::interval,"
+                     "       holder_pid = CASE WHEN $6 IS NULL THEN pg_backend_pid() END,"
+                     "       holder_started = CASE WHEN $6 IS NULL THEN walq.backend_started() END"
                      "  FROM old WHERE r.slot_name = $1 AND r.epoch = $5::bigint"
                      " RETURNING epoch, cursor_lsn::text, coalesce(sync_lsn::text, ''),"
                      "           NOT (queues @> $3::text[] AND queues <@ $3::text[]),"
@@ -617,7 +614,9 @@ int walq__reg_snapshot_seal(PGconn *source, int32_t *generation)
 {
     PGresult *res;
     int rc = walq__query(source, &res, "read the last seal of the backlog",
-                         "SELECT coalesce(max(job_id), 0) FROM walq.commands WHERE action = 'seal'",
+                         "SELECT coalesce(max(c.job_id), 0) FROM walq.commands c"
+                         " WHERE c.action = 'seal' AND EXISTS (SELECT 1 FROM walq.generations g"
+                         "   WHERE g.generation = c.job_id AND g.sealed_at IS NOT NULL)",
                          0, NULL);
 
     if (rc != 0)
@@ -629,6 +628,24 @@ int walq__reg_snapshot_seal(PGconn *source, int32_t *generation)
 
 /* ------------------------------------------------------------------ */
 /* Commands                                                            */
+
+int walq__reg_seal_valid(PGconn *primary, int64_t generation, int *valid, int64_t *opened)
+{
+    num_text g = num(generation);
+    const char *params[1] = {g.s};
+    PGresult *res;
+    int rc = walq__query(primary, &res, "check a seal command",
+                         "SELECT $1::int8 BETWEEN 1 AND v - 1, v"
+                         "  FROM pg_sequence_last_value('walq.generation_seq') AS v",
+                         1, params);
+
+    if (rc != 0)
+        return rc;
+    *valid = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    *opened = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    return 0;
+}
 
 int walq__reg_cancelled(const walq__registry *rg, PGconn *primary, int64_t id, int *yes)
 {

@@ -157,6 +157,14 @@ int walq__reg_maintain(PGconn *primary, int64_t *next_us);
  */
 int walq__reg_snapshot_seal(PGconn *source, int32_t *generation);
 
+/*
+ * Whether a seal command read from the stream names a generation walq has
+ * closed (one below the current generation, as walq.maintain() seals
+ * them): *opened is the current one.  walq.commands is written only by
+ * walq's functions, but a reader acts on no command it cannot check.
+ */
+int walq__reg_seal_valid(PGconn *primary, int64_t generation, int *valid, int64_t *opened);
+
 /* Is the job's outcome in this group "cancelled" (a command may be stale)? */
 int walq__reg_cancelled(const walq__registry *rg, PGconn *primary, int64_t id, int *yes);
 

@@ -1,6 +1,12 @@
 -- Publishing, and the dedup keys every insert with a key takes.  Applied by
 -- `walq init` on every run, after the numbered migrations; the keys' table,
 -- walq.dedup_keys, is made by sql/002_lifecycle.sql.
+--
+-- A producer (walq_producer) may insert into walq.jobs and nothing more:
+-- the trigger and walq.publish() read outcomes and groups and write
+-- walq.dedup_keys with the rights of walq's owner (SECURITY DEFINER, with a
+-- search_path that no caller can put a table or function of its own on), so
+-- a producer gets a key only by inserting the job that holds it.
 
 -- Takes the key (queue, key) for job_id and returns the job that holds it
 -- afterwards: job_id itself, or an unfinished job that had it first.
@@ -55,7 +61,7 @@ $$;
 -- as ON CONFLICT DO NOTHING would).  Rows without a key do not call it.
 CREATE OR REPLACE FUNCTION walq.jobs_dedup()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF walq.claim_dedup_key(NEW.queue, NEW.dedup_key, NEW.id) = NEW.id THEN
         RETURN NEW;
@@ -78,7 +84,7 @@ CREATE OR REPLACE FUNCTION walq.publish(queue text,
                                         max_attempts integer DEFAULT 25,
                                         dedup_key text DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     new_id bigint;

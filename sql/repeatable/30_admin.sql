@@ -2,6 +2,11 @@
 -- `walq job cancel`).  Applied by `walq init` on every run, after the
 -- numbered migrations.  Both insert into walq.commands, which running
 -- consumers read from their replication stream.
+--
+-- walq.commands is written only here and by walq.maintain(): no role is
+-- granted INSERT on it.  retry_job and cancel_job run with the rights of
+-- walq's owner (SECURITY DEFINER, search_path fixed to pg_catalog), and
+-- walq_admin may call them (sql/repeatable/90_privileges.sql).
 
 -- The groups a job is administered in: the one named, which must exist and
 -- read the job's queue, or every group that reads it, of which there must be
@@ -75,7 +80,7 @@ $$;
 -- one key would break the promise the key makes, so the retry fails instead.
 CREATE OR REPLACE FUNCTION walq.retry_job(job_id bigint, group_name text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     job walq.jobs := walq.job_row(retry_job.job_id);
@@ -137,7 +142,7 @@ $$;
 -- written before it.
 CREATE OR REPLACE FUNCTION walq.cancel_job(job_id bigint, group_name text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     job walq.jobs := walq.job_row(cancel_job.job_id);

@@ -10,31 +10,92 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT ((hashint8(job_id)::bigint & 4294967295) % partitions)::integer
 $$;
 
--- Each reader is held by one process at a time: the one whose session holds
--- this advisory lock (the key is the reader's slot name).  A consumer that
--- dies loses its session and with it the lock, which a waiting consumer of
--- the same reader then takes.  A consumer whose primary connection goes
--- through a pooler holds a lease instead (walq.readers.lease_until).
-CREATE OR REPLACE FUNCTION walq.lock_reader(slot_name text)
+-- Each reader is held by one process at a time (sql/010_roles.sql).  The
+-- fence is the reader's row, which only walq_consumer may write: its holder
+-- is the backend of holder_pid (started at holder_started) while that
+-- backend lives, or, for a holder whose primary connection goes through a
+-- pooler (and so has no session of its own), whoever holds the lease until
+-- lease_until.  A consumer that dies loses its backend, and a waiting
+-- consumer of the same reader takes the reader at its next try.  Whether a
+-- backend lives is read from pg_stat_activity with the rights of walq's
+-- owner, which sees when every backend started.
+CREATE OR REPLACE FUNCTION walq.backend_alive(pid integer, started timestamptz)
 RETURNS boolean
-LANGUAGE sql VOLATILE STRICT AS $$
-    SELECT pg_try_advisory_lock(2037741434, hashtext(slot_name))
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                    WHERE a.pid = $1
+                      AND ($2 IS NULL OR a.backend_start IS NULL OR a.backend_start = $2))
 $$;
 
--- The backend holding a reader, or NULL when no process holds it.
+-- When the calling session's backend started (pg_stat_activity shows every
+-- session its own).
+CREATE OR REPLACE FUNCTION walq.backend_started()
+RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_catalog.pg_stat_activity a
+     WHERE a.pid = pg_catalog.pg_backend_pid()
+$$;
+
+-- The fence used to be a session-level advisory lock, which any role could
+-- take; the function that took it goes.
+DROP FUNCTION IF EXISTS walq.lock_reader(text);
+
+-- Tries to take the reader for the calling session: true when no live
+-- backend but this one holds it and no lease of another epoch than `mine`
+-- runs.  A session that connects directly (pooled false) becomes the
+-- holder; one through a pooler does not (it takes the lease when it takes
+-- the reader over, walq consume's take_row).  A reader with no row yet is
+-- free: whoever makes the row first takes it.  The row is locked, so two
+-- claimants queue up, and the second sees the first as the holder.
+CREATE OR REPLACE FUNCTION walq.lock_reader(slot_name text, mine bigint, pooled boolean)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    r walq.readers;
+BEGIN
+    SELECT * INTO r FROM walq.readers x WHERE x.slot_name = lock_reader.slot_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN true;
+    END IF;
+    IF coalesce(r.lease_until > now() AND r.epoch IS DISTINCT FROM lock_reader.mine, false) THEN
+        RETURN false;
+    END IF;
+    IF r.holder_pid IS NOT NULL AND r.holder_pid <> pg_backend_pid()
+       AND walq.backend_alive(r.holder_pid, r.holder_started) THEN
+        RETURN false;
+    END IF;
+    IF NOT lock_reader.pooled THEN
+        UPDATE walq.readers x SET holder_pid = pg_backend_pid(),
+                                  holder_started = walq.backend_started()
+         WHERE x.slot_name = lock_reader.slot_name;
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Lets the reader go if the calling session holds it.
+CREATE OR REPLACE FUNCTION walq.unlock_reader(slot_name text)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH up AS (
+        UPDATE walq.readers r SET holder_pid = NULL, holder_started = NULL
+         WHERE r.slot_name = $1 AND r.holder_pid = pg_catalog.pg_backend_pid()
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM up)
+$$;
+
+-- The backend holding a reader, or NULL when no live backend holds it.
 CREATE OR REPLACE FUNCTION walq.reader_lock_pid(slot_name text)
 RETURNS integer
 LANGUAGE sql STABLE STRICT AS $$
-    SELECT l.pid FROM pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-       AND l.classid = 2037741434::bigint::oid
-       AND l.objid = (hashtext(slot_name)::bigint & 4294967295)::oid
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-     LIMIT 1
+    SELECT r.holder_pid FROM walq.readers r
+     WHERE r.slot_name = $1 AND r.holder_pid IS NOT NULL
+       AND walq.backend_alive(r.holder_pid, r.holder_started)
 $$;
 
--- Whether a process holds the reader: by its session's advisory lock, or,
--- through a pooler, by a lease that has not run out.
+-- Whether a process holds the reader: by a live backend, or, through a
+-- pooler, by a lease that has not run out.
 CREATE OR REPLACE FUNCTION walq.reader_held(slot_name text)
 RETURNS boolean
 LANGUAGE sql STABLE STRICT AS $$

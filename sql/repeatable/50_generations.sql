@@ -6,7 +6,7 @@
 -- How long finished jobs are kept; returns the new setting.
 CREATE OR REPLACE FUNCTION walq.set_retention(retention interval)
 RETURNS interval
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF set_retention.retention IS NULL OR set_retention.retention < interval '1 second' THEN
         RAISE EXCEPTION 'retention "%" is too short', set_retention.retention
@@ -153,19 +153,26 @@ $$;
 -- retention ago.  Returns the seconds until the next round is due.  Of
 -- consumers that call it at once, one takes the lock and does the work;
 -- the others skip the round.
+--
+-- It makes and drops partitions, which takes ownership of the tables: it
+-- runs with the rights of walq's owner (SECURITY DEFINER), so a consumer
+-- (walq_consumer) that does not own them keeps its generations.  The lock
+-- is the row of walq.settings, which no role but walq's owner may lock: an
+-- advisory lock could be taken by any role that connects, and held to stop
+-- every round.
 CREATE OR REPLACE FUNCTION walq.maintain()
 RETURNS double precision
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s walq.settings;
     period interval;
     cur integer;
     g walq.generations;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(2037741436) THEN
+    SELECT * INTO s FROM walq.settings FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN 1;
     END IF;
-    SELECT * INTO s FROM walq.settings;
     period := least(greatest(s.retention / 3, interval '1 second'), interval '1 hour');
     cur := pg_sequence_last_value('walq.generation_seq');
 

@@ -136,8 +136,8 @@ assert_match "$CAP_ERR" 'HINT:  Run "walq init" against this database first\.' "
 
 capture walq init
 assert_eq "$CAP_RC" 0 "walq init upgrades the old database"
-assert_match "$CAP_ERR" 'applied 4 migrations; schema "walq" is up to date' \
-    "walq init applies four migrations, 006 to 009"
+assert_match "$CAP_ERR" 'applied 5 migrations; schema "walq" is up to date' \
+    "walq init applies five migrations, 006 to 010"
 assert_eq "$(q "SELECT string_agg(checksum, ',') FROM walq.repeatables")" "$checksum" \
     "the upgrade records the repeatable set"
 same_schema postgres "upgraded from 001-005"
@@ -227,7 +227,7 @@ old_init old3 003_sql_handler.sql
 h3=$(pg_psql -d old3 -c "SELECT walq.publish('work', '{}', dedup_key => 'k3')")
 capture walq init --dbname "dbname=old3"
 assert_eq "$CAP_RC" 0 "walq init upgrades a database at migration 003"
-assert_match "$CAP_ERR" 'applied 6 migrations' "applying 004 to 009"
+assert_match "$CAP_ERR" 'applied 7 migrations' "applying 004 to 010"
 same_schema old3 "upgraded from 001-003"
 assert_eq "$(pg_psql -d old3 -c "SELECT walq.publish('work', '{}', dedup_key => 'k3')")" "$h3" \
     "the key taken before the upgrade is still held"
@@ -244,7 +244,7 @@ pg_psql -d old1 -c "INSERT INTO walq.outcomes (group_name, job_id, status, attem
                     VALUES ('g1', $d1, 'done', 1)"
 capture walq init --dbname "dbname=old1"
 assert_eq "$CAP_RC" 0 "walq init upgrades a database at migration 001"
-assert_match "$CAP_ERR" 'applied 8 migrations' "applying 002 to 009"
+assert_match "$CAP_ERR" 'applied 9 migrations' "applying 002 to 010"
 same_schema old1 "upgraded from 001"
 assert_eq "$(pg_psql -d old1 -c "SELECT string_agg(dedup_key || ' ' || job_id, ',') FROM walq.dedup_keys")" \
     "open-key $u1" "the unfinished job keeps its key, the done one's is free"
