@@ -122,6 +122,17 @@ wait_for 'scrape "$port"; [ "$(metric "walq_lag_confirmed_bytes{$L}")" = 0 ]' 20
     "confirmed catches up with received"
 pass "/metrics agrees with SQL after 80 jobs"
 
+# Every family served is in docs/operations.md's list, and the Grafana
+# dashboard uses only names that are served.
+families=$(awk '$1 == "#" && $2 == "TYPE" { print $3 }' "$WORK/scrape")
+for f in $families; do
+    grep -qF "| \`$f\` |" "$WALQ_SOURCE_DIR/docs/operations.md" || fail "$f is not in docs/operations.md"
+done
+for n in $(grep -o 'walq_[a-z_]*' "$WALQ_SOURCE_DIR/docs/grafana-walq.json" | sed -E 's/_(bucket|sum|count)$//' | sort -u); do
+    grep -qx "$n" <<<"$families" || fail "docs/grafana-walq.json uses $n, which /metrics does not serve"
+done
+pass "the metrics are documented and the dashboard's names are served"
+
 # What is not served.
 get /nothing "$port" >/dev/null
 assert_eq "$(code)" 404 "an unknown path is 404"
@@ -167,6 +178,9 @@ wait_for 'scrape "$aport"; [ "$(metric "walq_audit_changes_total{group=\"ha\",pa
 assert_eq "$(metric "walq_audit_changes_total{group=\"ha\",partition=\"0\"}")" "$(wc -l <"$WORK/trail.jsonl")" \
     "one change counted per line of the trail"
 [ "$(metric "walq_stream_bytes_total{group=\"ha\",partition=\"0\"}")" -gt 0 ] || fail "the audit streamed no bytes"
+for f in $(awk '$1 == "#" && $2 == "TYPE" { print $3 }' "$WORK/scrape"); do
+    grep -qF "| \`$f\` |" "$WALQ_SOURCE_DIR/docs/operations.md" || fail "the audit's $f is not in docs/operations.md"
+done
 kill -TERM "$audit"
 bg_wait "$audit" 20
 assert_eq "$BG_RC" 0 "the audit exits 0 on SIGTERM with --http on"
