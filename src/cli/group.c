@@ -49,7 +49,9 @@ const char walq__cli_slot_sql[] =
     "       coalesce(pg_wal_lsn_diff(w.lsn, s.confirmed_flush_lsn)::bigint::text, 'lost'),"
     "       coalesce(pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint::text, '-'),"
     "       coalesce(s.wal_status, '-'), coalesce(s.safe_wal_size::text, ''),"
-    "       coalesce(s.plugin, '-')"
+    "       coalesce(s.plugin, '-'),"
+    "       coalesce((SELECT pg_wal_lsn_diff(w.lsn, r.sent_lsn)::bigint::text"
+    "                   FROM pg_stat_replication r WHERE r.pid = s.active_pid), '-')"
     "  FROM pg_replication_slots s, w WHERE s.slot_name = $1";
 
 void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
@@ -60,6 +62,7 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
     memset(out, 0, sizeof(*out));
     snprintf(out->active, sizeof(out->active), "-");
     snprintf(out->lag, sizeof(out->lag), "-");
+    snprintf(out->sent_lag, sizeof(out->sent_lag), "-");
     snprintf(out->retained, sizeof(out->retained), "-");
     snprintf(out->wal_status, sizeof(out->wal_status), "-");
     snprintf(out->plugin, sizeof(out->plugin), "-");
@@ -76,6 +79,7 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
         snprintf(out->wal_status, sizeof(out->wal_status), "%s", PQgetvalue(res, 0, 3));
         snprintf(out->safe, sizeof(out->safe), "%s", PQgetvalue(res, 0, 4));
         snprintf(out->plugin, sizeof(out->plugin), "%s", PQgetvalue(res, 0, 5));
+        snprintf(out->sent_lag, sizeof(out->sent_lag), "%s", PQgetvalue(res, 0, 6));
         if (strcmp(out->retained, "-") != 0)
             out->retained_bytes = strtoll(out->retained, NULL, 10);
     } else {
@@ -260,8 +264,9 @@ int walq__cli_status(int argc, char **argv)
                    "                   [--warn-retained BYTES]\n\n"
                    "Shows every reader of every consumer group (one per partition): its slot,\n"
                    "the walq process holding it (host and pid) and the walsender serving it on\n"
-                   "the source, how far the slot's confirmed position lags behind the server's\n"
-                   "WAL (lag_bytes), how long the oldest queued job has waited (lag_s), the\n"
+                   "the source, how far what that walsender sent (recv_lag) and the slot's\n"
+                   "confirmed position (lag_bytes) are behind the server's WAL, in bytes, how\n"
+                   "long the oldest queued job has waited (lag_s, seconds), the\n"
                    "WAL the slot keeps on the server (retained, bytes) and its wal_status, the\n"
                    "cursor, and the reader's jobs by status.  --source names the server with\n"
                    "the slots when it is not the primary.\n\n"
@@ -293,24 +298,25 @@ int walq__cli_status(int argc, char **argv)
         PQfinish(conn);
         return 1;
     }
-    printf("%-20s %-9s %-26s %-24s %-9s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s %9s  %s\n",
-           "group", "partition", "slot", "held_by", "walsender", "lag_bytes", "lag_s", "retained",
-           "wal_status", "cursor", "queued", "running", "scheduled", "done", "dead", "cancelled",
-           "queues");
+    printf("%-20s %-9s %-26s %-24s %-9s %12s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s %9s  "
+           "%s\n",
+           "group", "partition", "slot", "held_by", "walsender", "recv_lag", "lag_bytes", "lag_s",
+           "retained", "wal_status", "cursor", "queued", "running", "scheduled", "done", "dead",
+           "cancelled", "queues");
     for (int i = 0; i < PQntuples(res); i++) {
         walq__cli_slot s;
         char g[128], holder[128], queues[512];
 
         walq__cli_slot_read(sconn ? sconn : conn, PQgetvalue(res, i, 1), &s);
-        printf("%-20s %-9s %-26s %-24s %-9s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s %9s  "
-               "%s\n",
-               walq__cli_escape(g, sizeof(g), PQgetvalue(res, i, 0)), PQgetvalue(res, i, 10),
-               PQgetvalue(res, i, 1),
-               walq__cli_escape(holder, sizeof(holder), PQgetvalue(res, i, 11)), s.active, s.lag,
-               PQgetvalue(res, i, 12), s.retained, s.wal_status, PQgetvalue(res, i, 3),
-               PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
-               PQgetvalue(res, i, 7), PQgetvalue(res, i, 8), PQgetvalue(res, i, 9),
-               walq__cli_escape(queues, sizeof(queues), PQgetvalue(res, i, 2)));
+        printf(
+            "%-20s %-9s %-26s %-24s %-9s %12s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s "
+            "%9s  %s\n",
+            walq__cli_escape(g, sizeof(g), PQgetvalue(res, i, 0)), PQgetvalue(res, i, 10),
+            PQgetvalue(res, i, 1), walq__cli_escape(holder, sizeof(holder), PQgetvalue(res, i, 11)),
+            s.active, s.sent_lag, s.lag, PQgetvalue(res, i, 12), s.retained, s.wal_status,
+            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
+            PQgetvalue(res, i, 6), PQgetvalue(res, i, 7), PQgetvalue(res, i, 8),
+            PQgetvalue(res, i, 9), walq__cli_escape(queues, sizeof(queues), PQgetvalue(res, i, 2)));
         if (strcmp(PQgetvalue(res, i, 11), "-") == 0)
             warned |= warn_slot(g, PQgetvalue(res, i, 1), &s, threshold);
     }

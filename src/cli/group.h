@@ -29,6 +29,7 @@ typedef struct walq__cli_slot {
     int exists, error;
     char active[32];     /* walsender pid, "no", or "missing" */
     char lag[32];        /* bytes behind the server's WAL, or "lost" */
+    char sent_lag[32];   /* the server's WAL past what its walsender sent, or "-" */
     char retained[32];   /* bytes of WAL the slot keeps */
     char wal_status[16]; /* reserved, extended, unreserved, lost */
     char safe[32];       /* safe_wal_size, "" when the server sets no limit */

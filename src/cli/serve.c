@@ -195,7 +195,9 @@ static const char slots_sql[] =
     "SELECT s.slot_name, s.active,"
     "       pg_wal_lsn_diff(w.lsn, s.confirmed_flush_lsn)::bigint,"
     "       pg_wal_lsn_diff(w.lsn, s.restart_lsn)::bigint,"
-    "       coalesce(s.wal_status, ''), s.safe_wal_size, s.plugin"
+    "       coalesce(s.wal_status, ''), s.safe_wal_size, s.plugin,"
+    "       (SELECT pg_wal_lsn_diff(w.lsn, r.sent_lsn)::bigint"
+    "          FROM pg_stat_replication r WHERE r.pid = s.active_pid)"
     "  FROM pg_replication_slots s, w WHERE s.slot_name = ANY ($1::text[])";
 
 static const char dead_sql[] =
@@ -348,7 +350,15 @@ static int labels(walq__buf *b, const char *name, const char *group, const char 
 }
 
 /* One gauge per reader: column col of snap->readers' slot row, or a computed value. */
-enum reader_value { RV_LIVE, RV_LAG_BYTES, RV_LAG_S, RV_RETAINED, RV_SAFE, RV_ACTIVE };
+enum reader_value {
+    RV_LIVE,
+    RV_LAG_BYTES,
+    RV_LAG_RECEIVED,
+    RV_LAG_S,
+    RV_RETAINED,
+    RV_SAFE,
+    RV_ACTIVE
+};
 
 static int reader_gauge(walq__buf *b, const snapshot *snap, const char *name, const char *help,
                         enum reader_value v)
@@ -380,7 +390,7 @@ static int reader_gauge(walq__buf *b, const snapshot *snap, const char *name, co
         }
         /* The slot's numbers: none for a slot that is missing, or a value it lacks. */
         {
-            int col = v == RV_LAG_BYTES ? 2 : v == RV_RETAINED ? 3 : 5;
+            int col = v == RV_LAG_BYTES ? 2 : v == RV_RETAINED ? 3 : v == RV_LAG_RECEIVED ? 7 : 5;
 
             if (k < 0 || PQgetisnull(snap->slots, k, col))
                 continue;
@@ -411,6 +421,11 @@ static int render_metrics(const snapshot *snap, walq__buf *b)
             : reader_gauge(b, snap, "walq_group_lag_bytes",
                            "WAL of the source past the confirmed position of the reader's slot.",
                            RV_LAG_BYTES);
+    rc = rc ? rc
+            : reader_gauge(b, snap, "walq_group_lag_received_bytes",
+                           "WAL of the source past what the walsender streaming the slot has "
+                           "sent; absent when none streams from it.",
+                           RV_LAG_RECEIVED);
     rc = rc ? rc
             : reader_gauge(b, snap, "walq_group_lag_seconds",
                            "How long the oldest queued job of the reader has waited; 0 when none "

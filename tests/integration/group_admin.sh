@@ -51,6 +51,8 @@ awk -v l="$lag_s" 'BEGIN { exit !(l >= 5 && l < 60) }' ||
     fail "walq status: stale's oldest queued job waited 5 s, but lag_s is $lag_s"
 assert_eq "$(cell "$CAP_OUT" stale queued)" 2 "walq status: stale has the 2 jobs queued"
 assert_eq "$(cell "$CAP_OUT" keep lag_s)" 0 "walq status: keep is caught up, lag_s 0"
+assert_match "$(cell "$CAP_OUT" keep recv_lag)" '^[0-9]+$' "walq status: recv_lag of keep's walsender"
+assert_eq "$(cell "$CAP_OUT" stale recv_lag)" - "walq status: no recv_lag without a walsender"
 assert_eq "$(q "SELECT count(*) FROM walq.dedup_keys WHERE dedup_key = 'only-one'")" 1 \
     "the dedup key is held while stale has not finished its job"
 

@@ -129,6 +129,10 @@ awk -v a="$lag_s" -v b="$lag_s1" -v o="$oldest" 'BEGIN { m = a > b ? a : b; exit
 pass "walq_group_lag_seconds of gb: $lag_s and $lag_s1 (oldest queued job: $oldest s)"
 assert_eq "$(metric walq_group_lag_seconds 'group="ga",partition="0"')" 0.000 "walq_group_lag_seconds: ga is caught up"
 grep -q '^# TYPE walq_slot_retained_wal_bytes gauge$' "$WORK/metrics" || fail "no TYPE line"
+assert_match "$(metric walq_group_lag_received_bytes 'group="ga",partition="0"')" '^[0-9]+$' \
+    "walq_group_lag_received_bytes of ga, whose walsender streams"
+grep -q '^walq_group_lag_received_bytes{group="gb"' "$WORK/metrics" &&
+    fail "walq_group_lag_received_bytes for gb, which no walsender serves"
 
 # -- the status page -----------------------------------------------------------
 capture curl -sS -m 10 -o "$WORK/page.html" -w '%{http_code}' "$url/"
