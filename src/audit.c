@@ -18,9 +18,11 @@
  */
 #include "audit.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "audit_format.h"
 #include "audit_sink.h"
@@ -43,6 +45,7 @@ struct walq__audit {
     json_object *held; /* the last change taken, written when the next one or the commit comes */
     walq__metrics *m;  /* what --http serves: the loop writes, HTTP threads read */
     uint64_t flushes_seen;
+    atomic_int reconf_level; /* a reload's log level (walq__audit_reconfigure), or -1 */
 };
 
 static const char *const plugin_options[] = {"format-version",
@@ -203,6 +206,7 @@ int walq__audit_open(walq__audit **out, const walq__audit_options *opts)
     a = calloc(1, sizeof(*a));
     if (a == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    atomic_init(&a->reconf_level, -1);
     a->o = *opts;
     a->rd.wake[0] = a->rd.wake[1] = -1;
     if (a->o.status_interval <= 0)
@@ -569,6 +573,27 @@ static void publish(walq__audit *a)
 }
 
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
+void walq__audit_reconfigure(walq__audit *a, walq_log_level log_level)
+{
+    char b = 'r';
+
+    atomic_store(&a->reconf_level, (int)log_level);
+    if (a->rd.wake[1] >= 0 && write(a->rd.wake[1], &b, 1) < 0) {
+        /* The loop's wake pipe, as walq__audit_stop() uses it: a full one wakes it too. */
+    }
+}
+
+/* A reload's log level, if one came since the last turn. */
+static void phase_settings(walq__audit *a)
+{
+    int level = atomic_exchange(&a->reconf_level, -1);
+
+    if (level < 0 || level == (int)a->log.level)
+        return;
+    walq__info(&a->log, "log_level changed from %d to %d", (int)a->log.level, level);
+    a->log.level = (walq_log_level)level;
+}
+
 static int turn(walq__audit *a, walq__wait *w)
 {
     int64_t now = walq__mono_us();
@@ -580,6 +605,7 @@ static int turn(walq__audit *a, walq__wait *w)
                            "start");
     watch(a, now);
     publish(a);
+    phase_settings(a);
     if (!stopping)
         rc = phase_reconnect(a, now);
     if (rc == 0 && !stopping)

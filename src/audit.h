@@ -59,6 +59,12 @@ int walq__audit_run(walq__audit *a);
  */
 void walq__audit_stop(walq__audit *a, int immediate);
 
+/*
+ * A reload (SIGHUP): the running audit logs at log_level from its loop's
+ * next turn.  Safe from any thread, not from a signal handler.
+ */
+void walq__audit_reconfigure(walq__audit *a, walq_log_level log_level);
+
 void walq__audit_stats_get(const walq__audit *a, walq__audit_stats *out);
 
 void walq__audit_free(walq__audit *a);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "cli/cli.h"
 #include "cli/web.h"
 #include "cli/notify.h"
+#include "cli/settings.h"
 
 #define EXIT_USAGE 2
 
@@ -40,9 +42,170 @@ static void describe(char *buf, size_t len, void *a)
     snprintf(buf, len, "%llu changes written", (unsigned long long)st.changes);
 }
 
+/*
+ * The settings of a run, built by the table below from the defaults, the
+ * configuration file and the command line.  The strings are the pool's.
+ */
+typedef struct audit_args {
+    walq__audit_options o;
+    const char *dbname;      /* --dbname: the table's server, and the source's by default */
+    const char *http;        /* --http ADDR:PORT, or NULL */
+    int64_t ready_within_ms; /* --ready-within; 0: the default */
+    int64_t status_ms;       /* o.status_interval, in milliseconds */
+    const char *log_format;
+    walq__set_pool pool;
+} audit_args;
+
+static int set_file_mode(void *base, const char *value, walq__set_pool *pool)
+{
+    char *end;
+    long mode;
+
+    (void)pool;
+    errno = 0;
+    mode = strtol(value, &end, 8);
+    if (errno != 0 || end == value || *end != '\0' || mode < 0 || mode > 0777)
+        return -1;
+    ((audit_args *)base)->o.file_mode = (int)mode;
+    return 0;
+}
+
+static const walq__set_name log_levels[] = {{"error", WALQ_LOG_ERROR},
+                                            {"warning", WALQ_LOG_WARNING},
+                                            {"info", WALQ_LOG_INFO},
+                                            {"debug", WALQ_LOG_DEBUG},
+                                            {NULL, 0}};
+static const walq__set_name log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
+
+#define OFF(field) offsetof(audit_args, field)
+#define MAX_MS     INT64_C(10000000000)
+
+/*
+ * Every setting of walq audit: --NAME on the command line, NAME in the
+ * file's [audit] section.  SIGHUP applies log-level to the running audit.
+ */
+static const walq__setting audit_table[] = {
+    {.name = "output",
+     .kind = WALQ__SET_STR,
+     .off = OFF(o.output),
+     .arg = "FILE|-",
+     .help = "JSON lines to FILE, or to standard output (default)",
+     .what = "a file name or -"},
+    {.name = "into",
+     .kind = WALQ__SET_STR,
+     .off = OFF(o.into),
+     .arg = "TABLE",
+     .help = "rows into TABLE ([schema.]name) instead",
+     .what = "a table name"},
+    {.name = "group",
+     .kind = WALQ__SET_STR,
+     .off = OFF(o.group),
+     .def = "audit",
+     .arg = "NAME",
+     .help = "audit group: lower-case letters, digits, _ (default\n\"audit\"); each group is an "
+             "independent trail",
+     .what = "a group name"},
+    {.name = "source",
+     .kind = WALQ__SET_STR,
+     .off = OFF(o.source),
+     .arg = "CONNINFO",
+     .help = "server with walq's tables and the slot (default:\n--dbname, or the libpq "
+             "environment)",
+     .what = "a connection string"},
+    {.name = "dbname",
+     .kind = WALQ__SET_STR,
+     .off = OFF(dbname),
+     .arg = "CONNINFO",
+     .help = "server of --into's table, and the source unless\n--source is given (default: libpq "
+             "environment)",
+     .what = "a connection string"},
+    {.name = "file-mode",
+     .kind = WALQ__SET_FUNC,
+     .off = OFF(o.file_mode),
+     .arg = "MODE",
+     .help = "permissions of an output file the audit creates, in\noctal (default 0600, whatever "
+             "the umask)",
+     .what = "permissions in octal, such as 0640",
+     .fn = set_file_mode,
+     .size = sizeof(int)},
+    {.name = "drain",
+     .kind = WALQ__SET_BOOL,
+     .off = OFF(o.drain),
+     .def = "no",
+     .help = "exit once every change committed before the start\nis written",
+     .what = "yes or no"},
+    {.name = "status-interval",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(status_ms),
+     .def = "10",
+     .flags = WALQ__SET_EXCL_LO,
+     .arg = "SEC",
+     .help = "seconds between status updates (default 10)",
+     .what = "seconds above 0",
+     .lo = 0,
+     .hi = 1000000000},
+    {.name = "http",
+     .kind = WALQ__SET_STR,
+     .off = OFF(http),
+     .arg = "ADDR:PORT",
+     .help = "serve /metrics, /healthz, /readyz and a status page\nat / (e.g. 127.0.0.1:9188; "
+             "default: off)",
+     .what = "ADDR:PORT"},
+    {.name = "ready-within",
+     .kind = WALQ__SET_SECONDS,
+     .off = OFF(ready_within_ms),
+     .flags = WALQ__SET_EXCL_LO,
+     .arg = "SEC",
+     .help = "/readyz answers 200 while the audit has streamed\nwithin SEC seconds (default 60)",
+     .what = "seconds above 0",
+     .lo = 0,
+     .hi = MAX_MS},
+    {.name = "log-level",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(o.log_level),
+     .def = "info",
+     .flags = WALQ__SET_RELOAD,
+     .arg = "LEVEL",
+     .help = "error, warning, info (the default) or debug",
+     .what = "error, warning, info or debug",
+     .names = log_levels},
+    {.name = "verbose",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(o.log_level),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "--log-level debug",
+     .what = "",
+     .names = log_levels,
+     .fixed = "debug"},
+    {.name = "quiet",
+     .kind = WALQ__SET_ENUM,
+     .off = OFF(o.log_level),
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
+     .help = "--log-level warning",
+     .what = "",
+     .names = log_levels,
+     .fixed = "warning"},
+    {.name = "log-format",
+     .kind = WALQ__SET_CHOICE,
+     .off = OFF(log_format),
+     .def = "text",
+     .arg = "FORMAT",
+     .help = "text (the default) or json: one JSON object per line\non standard error, for log "
+             "collectors",
+     .what = "text or json",
+     .names = log_formats},
+};
+
+/* A file may hold the consumer's settings too, in [consume]. */
+static const char *const other_sections[] = {"consume", NULL};
+
+static const walq__settings audit_settings = {"audit", audit_table, WALQ__ARRAY_SIZE(audit_table),
+                                              other_sections, NULL};
+
 static void help(void)
 {
-    printf("Usage: %s audit [--output FILE|-] [--into TABLE] [--group NAME] [OPTIONS]\n\n"
+    printf("Usage: %s audit [--output FILE|-] [--into TABLE] [--group NAME] [OPTIONS]\n"
+           "       %s audit --config FILE [OPTIONS]\n\n"
            "Writes every insert, update and delete of walq.jobs and walq.outcomes, in commit\n"
            "order, one JSON object per change: lsn, xid, commit_time, commit_lsn, end_lsn,\n"
            "index and last (its place in its transaction), table, action, new (the new row)\n"
@@ -53,215 +216,188 @@ static void help(void)
            "missing and none twice.  Standard output (-, the default) is at least once\n"
            "across restarts.  With --into, rows go to TABLE (created if missing, append-only)\n"
            "on the --dbname server, in the same transaction as the audit's cursor.\n\n"
-           "Options:\n"
-           "  --output FILE|-         JSON lines to FILE, or to standard output (default)\n"
-           "  --into TABLE            rows into TABLE ([schema.]name) instead\n"
-           "  --group NAME            audit group: lower-case letters, digits, _ (default\n"
-           "                          \"audit\"); each group is an independent trail\n"
-           "  --source CONNINFO       server with walq's tables and the slot (default:\n"
-           "                          --dbname, or the libpq environment)\n"
-           "  --dbname CONNINFO       server of --into's table, and the source unless\n"
-           "                          --source is given (default: libpq environment)\n"
-           "  --file-mode MODE        permissions of an output file the audit creates, in\n"
-           "                          octal (default 0600, whatever the umask)\n"
-           "  --drain                 exit once every change committed before the start\n"
-           "                          is written\n"
-           "  --status-interval SEC   seconds between status updates (default 10)\n"
-           "  --http ADDR:PORT        serve /metrics, /healthz, /readyz and a status page\n"
-           "                          at / (e.g. 127.0.0.1:9188; default: off)\n"
-           "  --ready-within SEC      /readyz answers 200 while the audit has streamed\n"
-           "                          within SEC seconds (default 60)\n"
-           "  --verbose, --quiet      more or less logging\n"
-           "  --log-format FORMAT     text (the default) or json: one JSON object per line\n"
-           "                          on standard error, for log collectors\n\n"
-           "SIGTERM or SIGINT finishes the transaction being received, writes and confirms\n"
-           "what is whole and exits 0; a second signal exits at once.\n",
-           progname);
+           "Options:\n",
+           progname, progname);
+    walq__settings_help(&audit_settings, stdout);
+    printf("\nSIGTERM or SIGINT finishes the transaction being received, writes and confirms\n"
+           "what is whole and exits 0; a second signal exits at once.\n");
+}
+
+/* The settings as at the start and at every reload: 0, or 1 (the file) or 2 with err. */
+static int build(audit_args *a, const walq__cmdline *cl, char *err, size_t errlen)
+{
+    int rc;
+
+    memset(a, 0, sizeof(*a));
+    a->o.log = walq__cli_log;
+    rc = walq__settings_build(&audit_settings, cl, a, &a->pool, err, errlen);
+    if (rc != 0)
+        return rc;
+    if (cl->nrest > 0) {
+        snprintf(err, errlen, "unexpected argument \"%s\"", cl->rest[0]);
+        return 2;
+    }
+    a->o.status_interval = (double)a->status_ms / 1000.0;
+    a->o.target = a->dbname;
+    if (a->o.source == NULL)
+        a->o.source = a->dbname;
+    return 0;
+}
+
+typedef struct reloader {
+    audit_args *cur;
+    const walq__cmdline *cl;
+    walq__audit *a;
+} reloader;
+
+static void reload_log(walq_log_level level, const char *fmt, ...) WALQ__PRINTF(2, 3);
+
+static void reload_log(walq_log_level level, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    walq__cli_log(level, msg, NULL);
+}
+
+/*
+ * SIGHUP, in the reload thread: the settings built again; the log level
+ * goes to the audit, any other change is logged as needing a restart, and a
+ * bad file changes nothing.
+ */
+static void reload(void *arg)
+{
+    reloader *r = arg;
+    audit_args fresh;
+    char err[2048];
+    int rc;
+
+    if (r->cl->config == NULL) {
+        reload_log(WALQ_LOG_WARNING, "received SIGHUP, but there is no configuration file to read "
+                                     "again\nHINT:  Start walq audit with --config FILE.");
+        return;
+    }
+    rc = build(&fresh, r->cl, err, sizeof(err));
+    if (rc != 0) {
+        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
+                   err);
+        walq__set_pool_free(&fresh.pool);
+        return;
+    }
+    for (size_t i = 0; i < audit_settings.n; i++) {
+        const walq__setting *s = &audit_settings.v[i];
+
+        if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP | WALQ__SET_RELOAD)) ||
+            walq__setting_equal(s, r->cur, &fresh))
+            continue;
+        reload_log(WALQ_LOG_WARNING,
+                   "setting \"%s\" changed in \"%s\" but needs a restart; the value in use stays",
+                   s->name, r->cl->config);
+    }
+    r->cur->o.log_level = fresh.o.log_level;
+    walq__audit_reconfigure(r->a, fresh.o.log_level);
+    reload_log(WALQ_LOG_INFO, "reloaded \"%s\"", r->cl->config);
+    walq__set_pool_free(&fresh.pool);
 }
 
 int walq__cli_audit(int argc, char **argv)
 {
-    enum {
-        O_OUTPUT = 256,
-        O_HTTP_ADDR,
-        O_READY_WITHIN,
-        O_LOG_FORMAT,
-        O_INTO,
-        O_GROUP,
-        O_SOURCE,
-        O_DBNAME,
-        O_DRAIN,
-        O_STATUS,
-        O_VERBOSE,
-        O_QUIET,
-        O_FILE_MODE
-    };
-    static const struct option longopts[] = {{"output", required_argument, NULL, O_OUTPUT},
-                                             {"into", required_argument, NULL, O_INTO},
-                                             {"group", required_argument, NULL, O_GROUP},
-                                             {"source", required_argument, NULL, O_SOURCE},
-                                             {"dbname", required_argument, NULL, O_DBNAME},
-                                             {"drain", no_argument, NULL, O_DRAIN},
-                                             {"status-interval", required_argument, NULL, O_STATUS},
-                                             {"verbose", no_argument, NULL, O_VERBOSE},
-                                             {"quiet", no_argument, NULL, O_QUIET},
-                                             {"file-mode", required_argument, NULL, O_FILE_MODE},
-                                             {"log-format", required_argument, NULL, O_LOG_FORMAT},
-                                             {"http", required_argument, NULL, O_HTTP_ADDR},
-                                             {"ready-within", required_argument, NULL, O_READY_WITHIN},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
-    walq__audit_options o;
-    const char *dbname = NULL;
-    const char *http = NULL; /* --http ADDR:PORT */
-    double ready_within = 0; /* --ready-within, seconds; 0: the default */
+    audit_args args;
+    walq__audit_options *o = &args.o;
+    walq__cmdline cl;
     walq__web *web = NULL;
     walq__audit *a = NULL;
     walq__audit_stats st;
     walq__notify notify;
+    reloader r;
     static char slot[96], prefix[96];
-    int opt, rc;
+    char err[2048];
+    int rc;
     int64_t t0;
 
-    memset(&o, 0, sizeof(o));
-    o.group = "audit";
-    o.status_interval = 10.0;
-    o.log = walq__cli_log;
-    o.log_level = WALQ_LOG_INFO;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case O_OUTPUT:
-            o.output = optarg;
-            break;
-        case O_INTO:
-            o.into = optarg;
-            break;
-        case O_GROUP:
-            o.group = optarg;
-            break;
-        case O_SOURCE:
-            o.source = optarg;
-            break;
-        case O_DBNAME:
-            dbname = optarg;
-            break;
-        case O_DRAIN:
-            o.drain = 1;
-            break;
-        case O_FILE_MODE: {
-            char *end;
-            long mode;
-
-            errno = 0;
-            mode = strtol(optarg, &end, 8);
-            if (errno != 0 || end == optarg || *end != '\0' || mode < 0 || mode > 0777) {
-                usage_error("--file-mode takes permissions in octal, such as 0640, not \"%s\"",
-                            optarg);
-                return EXIT_USAGE;
-            }
-            o.file_mode = mode == 0 ? 0 : (int)mode;
-            break;
-        }
-        case O_STATUS: {
-            char *end;
-
-            errno = 0;
-            o.status_interval = strtod(optarg, &end);
-            if (errno != 0 || end == optarg || *end != '\0' || !(o.status_interval > 0) ||
-                o.status_interval > 1e6) {
-                usage_error("--status-interval takes seconds above 0, not \"%s\"", optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        }
-        case O_VERBOSE:
-            o.log_level = WALQ_LOG_DEBUG;
-            break;
-        case O_QUIET:
-            o.log_level = WALQ_LOG_WARNING;
-            break;
-        case O_LOG_FORMAT:
-            if (walq__cli_log_format(optarg) != 0) {
-                usage_error("--log-format takes text or json, not \"%s\"", optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case O_HTTP_ADDR:
-            if (walq__web_check_listen(optarg) != 0)
-                return EXIT_USAGE;
-            http = optarg;
-            break;
-        case O_READY_WITHIN: {
-            char *end;
-
-            errno = 0;
-            ready_within = strtod(optarg, &end);
-            if (errno != 0 || end == optarg || *end != '\0' || !(ready_within > 0) ||
-                ready_within > 1e7) {
-                usage_error("--ready-within takes seconds above 0, not \"%s\"", optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        }
-        case 'h':
-            help();
-            return 0;
-        default:
-            usage_error("%s", "invalid option for \"audit\"");
-            return EXIT_USAGE;
-        }
+    memset(&args, 0, sizeof(args));
+    rc = walq__settings_cmdline(&audit_settings, &cl, argc, argv);
+    if (rc == 1) {
+        help();
+        walq__cmdline_free(&cl);
+        return 0;
     }
-    if (optind < argc) {
-        usage_error("unexpected argument \"%s\"", argv[optind]);
+    if (rc != 0) {
+        usage_error("%s", "invalid option for \"audit\"");
+        walq__cmdline_free(&cl);
         return EXIT_USAGE;
     }
-    o.target = dbname;
-    if (o.source == NULL)
-        o.source = dbname;
+    rc = build(&args, &cl, err, sizeof(err));
+    if (rc == 1)
+        walq__cli_message("ERROR", err);
+    else if (rc != 0)
+        usage_error("%s", err);
+    if (rc == 0 && args.http != NULL && walq__web_check_listen(args.http) != 0)
+        rc = 2;
+    if (rc != 0) {
+        walq__set_pool_free(&args.pool);
+        walq__cmdline_free(&cl);
+        return EXIT_USAGE;
+    }
+    walq__cli_log_format(args.log_format);
 
-    snprintf(slot, sizeof(slot), "walqaudit_%s", o.group);
-    snprintf(prefix, sizeof(prefix), "audit \"%s\": ", o.group);
-    walq__cli_log_context("audit", o.group, NULL, slot, prefix);
+    snprintf(slot, sizeof(slot), "walqaudit_%s", o->group);
+    snprintf(prefix, sizeof(prefix), "audit \"%s\": ", o->group);
+    walq__cli_log_context("audit", o->group, NULL, slot, prefix);
     /* The audit exists once opened: its address goes to the watch at once. */
     walq__notify_init(&notify, describe, NULL);
     if (notify.on) {
-        o.watch = walq__notify_watch;
-        o.watch_arg = &notify;
-        o.watch_interval_ms = walq__notify_interval_ms(&notify);
+        o->watch = walq__notify_watch;
+        o->watch_arg = &notify;
+        o->watch_interval_ms = walq__notify_interval_ms(&notify);
     }
-    rc = walq__audit_open(&a, &o);
-    if (rc != 0)
+    rc = walq__audit_open(&a, o);
+    if (rc != 0) {
+        walq__set_pool_free(&args.pool);
+        walq__cmdline_free(&cl);
         return walq__cli_open_failed(rc);
-    if (http != NULL) {
-        walq__web_config cfg = {http, (int64_t)(ready_within * 1000), o.target, o.source};
+    }
+    if (args.http != NULL) {
+        walq__web_config cfg = {args.http, args.ready_within_ms, o->target, o->source};
 
         if (walq__web_start(&web, &cfg, walq__audit_metrics(a)) != 0) {
             walq__audit_free(a);
+            walq__set_pool_free(&args.pool);
+            walq__cmdline_free(&cl);
             return 1;
         }
     }
     notify.arg = a;
     walq__cli_on_stop(stop_audit, a);
+    r = (reloader){&args, &cl, a};
+    if (walq__cli_on_reload(reload, &r) != 0)
+        walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
+                                     "ignored");
 
     t0 = walq__mono_us();
     rc = walq__audit_run(a);
+    walq__cli_on_reload(NULL, NULL);
     walq__notify_stopping(&notify);
     walq__audit_stats_get(a, &st);
     walq__cli_on_stop(NULL, NULL);
     walq__web_stop(web);
     walq__audit_free(a);
-    if (rc != 0) {
+    if (rc != 0)
         walq__cli_fail(rc);
-        return 1;
-    }
-    if (o.log_level >= WALQ_LOG_INFO) {
+    else if (o->log_level >= WALQ_LOG_INFO) {
         double secs = (double)(walq__mono_us() - t0) / 1e6;
 
         walq__cli_note("audit \"%s\": %llu changes in %llu transactions written in %.2f s "
                        "(%.0f changes/s), %llu %s",
-                       o.group, (unsigned long long)st.changes, (unsigned long long)st.transactions,
-                       secs, secs > 0 ? (double)st.changes / secs : 0.0,
-                       (unsigned long long)st.flushes, o.into ? "commits" : "flushes");
+                       o->group, (unsigned long long)st.changes,
+                       (unsigned long long)st.transactions, secs,
+                       secs > 0 ? (double)st.changes / secs : 0.0, (unsigned long long)st.flushes,
+                       o->into ? "commits" : "flushes");
     }
-    return 0;
+    walq__set_pool_free(&args.pool);
+    walq__cmdline_free(&cl);
+    return rc != 0 ? 1 : 0;
 }

@@ -184,3 +184,53 @@ bg_wait "$live" 30
 assert_eq "$BG_RC" 0 "the consumer stops cleanly after its reloads"
 assert_eq "$(outcomes live | tr ' ' '\n' | sort | uniq -c | awk '{ print $1, $2 }')" "19 ql:done" \
     "all 19 jobs of the three phases are done once each"
+
+# ------------------------------------------------------------------
+# 5. The audit, from the [audit] section of a file that has [consume] too.
+cat >"$WORK/audit.ini" <<INI
+[consume]
+group = not_the_audits
+[audit]
+group = trail
+output = $WORK/trail.jsonl
+drain = yes
+INI
+capture walq audit --config "$WORK/audit.ini"
+assert_eq "$CAP_RC" 0 "audit configured by the file drains and exits 0 ($CAP_ERR)"
+assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walqaudit_trail'")" 1 \
+    "the file's audit group names the slot"
+# A new slot starts now: the changes after it come at the next run.
+a1=$(walq publish qa '{"audit": 1}')
+a2=$(walq publish qa '{"audit": 2}')
+capture walq audit --config "$WORK/audit.ini"
+assert_eq "$CAP_RC" 0 "the file's audit again ($CAP_ERR)"
+assert_eq "$(jq -r 'select(.table == "walq.jobs" and .action == "insert") | .new.id' "$WORK/trail.jsonl" | paste -sd' ')" \
+    "$a1 $a2" "the file's output holds the inserts committed since"
+capture walq audit --config "$WORK/audit.ini" --group other --output "$WORK/other.jsonl"
+assert_eq "$CAP_RC" 0 "audit with command-line overrides exits 0 ($CAP_ERR)"
+assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walqaudit_other'")" 1 \
+    "--group wins over the file's"
+[ -e "$WORK/other.jsonl" ] || fail "--output wins over the file's: no $WORK/other.jsonl"
+assert_eq "$(wc -l <"$WORK/trail.jsonl")" 2 "--output wins: the file's output got nothing more"
+printf '[audit]\ndrain = perhaps\n' >"$WORK/bad_audit.ini"
+capture walq audit --config "$WORK/bad_audit.ini"
+assert_eq "$CAP_RC" 2 "audit with a bad file: exit 2"
+assert_match "$CAP_ERR" "$WORK/bad_audit.ini:2: \"drain\" takes yes or no, not \"perhaps\"" "audit: the bad line named"
+
+# SIGHUP: the log level of a running audit.
+printf '[audit]\ngroup = live_trail\noutput = %s\n' "$WORK/live.jsonl" >"$WORK/live_audit.ini"
+bg "$WALQ_BIN" audit --config "$WORK/live_audit.ini" 2>"$WORK/live_audit.err"
+aud=$BG_PID
+wait_for 'grep -q "streaming slot" "$WORK/live_audit.err"' 30 "the audit to stream"
+printf '[audit]\ngroup = live_trail\noutput = %s\nlog_level = debug\n' "$WORK/live.jsonl" >"$WORK/live_audit.ini"
+kill -HUP "$aud"
+wait_for 'grep -q "log_level changed from 2 to 3" "$WORK/live_audit.err"' 30 "the audit to log at debug"
+walq publish qa '{"after": "reload"}' >/dev/null
+wait_for 'grep -q "DEBUG" "$WORK/live_audit.err"' 30 "a debug line from the audit after the reload"
+printf '[audit]\ngroup = renamed\n' >"$WORK/live_audit.ini"
+kill -HUP "$aud"
+wait_for 'grep -q "setting \"group\" changed in \"[^\"]*live_audit.ini\" but needs a restart" "$WORK/live_audit.err"' 30 \
+    "the audit to log that a new group needs a restart"
+kill -TERM "$aud"
+bg_wait "$aud" 30
+assert_eq "$BG_RC" 0 "the audit stops cleanly after its reloads"
