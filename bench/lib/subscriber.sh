@@ -24,7 +24,7 @@ bench_pg_start_extra replica
 P=$PGTEST_CONN
 R=$PGTEST_CONN_REPLICA
 walq init >/dev/null
-walq replica setup --primary "$P" --source "$R" 2>"$WORK/setup.log" ||
+walq replica setup --allow-insecure-subscription --primary "$P" --source "$R" 2>"$WORK/setup.log" ||
     fail "walq replica setup failed: $(tail -n 5 "$WORK/setup.log")"
 
 # caught_up: the subscription's walsender on the primary has sent all the

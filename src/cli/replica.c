@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/replica.h"
@@ -36,10 +37,12 @@
 typedef struct replica_opts {
     const char *primary;
     const char *source;
-    const char *sub_conninfo; /* how the source server reaches the primary */
+    const char *sub_conninfo; /* how the source server reaches the primary, as given */
     const char *name;
     double timeout;
-    char object[64]; /* OBJECT_PREFIX name: publication, subscription, slot */
+    int allow_insecure; /* --allow-insecure-subscription */
+    char *sub_text;     /* the subscription's connection string (subscription_conninfo) */
+    char object[64];    /* OBJECT_PREFIX name: publication, subscription, slot */
 } replica_opts;
 
 typedef enum parse_result { PARSE_OK, PARSE_HELP, PARSE_BAD } parse_result;
@@ -91,7 +94,13 @@ static void setup_help(void)
            "                        REPLICATION attribute\n"
            "  --name NAME           tells several set-ups on one primary apart\n"
            "                        (default \"%s\")\n"
+           "  --allow-insecure-subscription\n"
+           "                        make the subscription without sslmode=verify-ca or\n"
+           "                        verify-full (a unix socket, a network you trust)\n"
            "  --timeout SECONDS     how long to wait for the initial copy (default %.0f)\n\n"
+           "The subscription gets the settings of --subscription-conninfo as written,\n"
+           "and the TLS settings of this environment (PGSSLMODE, PGSSLROOTCERT, ...) that\n"
+           "it does not give; never a password from PGPASSWORD or a password file.\n\n"
            "Both servers need wal_level = logical; the role on the source must be a\n"
            "superuser, the one on the primary a superuser or the owner of the walq tables.\n",
            progname, OBJECT_PREFIX, DEFAULT_NAME, DEFAULT_WAIT_S);
@@ -110,13 +119,14 @@ static void teardown_help(void)
 
 static parse_result parse_opts(int argc, char **argv, int setup, replica_opts *ro)
 {
-    enum { O_PRIMARY = 256, O_SOURCE, O_SUBCONN, O_NAME, O_TIMEOUT };
+    enum { O_PRIMARY = 256, O_SOURCE, O_SUBCONN, O_NAME, O_TIMEOUT, O_INSECURE };
     static const struct option longopts[] = {
         {"primary", required_argument, NULL, O_PRIMARY},
         {"source", required_argument, NULL, O_SOURCE},
         {"subscription-conninfo", required_argument, NULL, O_SUBCONN},
         {"name", required_argument, NULL, O_NAME},
         {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"allow-insecure-subscription", no_argument, NULL, O_INSECURE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *cmd = setup ? "setup" : "teardown";
@@ -135,12 +145,15 @@ static parse_result parse_opts(int argc, char **argv, int setup, replica_opts *r
             break;
         case O_SUBCONN:
         case O_TIMEOUT:
+        case O_INSECURE:
             if (!setup) {
                 usage_error(cmd, "%s", "invalid option for \"replica teardown\"");
                 return PARSE_BAD;
             }
             if (opt == O_SUBCONN) {
                 ro->sub_conninfo = optarg;
+            } else if (opt == O_INSECURE) {
+                ro->allow_insecure = 1;
             } else {
                 char *end;
 
@@ -788,6 +801,130 @@ static int exec_subscription(PGconn *sconn, const replica_opts *ro, const char *
     return rc;
 }
 
+/*
+ * A conninfo value in single quotes, with \ and ' escaped as libpq reads
+ * them.
+ */
+static int put_conninfo_value(walq__buf *b, const char *v)
+{
+    int rc = walq__buf_puts(b, "'");
+
+    for (; *v && rc == 0; v++) {
+        if (*v == '\\' || *v == '\'')
+            rc = walq__buf_puts(b, "\\");
+        if (rc == 0)
+            rc = walq__buf_printf(b, "%c", *v);
+    }
+    return rc ? rc : walq__buf_puts(b, "'");
+}
+
+/* The TLS settings: what travels from the environment into the subscription. */
+static int is_tls_keyword(const char *kw)
+{
+    return strncmp(kw, "ssl", 3) == 0 || strcmp(kw, "requiressl") == 0;
+}
+
+/* Settings naming a file, made absolute: the source server reads them from its data directory. */
+static int is_file_keyword(const char *kw)
+{
+    return strcmp(kw, "sslcert") == 0 || strcmp(kw, "sslkey") == 0 ||
+           strcmp(kw, "sslrootcert") == 0 || strcmp(kw, "sslcrl") == 0 ||
+           strcmp(kw, "sslcrldir") == 0;
+}
+
+/*
+ * The subscription's connection string, in ro->sub_text: the settings of
+ * --subscription-conninfo (or --primary) as they were written, and each
+ * TLS setting that this environment gives (PGSSLMODE, PGSSLROOTCERT,
+ * PGSSLCERT, PGSSLKEY, PGSSLCRL, ...) and the string does not, written out:
+ * explicit settings win, then the environment, as in libpq.  The source
+ * server's own processes make the connection, and they have none of the
+ * caller's environment.  Nothing else comes from the environment: a
+ * password from PGPASSWORD or a password file is not copied into
+ * pg_subscription, where it would be kept in clear; one written in
+ * --primary is, since it was given for this.
+ *
+ * The subscription must verify the primary's certificate (sslmode
+ * verify-ca or verify-full) unless --allow-insecure-subscription says
+ * otherwise.  No message here shows the string: it may hold a password.
+ */
+static int subscription_conninfo(replica_opts *ro)
+{
+    PQconninfoOption *given, *defaults = NULL;
+    walq__buf b = {0};
+    char sslmode[32] = "", *err = NULL, cwd[4096];
+    int rc = 0, n = 0;
+
+    given = PQconninfoParse(ro->sub_conninfo, &err);
+    if (given == NULL) {
+        PQfreemem(err);
+        return walq__error(WALQ_EINVAL,
+                           "Give it as keyword=value pairs or as a postgresql:// URI, as libpq "
+                           "takes it.",
+                           "invalid connection string for the subscription (%s)",
+                           ro->sub_conninfo == ro->primary ? "--primary"
+                                                           : "--subscription-conninfo");
+    }
+    defaults = PQconndefaults();
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        cwd[0] = '\0';
+    for (PQconninfoOption *o = given; o->keyword != NULL && rc == 0; o++) {
+        const char *v = o->val;
+
+        if (v == NULL && is_tls_keyword(o->keyword) && defaults != NULL) {
+            for (PQconninfoOption *d = defaults; d->keyword != NULL; d++) {
+                if (strcmp(d->keyword, o->keyword) == 0 && d->envvar != NULL) {
+                    v = getenv(d->envvar);
+                    break;
+                }
+            }
+            if (v != NULL && *v == '\0')
+                v = NULL;
+        }
+        if (v == NULL)
+            continue;
+        if (strcmp(o->keyword, "sslmode") == 0)
+            snprintf(sslmode, sizeof(sslmode), "%s", v);
+        if (n++ > 0)
+            rc = walq__buf_puts(&b, " ");
+        if (rc == 0)
+            rc = walq__buf_printf(&b, "%s=", o->keyword);
+        if (rc == 0 && is_file_keyword(o->keyword) && v[0] != '/' && strcmp(v, "system") != 0 &&
+            cwd[0] != '\0') {
+            walq__buf path = {0};
+
+            rc = walq__buf_printf(&path, "%s/%s", cwd, v);
+            if (rc == 0)
+                rc = put_conninfo_value(&b, path.data);
+            walq__buf_free(&path);
+        } else if (rc == 0) {
+            rc = put_conninfo_value(&b, v);
+        }
+    }
+    PQconninfoFree(given);
+    if (defaults != NULL)
+        PQconninfoFree(defaults);
+    if (rc != 0) {
+        walq__buf_free(&b);
+        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+    }
+    if (!ro->allow_insecure && strcmp(sslmode, "verify-ca") != 0 &&
+        strcmp(sslmode, "verify-full") != 0) {
+        walq__buf_free(&b);
+        return walq__error(
+            WALQ_EINVAL,
+            "Give sslmode=verify-full and sslrootcert=FILE (the CA's certificate, a path on the "
+            "source's host) in --primary or --subscription-conninfo, or set PGSSLMODE and "
+            "PGSSLROOTCERT; or, over a unix socket or a network you trust, pass "
+            "--allow-insecure-subscription.",
+            "the subscription would connect to the primary with sslmode \"%s\", which does not "
+            "verify the primary's certificate",
+            *sslmode ? sslmode : "prefer");
+    }
+    ro->sub_text = b.data ? b.data : walq__strdup("");
+    return ro->sub_text ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
+}
+
 static int ensure_subscription(PGconn *sconn, const replica_opts *ro, const sub_state *st,
                                int pub_changed)
 {
@@ -795,7 +932,7 @@ static int ensure_subscription(PGconn *sconn, const replica_opts *ro, const sub_
     char *lit;
     int rc = 0;
 
-    lit = PQescapeLiteral(sconn, ro->sub_conninfo, strlen(ro->sub_conninfo));
+    lit = PQescapeLiteral(sconn, ro->sub_text, strlen(ro->sub_text));
     if (lit == NULL)
         return walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (!st->exists) {
@@ -814,7 +951,7 @@ static int ensure_subscription(PGconn *sconn, const replica_opts *ro, const sub_
         goto done;
     }
     say("source: subscription \"%s\" exists", ro->object);
-    if (strcmp(st->conninfo, ro->sub_conninfo) != 0) {
+    if (strcmp(st->conninfo, ro->sub_text) != 0) {
         if (walq__buf_printf(&sql, "ALTER SUBSCRIPTION %s CONNECTION %s", ro->object, lit) != 0)
             rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
         if (rc == 0)
@@ -968,7 +1105,9 @@ static int replica_setup(int argc, char **argv)
         break;
     }
     /* Everything is checked on both servers before anything is changed. */
-    rc = connect_server(&sconn, ro.source);
+    rc = subscription_conninfo(&ro);
+    if (rc == 0)
+        rc = connect_server(&sconn, ro.source);
     if (rc == 0)
         rc = connect_server(&pconn, ro.primary);
     if (rc == 0)
@@ -1042,6 +1181,7 @@ done:
         PQfinish(pconn);
     if (sconn)
         PQfinish(sconn);
+    free(ro.sub_text);
     return rc == 0 ? 0 : 1;
 }
 

@@ -29,7 +29,19 @@ publish_sql work 40
 
 # ---- What setup refuses, each before it changes anything ---------------
 
-capture walq replica setup --primary "$PGTEST_CONN_PLAIN" --source "$R"
+# Without TLS that verifies the primary (sslmode verify-ca or verify-full),
+# only when told: these servers are on unix sockets, which have no TLS.
+capture walq replica setup --primary "$P password=SuperSecret42" --source "$R"
+assert_eq "$CAP_RC" 1 "setup without sslmode=verify-full or the flag fails"
+assert_match "$CAP_ERR" 'ERROR:  the subscription would connect to the primary with sslmode "prefer", which does not verify' \
+    "it names the sslmode"
+assert_match "$CAP_ERR" 'HINT:  Give sslmode=verify-full .*--allow-insecure-subscription' "and the fix and the flag"
+assert_eq "$(grep -c SuperSecret42 <<<"$CAP_ERR" || true)" 0 "the refusal does not show the password"
+PGSSLMODE=require capture walq replica setup --primary "$P" --source "$R"
+assert_match "$CAP_ERR" 'with sslmode "require", which does not verify' "PGSSLMODE counts as the sslmode"
+assert_eq "$(q_on replica "SELECT to_regnamespace('walq') IS NULL")" t "nothing was created on the source"
+
+capture walq replica setup --allow-insecure-subscription --primary "$PGTEST_CONN_PLAIN" --source "$R"
 assert_eq "$CAP_RC" 1 "a primary with wal_level = replica: setup fails"
 assert_match "$CAP_ERR" 'ERROR:  logical replication requires wal_level = logical, but the primary ".*" has wal_level = replica' \
     "it says the primary's wal_level is the problem"
@@ -37,25 +49,25 @@ assert_match "$CAP_ERR" "HINT:  Set wal_level = logical in the primary's postgre
     "and how to fix it"
 assert_eq "$(q_on replica "SELECT to_regnamespace('walq') IS NULL")" t "nothing was created on the source"
 
-capture walq replica setup --primary "$P" --source "$PGTEST_CONN_PLAIN"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$PGTEST_CONN_PLAIN"
 assert_eq "$CAP_RC" 1 "a source with wal_level = replica: setup fails"
 assert_match "$CAP_ERR" 'logical decoding requires wal_level = logical, but the source' \
     "it says the source cannot hold group slots"
 pg_stop_extra plain
 
-capture walq replica setup --primary "$P" --source "$P"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$P"
 assert_eq "$CAP_RC" 1 "the primary as its own source: setup fails"
 assert_match "$CAP_ERR" 'belong to the same cluster' "it says both are one cluster"
 
 q_on replica "CREATE ROLE app LOGIN" >/dev/null
-capture walq replica setup --primary "$P" --source "$R user=app"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$R user=app"
 assert_eq "$CAP_RC" 1 "a source role that is not a superuser: setup fails"
 assert_match "$CAP_ERR" 'permission denied to create a subscription on the source ".*" as role "app"' \
     "it says the role may not create a subscription"
 
 # 19 slots of the primary's 20 taken: the subscription needs two.
 q "SELECT count(pg_create_physical_replication_slot('filler_' || g)) FROM generate_series(1, 19) g" >/dev/null
-capture walq replica setup --primary "$P" --source "$R"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$R"
 assert_eq "$CAP_RC" 1 "a primary short of replication slots: setup fails"
 assert_match "$CAP_ERR" 'too few free replication slots for the subscription: max_replication_slots = 20, 19 in use' \
     "it says how many slots there are and are used"
@@ -65,7 +77,7 @@ q "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
 
 # The source cannot reach the primary with the connection string it is
 # given: setup gets as far as the subscription, and a later run completes.
-capture walq replica setup --primary "$P" --source "$R" \
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$R" \
     --subscription-conninfo "host=$WORK/nowhere port=1 user=postgres dbname=postgres"
 assert_eq "$CAP_RC" 1 "a source that cannot reach the primary: setup fails"
 assert_match "$CAP_ERR" 'could not create subscription "walqrepl_main" on the source ".*": could not connect to the publisher' \
@@ -75,7 +87,7 @@ assert_match "$CAP_ERR" 'HINT:  The source server connects to the primary itself
 
 # ---- Set-up ----------------------------------------------------------
 
-capture walq replica setup --primary "$P" --source "$R"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$R"
 [ "$CAP_RC" -eq 0 ] || fail "replica setup failed: $CAP_ERR"
 pass "replica setup completes what the failed run left"
 assert_match "$CAP_ERR" 'primary: publication "walqrepl_main" exists' "the publication was kept from the run before"
@@ -85,7 +97,7 @@ assert_match "$CAP_ERR" 'initial copy done; the source has 40 jobs' "it waited f
 assert_eq "$(q_on replica "SELECT count(*), sum(id) FROM walq.jobs")" \
     "$(q "SELECT count(*), sum(id) FROM walq.jobs")" "the replica has the primary's jobs, with their ids"
 
-capture walq replica setup --primary "$P" --source "$R"
+capture walq replica setup --allow-insecure-subscription --primary "$P" --source "$R"
 assert_eq "$CAP_RC" 0 "replica setup again succeeds"
 assert_match "$CAP_ERR" 'subscription "walqrepl_main" exists' "and changes nothing"
 
