@@ -285,10 +285,39 @@ int walq__conn_params_build(walq__conn_params *out, const char *conninfo, walq__
     return 0;
 }
 
+/*
+ * The fix of a failed TLS connection, from libpq's message, or NULL: which
+ * certificate check failed and which setting changes it.
+ */
+static const char *tls_hint(const char *msg)
+{
+    if (strstr(msg, "certificate verify failed") != NULL)
+        return "TLS: the server's certificate is not signed by a CA in sslrootcert (by default "
+               "~/.postgresql/root.crt).  Give sslrootcert the file of the CA that signed the "
+               "server's certificate.";
+    if (strstr(msg, "does not match host name") != NULL ||
+        strstr(msg, "could not get server's host name from server certificate") != NULL)
+        return "TLS: with sslmode=verify-full the server's certificate must name the host "
+               "connected to.  Give host the name the certificate has (hostaddr may give its "
+               "address), use a certificate made for this name, or sslmode=verify-ca to check "
+               "the CA alone.";
+    if (strstr(msg, "root certificate file") != NULL)
+        return "TLS: sslmode verify-ca and verify-full need the CA's certificate.  Give its file "
+               "with sslrootcert (or PGSSLROOTCERT).";
+    if (strstr(msg, "server does not support SSL") != NULL)
+        return "TLS: the server does not take TLS connections.  Set ssl = on (with ssl_cert_file "
+               "and ssl_key_file) in its postgresql.conf, or give a server that does.";
+    if (strstr(msg, "SSL error") != NULL || strstr(msg, "SSL SYSCALL error") != NULL)
+        return "TLS: the encrypted connection failed.  Check the sslmode, sslrootcert, sslcert "
+               "and sslkey settings against the server's certificate and its ssl settings.";
+    return NULL;
+}
+
 static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__conn_kind kind)
 {
     char msg[1024];
     char to[600] = "";
+    const char *tls;
 
     /* With no connection string the server's own message names the socket. */
     if (conninfo && *conninfo) {
@@ -319,6 +348,8 @@ static int explain_connect_failure(PGconn *conn, const char *conninfo, walq__con
         strstr(msg, "max_wal_senders"))
         return walq__error(WALQ_ESERVER, "Raise max_wal_senders on the server and restart it.",
                            "could not start a replication connection%s: %s", to, msg);
+    if ((tls = tls_hint(msg)) != NULL)
+        return walq__error(WALQ_ECONN, tls, "could not connect%s: %s", to, msg);
     if (strstr(msg, "timeout expired") != NULL)
         return walq__error(WALQ_ECONN,
                            "Check that the server is running and reachable from here: a host "

@@ -22,6 +22,8 @@ packages=(
     debootstrap
     # Acks through a pooler in transaction mode (tests/integration/pgbouncer.sh).
     pgbouncer
+    # The CA and the certificates of the TLS test (tests/integration/tls.sh).
+    openssl
     # sd_notify for the systemd units (src/cli/notify.c, tests/integration/systemd_notify.sh).
     libsystemd-dev
     # --http of consume and audit (src/http.c); its tests scrape with curl and
