@@ -48,6 +48,9 @@ struct walq__web {
 /* ------------------------------------------------------------------ */
 /* SQL with deadlines                                                  */
 
+static PGresult *db_query(PGconn **conn, const char *sql, int n, const char *const *params,
+                          char *err, size_t errlen);
+
 /* A connection of the HTTP thread's: connect_timeout bounds the connecting. */
 static PGconn *db_connect(const char *conninfo, char *err, size_t errlen)
 {
@@ -66,8 +69,13 @@ static PGconn *db_connect(const char *conninfo, char *err, size_t errlen)
         return NULL;
     }
     /* The server's own bound too, below ours, so that it cancels the query itself. */
-    res = PQexec(conn, "SELECT set_config('statement_timeout', '2500', false)");
+    res = db_query(&conn, "SELECT set_config('statement_timeout', '2500', false)", 0, NULL, err,
+                   errlen);
     PQclear(res);
+    if (res == NULL && conn != NULL) {
+        PQfinish(conn);
+        conn = NULL;
+    }
     return conn;
 }
 
@@ -178,9 +186,11 @@ static int on_metrics(void *arg, const walq__http_request *req, walq__http_respo
     walq__web *w = arg;
 
     (void)req;
-    pthread_mutex_lock(&w->db_mu);
-    sample_retained(w);
-    pthread_mutex_unlock(&w->db_mu);
+    /* A page being read holds the connections: the scrape keeps the last sample then. */
+    if (pthread_mutex_trylock(&w->db_mu) == 0) {
+        sample_retained(w);
+        pthread_mutex_unlock(&w->db_mu);
+    }
     resp->content_type = WALQ__HTTP_PROMETHEUS;
     return walq__metrics_write(w->m, &resp->body);
 }
