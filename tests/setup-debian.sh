@@ -26,6 +26,9 @@ packages=(
     openssl
     # sd_notify for the systemd units (src/cli/notify.c, tests/integration/systemd_notify.sh).
     libsystemd-dev
+    # The manual pages (man/gen.sh) and the .deb (tests/integration/deb.sh);
+    # man checks that the pages render.
+    help2man dpkg-dev man-db
     # --http of consume and audit (src/http.c); its tests scrape with curl and
     # load the status page in headless Chromium (tests/integration/http.sh).
     libmicrohttpd-dev curl chromium

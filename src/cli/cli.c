@@ -23,7 +23,7 @@ const char *walq__progname = "walq";
  * fields that name what a message is about come from the command, and the
  * library's own prefix of them ("group \"g\": ") is taken off the message.
  */
-static int log_json;
+static int log_json, log_fixed;
 static struct {
     const char *command, *group, *partition, *slot;
     char prefix[160];
@@ -31,13 +31,21 @@ static struct {
 
 int walq__cli_log_format(const char *format)
 {
-    if (strcmp(format, "text") == 0)
-        log_json = 0;
-    else if (strcmp(format, "json") == 0)
-        log_json = 1;
-    else
+    int json = strcmp(format, "json") == 0;
+
+    if (!json && strcmp(format, "text") != 0)
         return -1;
+    if (!log_fixed)
+        log_json = json;
     return 0;
+}
+
+int walq__cli_log_format_fixed(const char *format)
+{
+    int rc = walq__cli_log_format(format);
+
+    log_fixed |= rc == 0;
+    return rc;
 }
 
 void walq__cli_log_context(const char *command, const char *group, const char *partition,

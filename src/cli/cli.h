@@ -51,6 +51,12 @@ void walq__cli_log(walq_log_level level, const char *msg, void *payload);
 int walq__cli_log_format(const char *format);
 
 /*
+ * The same, for "walq --log-format FORMAT COMMAND": the command's own
+ * setting (its default, its configuration file) does not change it then.
+ */
+int walq__cli_log_format_fixed(const char *format);
+
+/*
  * What the JSON lines name beside the message (any may be NULL; the strings
  * are borrowed and must outlive the command), and the prefix the library
  * puts before its messages about it, which is taken off them.

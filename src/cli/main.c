@@ -400,7 +400,7 @@ int main(int argc, char **argv)
 
     /* --log-format before the command is for every command's messages. */
     while (argc >= 3 && strcmp(argv[1], "--log-format") == 0) {
-        if (walq__cli_log_format(argv[2]) != 0) {
+        if (walq__cli_log_format_fixed(argv[2]) != 0) {
             usage_error("--log-format takes text or json, not \"%s\"", argv[2]);
             return EXIT_USAGE;
         }
