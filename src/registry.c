@@ -684,7 +684,7 @@ void walq__reg_standby_snapshot(PGconn *primary, const walq__log *log)
     PGresult *res;
 
     if (walq__query(primary, &res, "log a standby snapshot on the primary",
-                    "SELECT pg_log_standby_snapshot()", 0, NULL) != 0)
+                    "SELECT walq.log_standby_snapshot()", 0, NULL) != 0)
         walq__debug(log, "%s", walq_last_error());
     else
         PQclear(res);

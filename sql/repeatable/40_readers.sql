@@ -94,6 +94,19 @@ LANGUAGE sql STABLE STRICT AS $$
        AND walq.backend_alive(r.holder_pid, r.holder_started)
 $$;
 
+-- Logs the primary's running transactions, so that a slot on a standby is
+-- made at once (PostgreSQL 16 and later, where only a superuser may call
+-- pg_log_standby_snapshot): as walq's owner, for a consumer that is not.
+-- PL/pgSQL, so that it can be made on PostgreSQL 15, where the function is
+-- missing and this fails when called.
+CREATE OR REPLACE FUNCTION walq.log_standby_snapshot()
+RETURNS pg_lsn
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN pg_catalog.pg_log_standby_snapshot();
+END
+$$;
+
 -- Whether a process holds the reader: by a live backend, or, through a
 -- pooler, by a lease that has not run out.
 CREATE OR REPLACE FUNCTION walq.reader_held(slot_name text)

@@ -140,10 +140,29 @@ for i in $(seq 1 10); do
 done | walq publish --dbname "$PROD" rq >/dev/null
 wait_for '[ "$(ran)" -ge 75 ]' 60 "the second consumer to do 10 more jobs"
 
+# walq audit as the same login (wal2json: the audit reads no other plugin).
+if [ "$PGTEST_WAL2JSON" = 1 ]; then
+    PGUSER=app_consumer bg "$WALQ_BIN" audit --group ra --output "$WORK/audit.jsonl" 2>"$WORK/audit.log"
+    apid=$BG_PID
+    wait_for 'slot_active walqaudit_ra' 30 "app_consumer's audit to stream"
+    for i in $(seq 1 3); do
+        echo "{\"audited\": $i}"
+    done | walq publish --dbname "$PROD" rq >/dev/null
+    wait_for '[ "$(grep -c audited "$WORK/audit.jsonl" 2>/dev/null)" -ge 3 ]' 30 \
+        "app_consumer's audit to write the 3 jobs"
+    kill -TERM "$apid"
+    bg_wait "$apid" 30
+    assert_eq "$BG_RC" 0 "app_consumer's audit exits 0 on SIGTERM"
+    wait_for '[ "$(ran)" -ge 78 ]' 60 "the second consumer to do the audited jobs"
+    total=78
+else
+    pass "(no wal2json on this server: walq audit, which reads only wal2json, is not tried)"
+    total=75
+fi
 grep -q "standing by" "$WORK/second.log" || fail "the second consumer did not stand by: $(cat "$WORK/second.log")"
 assert_eq "$(producer_locks)" 1 "the producer held the old advisory lock all along"
 kill "$holder" 2>/dev/null || true
-assert_eq "$(ran)" 75 "every job ran"
+assert_eq "$(ran)" "$total" "every job ran"
 assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'rg' AND status <> 'done'")" 0 \
     "no job kept is other than done in the group"
 pass "all"
