@@ -56,6 +56,12 @@ bg "$WALQ_BIN" consume "${opts[@]}" --http "127.0.0.1:$port" -- "$h"
 cons=$BG_PID
 # Streaming first, so that the jobs come through the stream.
 wait_for '[ "$(get /readyz "$port" >/dev/null; code)" = 200 ]' 30 "/readyz is 200 once streaming"
+# Slow clients: requests that never end hold a thread each of the HTTP
+# server, not the loop, and not the other requests.
+for fd in 7 8 9; do
+    eval "exec $fd<>/dev/tcp/127.0.0.1/$port"
+    printf 'GET /metrics HTTP/1.1\r\nHost: x\r\n' >&"$fd"
+done
 publish_sql a 50 2
 publish_sql b 30
 
@@ -64,7 +70,8 @@ final_sql="SELECT count(*) FROM walq.job_status WHERE consumer_group = 'hg'
 wait_for '[ "$(q "$final_sql")" -eq 80 ]' 60 "80 jobs with a final outcome"
 wait_for '[ "$(get /readyz "$port"; code)" = "ready
 200" ]' 20 "/readyz answers 200 once streaming and acking"
-assert_eq "$(get /healthz "$port")|$(code)" "ok|200" "/healthz answers 200"
+assert_eq "$(get /healthz "$port")|$(code)" "ok|200" "/healthz answers 200, with three slow clients connected"
+exec 7>&- 8>&- 9>&-
 
 scrape "$port"
 L='group="hg",partition="0"'
