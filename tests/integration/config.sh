@@ -234,3 +234,14 @@ wait_for 'grep -q "setting \"group\" changed in \"[^\"]*live_audit.ini\" but nee
 kill -TERM "$aud"
 bg_wait "$aud" 30
 assert_eq "$BG_RC" 0 "the audit stops cleanly after its reloads"
+
+# ------------------------------------------------------------------
+# 6. The example file of examples/ reads as it says (its servers and its
+#    program replaced by the command line's).
+ex=$WALQ_SOURCE_DIR/examples/walq.conf
+capture walq consume --config "$ex" --dbname "$PGTEST_CONN" --group example --noop --drain
+assert_eq "$CAP_RC" 0 "examples/walq.conf: consume reads it ($CAP_ERR)"
+assert_eq "$(q "SELECT queues FROM walq.groups WHERE name = 'example'")" '{orders,refunds,"gift cards"}' \
+    "examples/walq.conf: its three queues, the quoted one whole"
+capture walq audit --config "$ex" --source "$PGTEST_CONN" --group example --output "$WORK/example.jsonl" --drain
+assert_eq "$CAP_RC" 0 "examples/walq.conf: audit reads it ($CAP_ERR)"
