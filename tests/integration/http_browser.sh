@@ -133,3 +133,28 @@ kill -TERM "$cons"
 bg_wait "$cons" 20
 assert_eq "$BG_RC" 0 "the consumer exits 0 on SIGTERM"
 pass "headless Chromium shows the page as SQL has it, the error escaped"
+
+# A partition's page counts its partition's jobs, and its metrics say which.
+pport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+publish_sql p 40
+bg "$WALQ_BIN" consume --group hp --queue p --partition 1/2 --noop --status-interval 1 \
+    --http "127.0.0.1:$pport"
+pcons=$BG_PID
+part_done="SELECT count(*) FROM walq.job_status WHERE consumer_group = 'hp'
+             AND walq.partition_of(job_id, 2) = 1 AND status = 'done'"
+part_jobs=$(q "SELECT count(*) FROM walq.jobs WHERE queue = 'p' AND walq.partition_of(id, 2) = 1")
+[ "$part_jobs" -gt 0 ] && [ "$part_jobs" -lt 40 ] || fail "partition 1 of 2 has $part_jobs of the 40 jobs"
+wait_for '[ "$(q "$part_done")" -eq "$part_jobs" ]' 60 "partition 1 of 2 done"
+timeout -k 5 90 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+    --user-data-dir="$WORK/chromium" --dump-dom "http://127.0.0.1:$pport/" >"$WORK/dom.html" 2>>"$WORK/chromium.log" ||
+    fail "chromium could not load the partition's page"
+python3 "$WORK/dom.py" <"$WORK/dom.html" >"$WORK/dom.json"
+assert_eq "$(dom .ids.partition)" 1/2 "the page names the partition"
+assert_eq "$(dom '.ids["count-done"]')" "$part_jobs" "the partition's done count is SQL's, for its jobs only"
+assert_eq "$(dom '.ids["count-queued"]')" 0 "none of its jobs queued"
+assert_match "$(curl -s "http://127.0.0.1:$pport/metrics")" \
+    "walq_jobs_done_total\{group=\"hp\",partition=\"1\",queue=\"p\"\} $part_jobs" \
+    "its metrics carry partition=\"1\""
+kill -TERM "$pcons"
+bg_wait "$pcons" 20
+pass "a partition's page and metrics are its own"
