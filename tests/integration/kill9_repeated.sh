@@ -77,10 +77,10 @@ PUBLISHER
 chmod 0755 "$WORK/publisher.sh"
 
 # No process of an earlier consumer is left: its slot is free and its
-# session on the primary (which holds the group's advisory lock) is gone.
+# session on the primary (the holder its reader's row names) is gone.
 consumer_gone() {
     ! slot_active "walq_$GROUP" &&
-        [ "$(q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")" = 0 ]
+        [ "$(q "SELECT count(*) FROM walq.readers WHERE walq.reader_held(slot_name)")" = 0 ]
 }
 
 start_consumer() {

@@ -63,7 +63,7 @@ chmod 0755 "$WORK/producer.sh"
 
 consumer_gone() {
     ! slot_active "walq_$GROUP" &&
-        [ "$(q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")" = 0 ]
+        [ "$(q "SELECT count(*) FROM walq.readers WHERE walq.reader_held(slot_name)")" = 0 ]
 }
 
 # atomic WHAT: the handler's rows and the outcomes committed together: a
