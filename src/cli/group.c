@@ -14,6 +14,7 @@
 #include "cli/group.h"
 #include "db.h"
 #include "reader.h"
+#include "text.h"
 #include "walq.h"
 
 #define EXIT_USAGE 2
@@ -90,23 +91,26 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
 
 const char *walq__cli_escape(char *buf, size_t len, const char *s)
 {
-    size_t n = 0;
+    char *e;
+    size_t n;
 
     if (len == 0)
         return "";
-    for (; *s && n + 5 < len; s++) {
-        unsigned char ch = (unsigned char)*s;
-
-        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == '\\') {
-            buf[n++] = '\\';
-            buf[n++] = ch == '\n' ? 'n' : ch == '\t' ? 't' : ch == '\r' ? 'r' : '\\';
-        } else if (ch < 0x20 || ch == 0x7f) {
-            n += (size_t)snprintf(buf + n, len - n, "\\x%02x", ch);
-        } else {
-            buf[n++] = (char)ch;
-        }
+    e = walq__text_escape(s);
+    if (e == NULL) {
+        snprintf(buf, len, "?");
+        return buf;
     }
+    n = strlen(e);
+    if (n >= len) {
+        /* Cut short on a character boundary. */
+        n = len - 1;
+        while (n > 0 && ((unsigned char)e[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(buf, e, n);
     buf[n] = '\0';
+    free(e);
     return buf;
 }
 
@@ -464,6 +468,13 @@ int walq__cli_reader_held(PGconn *conn, const char *slot)
 /* ------------------------------------------------------------------ */
 /* walq group drop                                                      */
 
+static int sqlstate_is(const PGresult *res, const char *code)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return st != NULL && strcmp(st, code) == 0;
+}
+
 /* Prints a server error with its detail and hint, which walq__query leaves out. */
 static void fail_result(PGconn *conn, const PGresult *res, const char *what)
 {
@@ -474,6 +485,9 @@ static void fail_result(PGconn *conn, const PGresult *res, const char *what)
     walq__pg_message(conn, res, msg, sizeof(msg));
     snprintf(text, sizeof(text), "could not %s: %s%s%s%s", what, msg, detail ? " (" : "",
              detail ? detail : "", detail ? ")" : "");
+    if (hint == NULL && res && sqlstate_is(res, "42501"))
+        hint = "Drop the group as a role that is a member of walq_admin on the primary and has "
+               "the REPLICATION attribute on the source (docs/security.md).";
     if (hint)
         snprintf(text + strlen(text), sizeof(text) - strlen(text), "\nHINT:  %s", hint);
     walq__cli_message("ERROR", text);

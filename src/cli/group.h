@@ -44,8 +44,9 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out);
 int walq__cli_reader_held(PGconn *conn, const char *slot);
 
 /*
- * s with control characters escaped ("\n", "\t", "\r", "\\", "\xNN") into
- * buf, cut short to fit; returns buf.
+ * s as walq__text_escape() shows it (control characters and bytes that are
+ * not UTF-8 as escapes) in buf, cut short on a character boundary to fit;
+ * returns buf.
  */
 const char *walq__cli_escape(char *buf, size_t len, const char *s);
 

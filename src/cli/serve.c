@@ -31,6 +31,7 @@
 #include "cli/serve.h"
 #include "db.h"
 #include "http.h"
+#include "text.h"
 #include "walq.h"
 
 #define EXIT_USAGE 2
@@ -506,16 +507,15 @@ static const char page_css[] =
     ".warn{color:#a40000;font-weight:bold}.err{font-family:monospace;white-space:pre-wrap}"
     ".muted{color:#777}";
 
-/* s as HTML text, with control characters shown as escapes. */
+/* s as HTML text, with control characters shown as escapes (walq__text_escape). */
 static int html_text(walq__buf *b, const char *s)
 {
-    size_t len = strlen(s) * 4 + 1;
-    char *e = malloc(len);
+    char *e = walq__text_escape(s);
     int rc;
 
     if (e == NULL)
         return WALQ_ENOMEM;
-    rc = walq__http_html(b, walq__cli_escape(e, len, s));
+    rc = walq__http_html(b, e);
     free(e);
     return rc;
 }

@@ -161,11 +161,24 @@ before_keep=$(rows_of keep)
 pub_exists() { q "SELECT count(*) FROM pg_publication WHERE pubname = '$1'"; }
 pubs=$(pub_exists walq_stale)
 
+# A member of walq_admin may drop a group's records, but dropping its slot
+# takes the REPLICATION attribute: without it nothing is removed.
+q "CREATE ROLE mon LOGIN; GRANT walq_admin TO mon;
+   CREATE ROLE adm LOGIN REPLICATION; GRANT walq_admin TO adm" >/dev/null
+capture env PGUSER=mon "$WALQ_BIN" group drop stale --yes
+assert_eq "$CAP_RC" 1 "group drop as a walq_admin without REPLICATION fails"
+assert_match "$CAP_ERR" 'could not drop the slot: ' "saying what failed"
+assert_match "$CAP_ERR" 'HINT:  .*REPLICATION attribute' "and what it needs"
+assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walq_stale'")" 1 \
+    "the failed drop kept the slot"
+assert_eq "$(q "SELECT count(*) FROM walq.readers WHERE group_name = 'stale'")" 1 \
+    "the failed drop kept the records (rolled back)"
+
 publish_sql qk 200 &
 publisher=$!
-capture walq group drop stale --yes
+capture env PGUSER=adm "$WALQ_BIN" group drop stale --yes
 wait "$publisher"
-assert_eq "$CAP_RC" 0 "group drop stale --yes exits 0"
+assert_eq "$CAP_RC" 0 "group drop stale --yes exits 0 as a walq_admin with REPLICATION"
 assert_match "$CAP_ERR" "dropped consumer group \"stale\": 1 slot and $pubs publication" "it says what it dropped"
 assert_eq "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walq_stale'")" 0 \
     "the slot is gone"
@@ -192,4 +205,12 @@ assert_all_done keep '^(qk|shared)$' "$total"
 capture walq status
 assert_eq "$(cell "$CAP_OUT" stale slot)" "" "walq status no longer shows stale"
 assert_eq "$(cell "$CAP_OUT" keep slot)" walq_keep "walq status shows keep"
+# A queue name with a terminal escape in it reaches neither output raw.
+walq_timeout 60 consume --group esc --queue $'q\e]0;pwned\a' --drain --noop 2>/dev/null
+for cmd in status "group list"; do
+    # shellcheck disable=SC2086  # two words on purpose
+    capture walq $cmd
+    case $CAP_OUT in *$'\e'* | *$'\a'*) fail "walq $cmd printed a control character raw" ;; esac
+    assert_match "$CAP_OUT" 'q\\e\]0;pwned\\x07' "walq $cmd shows the queue's control characters escaped"
+done
 pass "status lag and warning, group list and group drop"

@@ -34,7 +34,10 @@ publish_sql qb 6
 publish_sql qa 4 1
 sleep 3
 
-bg "$WALQ_BIN" serve --http 127.0.0.1:0 --statement-timeout 1s 2>"$WORK/serve.log"
+# serve needs no more than walq_admin, and pg_read_all_stats for what the
+# walsenders have sent (pg_stat_replication).
+q "CREATE ROLE mon LOGIN; GRANT walq_admin, pg_read_all_stats TO mon" >/dev/null
+bg env PGUSER=mon "$WALQ_BIN" serve --http 127.0.0.1:0 --statement-timeout 1s 2>"$WORK/serve.log"
 serve=$BG_PID
 wait_for 'grep -q "on port [0-9]" "$WORK/serve.log"' 20 "walq serve to listen"
 port=$(sed -n 's/.* on port \([0-9]*\).*/\1/p' "$WORK/serve.log" | head -1)
