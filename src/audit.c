@@ -358,11 +358,20 @@ static int check_slot(walq__audit *a, const walq__slot_info *si, const walq__sou
 }
 
 /* A missing slot is made; a trail that had one before says what it missed. */
+static void watch(walq__audit *a, int64_t now);
+
+/* The watch callback goes on while the server makes the slot. */
+static void create_tick(void *arg)
+{
+    watch(arg, walq__mono_us());
+}
+
 static int create_slot(walq__audit *a, walq__slot_info *si, uint64_t cursor)
 {
     char snapshot[128], lsn[WALQ__LSN_BUFSZ], lsn2[WALQ__LSN_BUFSZ];
     uint64_t consistent;
-    int rc = walq__reader_create_slot(&a->rd, &consistent, snapshot, sizeof(snapshot), NULL, NULL);
+    int rc = walq__reader_create_slot(&a->rd, &consistent, snapshot, sizeof(snapshot),
+                                      a->watcher.fn ? create_tick : NULL, a);
 
     if (rc != 0)
         return rc;

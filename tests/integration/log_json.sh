@@ -102,6 +102,20 @@ printf '%s\n' "$CAP_ERR" >"$WORK/init.err"
 check_json "$WORK/init.err" >/dev/null || fail "init's error: $(cat -v "$WORK/init.err")"
 pass "other commands' errors are JSON lines too"
 
+# The configuration file's log_format, as the units would have it.
+cat >"$WORK/walq.conf" <<CONF
+[consume]
+group = lj
+queue = lj
+handler = noop
+log_format = json
+CONF
+publish_sql lj 2
+walq_timeout 60 consume --config "$WORK/walq.conf" --drain 2>"$WORK/conf.err"
+check_json "$WORK/conf.err" >"$WORK/conf.json" || fail "--config: $(cat -v "$WORK/conf.err")"
+assert_match "$(jq -r 'select(.message | test("received, [0-9]+ done")) | .message' "$WORK/conf.json")" \
+    '^2 received, 2 done, 0 retried, 0 dead in ' "log_format = json in the file: JSON lines"
+
 # The audit, and a text run for contrast: no JSON unless asked.
 walq_timeout 60 audit --log-format json --output "$WORK/audit.jsonl" --drain 2>"$WORK/audit.err"
 check_json "$WORK/audit.err" >"$WORK/audit.json" || fail "audit: $(cat -v "$WORK/audit.err")"
