@@ -230,17 +230,23 @@ void walq__metrics_publish(walq__metrics *m, const walq__gauges *g)
     pthread_mutex_unlock(&m->mu);
 }
 
-void walq__metrics_set_retained(walq__metrics *m, int64_t bytes)
+void walq__metrics_set_retained(walq__metrics *m, int64_t bytes, uint64_t wal_lsn)
 {
     pthread_mutex_lock(&m->mu);
     m->wal_retained = bytes;
+    m->sampled_wal_lsn = wal_lsn;
     m->retained_at_mono_us = walq__mono_us();
     pthread_mutex_unlock(&m->mu);
 }
 
+uint64_t walq__metrics_server_lsn(const walq__metrics *m)
+{
+    return m->sampled_wal_lsn > m->g.server_lsn ? m->sampled_wal_lsn : m->g.server_lsn;
+}
+
 double walq__metrics_lag_received_seconds(const walq__metrics *m, int64_t now_wall_us)
 {
-    if (m->g.server_lsn <= m->g.received_lsn || m->g.commit_time_us <= 0 ||
+    if (walq__metrics_server_lsn(m) <= m->g.received_lsn || m->g.commit_time_us <= 0 ||
         now_wall_us <= m->g.commit_time_us)
         return 0.0;
     return (double)(now_wall_us - m->g.commit_time_us) / 1e6;
@@ -434,9 +440,11 @@ int walq__metrics_write(walq__metrics *m, walq__buf *out)
     writer w = {out, m, 0};
     int64_t now_wall = walq__wall_us(), now_mono = walq__mono_us();
     char extra[160];
+    uint64_t server;
     int audit;
 
     pthread_mutex_lock(&m->mu);
+    server = walq__metrics_server_lsn(m);
     audit = strcmp(m->kind, "audit") == 0;
     head(&w, "walq_info", "gauge", "The process: what it runs, its slot and partitions; always 1.");
     /* The slot is a replication slot's name: nothing in it needs escaping. */
@@ -466,7 +474,7 @@ int walq__metrics_write(walq__metrics *m, walq__buf *out)
     sample_u(&w, "walq_primary_up", NULL, (uint64_t)m->g.primary_up);
     head(&w, "walq_server_wal_lsn_bytes", "gauge",
          "The source's WAL end as its last message said, as a byte position.");
-    sample_u(&w, "walq_server_wal_lsn_bytes", NULL, m->g.server_lsn);
+    sample_u(&w, "walq_server_wal_lsn_bytes", NULL, server);
     head(&w, "walq_received_lsn_bytes", "gauge",
          "End of the last whole transaction received, as a byte position.");
     sample_u(&w, "walq_received_lsn_bytes", NULL, m->g.received_lsn);
@@ -475,7 +483,7 @@ int walq__metrics_write(walq__metrics *m, walq__buf *out)
     sample_u(&w, "walq_confirmed_lsn_bytes", NULL, m->g.confirmed_lsn);
     head(&w, "walq_lag_received_bytes", "gauge", "WAL the source has that is not received yet.");
     sample_u(&w, "walq_lag_received_bytes", NULL,
-             m->g.server_lsn > m->g.received_lsn ? m->g.server_lsn - m->g.received_lsn : 0);
+             server > m->g.received_lsn ? server - m->g.received_lsn : 0);
     head(&w, "walq_lag_received_seconds", "gauge",
          "Age of the transaction being received while behind the source; 0 when caught up.");
     sample_d(&w, "walq_lag_received_seconds", NULL,

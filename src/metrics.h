@@ -92,6 +92,7 @@ typedef struct walq__metrics {
     int64_t streaming_mono_us;  /* the last turn that saw the stream up; 0: never */
     int64_t primary_ok_mono_us; /* the last ack, upkeep or flush that succeeded; 0: never */
     int64_t wal_retained;       /* bytes the slot retains; -1: unknown */
+    uint64_t sampled_wal_lsn;   /* the source's WAL end, read with it; 0: unknown */
     int64_t retained_at_mono_us;
 
     /* When received first reached each position: the confirmed lag in seconds. */
@@ -118,7 +119,15 @@ void walq__metrics_primary_ok(walq__metrics *m);
 void walq__metrics_publish(walq__metrics *m, const walq__gauges *g);
 
 /* The HTTP side. */
-void walq__metrics_set_retained(walq__metrics *m, int64_t bytes);
+/* What the source said of the slot: the WAL it retains (-1: unknown) and its WAL end (0: unknown).
+ */
+void walq__metrics_set_retained(walq__metrics *m, int64_t bytes, uint64_t wal_lsn);
+
+/*
+ * The source's WAL end: the later of what its last message said and what
+ * the last reading of it said.  Under the mutex.
+ */
+uint64_t walq__metrics_server_lsn(const walq__metrics *m);
 
 /*
  * Appends the metrics in the Prometheus text format.  0, or WALQ_ENOMEM.

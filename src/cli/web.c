@@ -150,10 +150,11 @@ static PGconn **db_conn(walq__web *w, int source, char *err, size_t errlen)
 static void sample_retained(walq__web *w)
 {
     static const char sql[] =
-        "SELECT (CASE WHEN pg_is_in_recovery()"
-        "             THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
-        "             ELSE pg_current_wal_lsn() END - restart_lsn)::bigint"
-        "  FROM pg_replication_slots WHERE slot_name = $1";
+        "SELECT (w.lsn - s.restart_lsn)::bigint, (w.lsn - '0/0')::bigint"
+        "  FROM (SELECT CASE WHEN pg_is_in_recovery()"
+        "                    THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
+        "                    ELSE pg_current_wal_lsn() END AS lsn) w"
+        "  LEFT JOIN pg_replication_slots s ON s.slot_name = $1";
     const char *params[1] = {w->m->slot};
     char err[512];
     PGconn **conn;
@@ -169,12 +170,13 @@ static void sample_retained(walq__web *w)
     res = conn ? db_query(conn, sql, 1, params, err, sizeof(err)) : NULL;
     if (res == NULL) {
         /* Unknown: the metric is left out rather than wrong. */
-        walq__metrics_set_retained(w->m, -1);
+        walq__metrics_set_retained(w->m, -1, 0);
         return;
     }
-    walq__metrics_set_retained(w->m, PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)
-                                         ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
-                                         : -1);
+    if (PQntuples(res) == 1)
+        walq__metrics_set_retained(
+            w->m, PQgetisnull(res, 0, 0) ? -1 : strtoll(PQgetvalue(res, 0, 0), NULL, 10),
+            PQgetisnull(res, 0, 1) ? 0 : strtoull(PQgetvalue(res, 0, 1), NULL, 10));
     PQclear(res);
 }
 
@@ -278,6 +280,7 @@ typedef struct view {
     walq__metrics m; /* the counters; queues points into qs */
     walq__metrics_queue qs[64];
     double lag_recv_s, lag_conf_s;
+    uint64_t server_lsn;
     int ready;
     char why[256];
 } view;
@@ -295,6 +298,7 @@ static void take_view(walq__web *w, view *v)
     memcpy(v->qs, w->m->queues, v->m.nqueues * sizeof(v->qs[0]));
     v->m.queues = v->qs;
     v->lag_recv_s = walq__metrics_lag_received_seconds(w->m, now_wall);
+    v->server_lsn = walq__metrics_server_lsn(w->m);
     v->lag_conf_s = walq__metrics_lag_confirmed_seconds(w->m, now_mono);
     walq__metrics_unlock(w->m);
 }
@@ -335,7 +339,7 @@ static void section_lag(page *p, const view *v)
     out(p,
         "<tr><th>received behind the server</th><td class=\"n\" id=\"lag-received-bytes\">%llu"
         "</td><td class=\"n\">%.1f</td></tr>",
-        (unsigned long long)(g->server_lsn > g->received_lsn ? g->server_lsn - g->received_lsn : 0),
+        (unsigned long long)(v->server_lsn > g->received_lsn ? v->server_lsn - g->received_lsn : 0),
         v->lag_recv_s);
     out(p,
         "<tr><th>confirmed behind received</th><td class=\"n\" id=\"lag-confirmed-bytes\">%llu"

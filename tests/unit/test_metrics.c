@@ -163,11 +163,14 @@ START_TEST(lags)
     /* The retained WAL shows only once known. */
     ck_assert_ptr_null(strstr(t, "walq_slot_retained_wal_bytes{"));
     free(t);
-    walq__metrics_set_retained(m, 12345);
+    walq__metrics_set_retained(m, 12345, 9000);
     t = render(m);
     ck_assert_int_eq(
         ival(t, "walq_slot_retained_wal_bytes{group=\"au\",partition=\"0\",slot=\"walqaudit_au\"}"),
         12345);
+    /* The source read later than its last message: its WAL end is the later one. */
+    ck_assert_int_eq(ival(t, "walq_server_wal_lsn_bytes{group=\"au\",partition=\"0\"}"), 9000);
+    ck_assert_int_eq(ival(t, "walq_lag_received_bytes{group=\"au\",partition=\"0\"}"), 3000);
     free(t);
     walq__metrics_free(m);
 }
