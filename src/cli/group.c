@@ -21,10 +21,25 @@
 
 #define progname walq__progname
 
-/* ------------------------------------------------------------------ */
-/* Shared by the commands here and by walq serve                        */
+/* A slot as the source has it; text fields are "-" when unknown. */
+typedef struct slot_info {
+    int exists, error;
+    char active[32];     /* walsender pid, "no", or "missing" */
+    char lag[32];        /* bytes behind the server's WAL, or "lost" */
+    char sent_lag[32];   /* the server's WAL past what its walsender sent, or "-" */
+    char retained[32];   /* bytes of WAL the slot keeps */
+    char wal_status[16]; /* reserved, extended, unreserved, lost */
+    char safe[32];       /* safe_wal_size, "" when the server sets no limit */
+    char plugin[64];
+    int64_t retained_bytes; /* -1 when unknown */
+} slot_info;
 
-const char walq__cli_readers_sql[] =
+static int reader_held(PGconn *conn, const char *slot);
+
+/* ------------------------------------------------------------------ */
+/* The readers and their slots                                          */
+
+static const char readers_sql[] =
     "SELECT r.group_name, r.slot_name, array_to_string(r.queues, ','), r.cursor_lsn::text,"
     "       s.queued, s.running, s.scheduled, s.done, s.dead, s.cancelled,"
     "       CASE WHEN r.partitions = 1 THEN '-' ELSE r.partition || '/' || r.partitions END,"
@@ -43,7 +58,7 @@ const char walq__cli_readers_sql[] =
  * restart_lsn, which is what the server cannot recycle).  On a standby the
  * server's position is where replay is.
  */
-const char walq__cli_slot_sql[] =
+static const char slot_sql[] =
     "WITH w AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
     "                       ELSE pg_current_wal_lsn() END AS lsn)"
     "SELECT coalesce(s.active_pid::text, 'no'),"
@@ -55,7 +70,8 @@ const char walq__cli_slot_sql[] =
     "                   FROM pg_stat_replication r WHERE r.pid = s.active_pid), '-')"
     "  FROM pg_replication_slots s, w WHERE s.slot_name = $1";
 
-void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
+/* Reads the slot named slot over a plain SQL connection to the source. */
+static void slot_read(PGconn *conn, const char *slot, slot_info *out)
 {
     const char *params[1] = {slot};
     PGresult *res = NULL;
@@ -68,7 +84,7 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
     snprintf(out->wal_status, sizeof(out->wal_status), "-");
     snprintf(out->plugin, sizeof(out->plugin), "-");
     out->retained_bytes = -1;
-    if (walq__query(conn, &res, "read the slot", walq__cli_slot_sql, 1, params) != 0) {
+    if (walq__query(conn, &res, "read the slot", slot_sql, 1, params) != 0) {
         out->error = 1;
         return;
     }
@@ -89,7 +105,12 @@ void walq__cli_slot_read(PGconn *conn, const char *slot, walq__cli_slot *out)
     PQclear(res);
 }
 
-const char *walq__cli_escape(char *buf, size_t len, const char *s)
+/*
+ * s as walq__text_escape() shows it (control characters and bytes that are
+ * not UTF-8 as escapes) in buf, cut short on a character boundary to fit;
+ * returns buf.
+ */
+static const char *escape_text(char *buf, size_t len, const char *s)
 {
     char *e;
     size_t n;
@@ -114,7 +135,8 @@ const char *walq__cli_escape(char *buf, size_t len, const char *s)
     return buf;
 }
 
-int walq__cli_parse_bytes(const char *text, int64_t *out)
+/* "1GB", "512kB", "1048576": bytes, in 1024s; -1 for anything else. */
+static int parse_bytes(const char *text, int64_t *out)
 {
     static const struct {
         const char *unit;
@@ -191,8 +213,7 @@ static int connect_pair(PGconn **conn, PGconn **sconn, const char *dbname, const
  * The warning for a slot no reader holds that keeps more WAL than the
  * threshold, or that the server invalidated.  Says whether it warned.
  */
-static int warn_slot(const char *group, const char *slot, const walq__cli_slot *s,
-                     int64_t threshold)
+static int warn_slot(const char *group, const char *slot, const slot_info *s, int64_t threshold)
 {
     char msg[1024], size[32], safe[64] = "";
 
@@ -255,7 +276,7 @@ int walq__cli_status(int argc, char **argv)
             group = optarg;
             break;
         case 'w':
-            if (walq__cli_parse_bytes(optarg, &threshold) != 0) {
+            if (parse_bytes(optarg, &threshold) != 0) {
                 walq__cli_usage("status", NULL,
                                 "invalid --warn-retained \"%s\": give bytes, or a number with "
                                 "kB, MB, GB or TB",
@@ -293,7 +314,7 @@ int walq__cli_status(int argc, char **argv)
     {
         const char *params[1] = {group};
 
-        rc = walq__query(conn, &res, "read the consumer groups", walq__cli_readers_sql, 1, params);
+        rc = walq__query(conn, &res, "read the consumer groups", readers_sql, 1, params);
     }
     if (rc != 0) {
         walq__cli_fail(rc);
@@ -308,23 +329,24 @@ int walq__cli_status(int argc, char **argv)
            "retained", "wal_status", "cursor", "queued", "running", "scheduled", "done", "dead",
            "cancelled", "queues");
     for (int i = 0; i < PQntuples(res); i++) {
-        walq__cli_slot s;
+        slot_info s;
         char g[128], holder[128], queues[512];
 
-        walq__cli_slot_read(sconn ? sconn : conn, PQgetvalue(res, i, 1), &s);
-        printf(
-            "%-20s %-9s %-26s %-24s %-9s %12s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s "
-            "%9s  %s\n",
-            walq__cli_escape(g, sizeof(g), PQgetvalue(res, i, 0)), PQgetvalue(res, i, 10),
-            PQgetvalue(res, i, 1), walq__cli_escape(holder, sizeof(holder), PQgetvalue(res, i, 11)),
-            s.active, s.sent_lag, s.lag, PQgetvalue(res, i, 12), s.retained, s.wal_status,
-            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
-            PQgetvalue(res, i, 6), PQgetvalue(res, i, 7), PQgetvalue(res, i, 8),
-            PQgetvalue(res, i, 9), walq__cli_escape(queues, sizeof(queues), PQgetvalue(res, i, 2)));
+        slot_read(sconn ? sconn : conn, PQgetvalue(res, i, 1), &s);
+        printf("%-20s %-9s %-26s %-24s %-9s %12s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s "
+               "%9s  %s\n",
+               escape_text(g, sizeof(g), PQgetvalue(res, i, 0)), PQgetvalue(res, i, 10),
+               PQgetvalue(res, i, 1), escape_text(holder, sizeof(holder), PQgetvalue(res, i, 11)),
+               s.active, s.sent_lag, s.lag, PQgetvalue(res, i, 12), s.retained, s.wal_status,
+               PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
+               PQgetvalue(res, i, 6), PQgetvalue(res, i, 7), PQgetvalue(res, i, 8),
+               PQgetvalue(res, i, 9), escape_text(queues, sizeof(queues), PQgetvalue(res, i, 2)));
         if (strcmp(PQgetvalue(res, i, 11), "-") == 0)
             warned |= warn_slot(g, PQgetvalue(res, i, 1), &s, threshold);
     }
-    if (PQntuples(res) == 0)
+    if (PQntuples(res) == 0 && group != NULL)
+        printf("(no consumer group \"%s\": \"%s group list\" lists them)\n", group, progname);
+    else if (PQntuples(res) == 0)
         printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
     PQclear(res);
     if (sconn)
@@ -358,7 +380,7 @@ static int group_list(int argc, char **argv)
             source = optarg;
             break;
         case 'w':
-            if (walq__cli_parse_bytes(optarg, &threshold) != 0) {
+            if (parse_bytes(optarg, &threshold) != 0) {
                 walq__cli_usage("group", "list",
                                 "invalid --warn-retained \"%s\": give bytes, or a number with "
                                 "kB, MB, GB or TB",
@@ -414,12 +436,12 @@ static int group_list(int argc, char **argv)
         int64_t lag_max = -1, kept = 0;
         int any = 0;
 
-        walq__cli_escape(g, sizeof(g), PQgetvalue(res, i, 0));
+        escape_text(g, sizeof(g), PQgetvalue(res, i, 0));
         for (char *slot = slots ? strtok_r(slots, ",", &save) : NULL; slot;
              slot = strtok_r(NULL, ",", &save)) {
-            walq__cli_slot s;
+            slot_info s;
 
-            walq__cli_slot_read(sconn ? sconn : conn, slot, &s);
+            slot_read(sconn ? sconn : conn, slot, &s);
             if (!s.exists)
                 continue;
             snprintf(plugin, sizeof(plugin), "%s", s.plugin);
@@ -429,7 +451,7 @@ static int group_list(int argc, char **argv)
                 kept += s.retained_bytes;
                 any = 1;
             }
-            if (!walq__cli_reader_held(conn, slot))
+            if (!reader_held(conn, slot))
                 warned |= warn_slot(g, slot, &s, threshold);
         }
         free(slots);
@@ -441,7 +463,7 @@ static int group_list(int argc, char **argv)
                PQgetvalue(res, i, 3), plugin, PQgetvalue(res, i, 4), lag, PQgetvalue(res, i, 11),
                retained, PQgetvalue(res, i, 5), PQgetvalue(res, i, 6), PQgetvalue(res, i, 7),
                PQgetvalue(res, i, 8), PQgetvalue(res, i, 9), PQgetvalue(res, i, 10),
-               walq__cli_escape(queues, sizeof(queues), PQgetvalue(res, i, 2)));
+               escape_text(queues, sizeof(queues), PQgetvalue(res, i, 2)));
     }
     if (PQntuples(res) == 0)
         printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
@@ -452,7 +474,8 @@ static int group_list(int argc, char **argv)
     return warned ? WALQ__CLI_EXIT_WARNED : 0;
 }
 
-int walq__cli_reader_held(PGconn *conn, const char *slot)
+/* Whether a process holds the reader with this slot (walq.reader_held). */
+static int reader_held(PGconn *conn, const char *slot)
 {
     const char *params[1] = {slot};
     PGresult *res = NULL;

@@ -27,7 +27,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/group.h"
 #include "cli/serve.h"
 #include "db.h"
 #include "http.h"
