@@ -23,14 +23,15 @@ static const char fingerprint_sql[] =
     "  pg_get_userbyid(p.pubowner), current_user,"
     "  pg_has_role(current_user, p.pubowner, 'USAGE')"
     "  OR p.pubowner = (SELECT c.relowner FROM pg_class c WHERE c.oid = 'walq.jobs'::regclass),"
-    "  coalesce(obj_description(p.oid, 'pg_publication'), '')"
+    "  coalesce(obj_description(p.oid, 'pg_publication'), ''),"
+    "  pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = 'walq.jobs'::regclass))"
     "  FROM pg_publication p WHERE p.pubname = $1";
 
 /* The publication as the server has it now. */
 typedef struct pub_row {
     int exists;
-    char *fingerprint, *owner, *role, *comment; /* owned */
-    int owned;                                  /* the role is, or is a member of, its owner */
+    char *fingerprint, *owner, *role, *comment, *walq_owner; /* owned */
+    int owned; /* the role is, or is a member of, its owner */
 } pub_row;
 
 static void pub_row_free(pub_row *p)
@@ -39,6 +40,7 @@ static void pub_row_free(pub_row *p)
     free(p->owner);
     free(p->role);
     free(p->comment);
+    free(p->walq_owner);
     memset(p, 0, sizeof(*p));
 }
 
@@ -59,7 +61,8 @@ static int read_pub(PGconn *conn, const char *name, pub_row *out)
         out->role = strdup(PQgetvalue(res, 0, 2));
         out->owned = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
         out->comment = strdup(PQgetvalue(res, 0, 4));
-        if (!out->fingerprint || !out->owner || !out->role || !out->comment) {
+        out->walq_owner = strdup(PQgetvalue(res, 0, 5));
+        if (!out->fingerprint || !out->owner || !out->role || !out->comment || !out->walq_owner) {
             PQclear(res);
             pub_row_free(out);
             return walq__error(WALQ_ENOMEM, NULL, "out of memory");
@@ -74,15 +77,15 @@ static int not_owned(const walq__pub_spec *spec, const pub_row *p)
     char hint[512];
 
     snprintf(hint, sizeof(hint),
-             "walq consume keeps the publication of each slot it reads with pgoutput. Give it "
-             "to the consumer's role (ALTER PUBLICATION %s OWNER TO %s), or drop it (DROP "
-             "PUBLICATION %s): the next walq consume makes it anew and reads the group's "
-             "unfinished jobs from walq.jobs.",
-             spec->name, p->role, spec->name);
+             "walq consume keeps the publication of each slot it reads with pgoutput, as the "
+             "owner of walq.jobs. Give it to that role (ALTER PUBLICATION %s OWNER TO %s), or "
+             "drop it (DROP PUBLICATION %s): the next walq consume makes it anew and reads the "
+             "group's unfinished jobs from walq.jobs.",
+             spec->name, p->walq_owner, spec->name);
     return walq__error(WALQ_ESERVER, hint,
-                       "publication \"%s\" is owned by role \"%s\", not by \"%s\", which walq "
-                       "consume connects as",
-                       spec->name, p->owner, p->role);
+                       "publication \"%s\" is owned by role \"%s\", not by \"%s\", which owns "
+                       "walq.jobs, nor by \"%s\", which walq consume connects as",
+                       spec->name, p->owner, p->walq_owner, p->role);
 }
 
 static int define_failed(const walq__pub_spec *spec, int rc)
