@@ -67,10 +67,10 @@ static int cmd_init(int argc, char **argv)
         return 1;
     }
     if (applied)
-        fprintf(stderr, "%s: applied %d migration%s; schema \"walq\" is up to date\n", progname,
-                applied, applied == 1 ? "" : "s");
+        walq__cli_note("applied %d migration%s; schema \"walq\" is up to date", applied,
+                       applied == 1 ? "" : "s");
     else
-        fprintf(stderr, "%s: schema \"walq\" is already up to date\n", progname);
+        walq__cli_note("%s", "schema \"walq\" is already up to date");
     return 0;
 }
 
@@ -202,7 +202,7 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
     int rc = 0, bad = 0;
 
     if (tok == NULL || lines == NULL) {
-        fprintf(stderr, "%s: ERROR:  out of memory\n", progname);
+        walq__cli_message("ERROR", "out of memory");
         rc = 1;
         goto done;
     }
@@ -227,7 +227,7 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
                 rc = rc ? rc : copy_field(&rows, po->max_attempts ? po->max_attempts : "25", 0);
                 rc = rc ? rc : copy_field(&rows, po->dedup_key, 1);
                 if (rc != 0) {
-                    fprintf(stderr, "%s: ERROR:  out of memory\n", progname);
+                    walq__cli_message("ERROR", "out of memory");
                     rc = 1;
                     goto done;
                 }
@@ -241,10 +241,9 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
 
             if (crc != 0) {
                 walq__cli_fail(crc);
-                fprintf(stderr,
-                        "%s: published %ld jobs from the lines before line %ld; nothing from "
-                        "line %ld on was published\n",
-                        progname, published, lines[0], lines[0]);
+                walq__cli_note("published %ld jobs from the lines before line %ld; nothing from "
+                               "line %ld on was published",
+                               published, lines[0], lines[0]);
                 rc = 1;
                 goto done;
             }
@@ -254,11 +253,13 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
             walq__buf_reset(&rows);
         }
         if (bad) {
-            fprintf(stderr, "%s: ERROR:  line %ld: invalid JSON: %s\n", progname, lineno, err);
-            fprintf(stderr,
-                    "%s: published %ld jobs from the lines before line %ld; nothing from line "
-                    "%ld on was published\n",
-                    progname, published, lineno, lineno);
+            char msg[512];
+
+            snprintf(msg, sizeof(msg), "line %ld: invalid JSON: %s", lineno, err);
+            walq__cli_message("ERROR", msg);
+            walq__cli_note("published %ld jobs from the lines before line %ld; nothing from line "
+                           "%ld on was published",
+                           published, lineno, lineno);
             rc = 1;
             goto done;
         }
@@ -266,16 +267,19 @@ static int publish_stream(PGconn *conn, const publish_opts *po)
             break;
     }
     if (ferror(stdin)) {
-        fprintf(stderr, "%s: ERROR:  could not read standard input: %s\n", progname,
-                strerror(errno));
+        char msg[512];
+
+        snprintf(msg, sizeof(msg), "could not read standard input: %s", strerror(errno));
+        walq__cli_message("ERROR", msg);
         rc = 1;
         goto done;
     }
-    fprintf(stderr, "%s: published %ld jobs to queue \"%s\"", progname, published, po->queue);
     if (skipped > 0)
-        fprintf(stderr, "; %ld lines skipped: their dedup key is held by an unfinished job",
-                skipped);
-    fputc('\n', stderr);
+        walq__cli_note("published %ld jobs to queue \"%s\"; %ld lines skipped: their dedup key is "
+                       "held by an unfinished job",
+                       published, po->queue, skipped);
+    else
+        walq__cli_note("published %ld jobs to queue \"%s\"", published, po->queue);
 
 done:
     free(line);

@@ -101,6 +101,14 @@ assert_eq "$CAP_RC" 1 "init against no server fails"
 printf '%s\n' "$CAP_ERR" >"$WORK/init.err"
 check_json "$WORK/init.err" >/dev/null || fail "init's error: $(cat -v "$WORK/init.err")"
 pass "other commands' errors are JSON lines too"
+printf '{"a": 1}\n{"b": \n' | "$WALQ_BIN" --log-format json publish ljp 2>"$WORK/publish.err" && fail "a bad line fails publish"
+check_json "$WORK/publish.err" >"$WORK/publish.json" || fail "publish: $(cat -v "$WORK/publish.err")"
+assert_eq "$(jq -r .level "$WORK/publish.json" | tr '\n' ' ')" "error info " \
+    "publish's error and its summary are JSON lines"
+assert_match "$(jq -r .message "$WORK/publish.json" | head -1)" '^line 2: invalid JSON' "naming the line"
+walq --log-format json init 2>"$WORK/init2.err"
+check_json "$WORK/init2.err" >/dev/null || fail "init: $(cat -v "$WORK/init2.err")"
+pass "init's and publish's own lines are JSON too"
 
 # The configuration file's log_format, as the units would have it.
 cat >"$WORK/walq.conf" <<CONF
