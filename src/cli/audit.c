@@ -250,13 +250,17 @@ typedef struct reloader {
     walq__audit *a;
 } reloader;
 
-static void reload_log(walq_log_level level, const char *fmt, ...) WALQ__PRINTF(2, 3);
+/* A message of the reload, at or below the log level in use. */
+static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
+    WALQ__PRINTF(3, 4);
 
-static void reload_log(walq_log_level level, const char *fmt, ...)
+static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
 {
     char msg[2048];
     va_list ap;
 
+    if (level > r->cur->o.log_level)
+        return;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
@@ -276,14 +280,15 @@ static void reload(void *arg)
     int rc;
 
     if (r->cl->config == NULL) {
-        reload_log(WALQ_LOG_WARNING, "received SIGHUP, but there is no configuration file to read "
-                                     "again\nHINT:  Start walq audit with --config FILE.");
+        reload_log(r, WALQ_LOG_WARNING,
+                   "received SIGHUP, but there is no configuration file to read "
+                   "again\nHINT:  Start walq audit with --config FILE.");
         return;
     }
     rc = build(&fresh, r->cl, err, sizeof(err));
     if (rc != 0) {
-        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
-                   err);
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: %s", err);
         walq__set_pool_free(&fresh.pool);
         return;
     }
@@ -293,13 +298,13 @@ static void reload(void *arg)
         if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP | WALQ__SET_RELOAD)) ||
             walq__setting_equal(s, r->cur, &fresh))
             continue;
-        reload_log(WALQ_LOG_WARNING,
+        reload_log(r, WALQ_LOG_WARNING,
                    "setting \"%s\" changed in \"%s\" but needs a restart; the value in use stays",
                    s->name, r->cl->config);
     }
     r->cur->o.log_level = fresh.o.log_level;
     walq__audit_reconfigure(r->a, fresh.o.log_level);
-    reload_log(WALQ_LOG_INFO, "reloaded \"%s\"", r->cl->config);
+    reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\"", r->cl->config);
     walq__set_pool_free(&fresh.pool);
 }
 

@@ -541,13 +541,17 @@ typedef struct reloader {
     walq_consumer *c;
 } reloader;
 
-static void reload_log(walq_log_level level, const char *fmt, ...) WALQ__PRINTF(2, 3);
+/* A message of the reload, at or below the log level in use. */
+static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
+    WALQ__PRINTF(3, 4);
 
-static void reload_log(walq_log_level level, const char *fmt, ...)
+static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
 {
     char msg[2048];
     va_list ap;
 
+    if (level > r->cur->opts.log_level)
+        return;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
@@ -568,14 +572,15 @@ static void reload(void *arg)
     int changed = 0, rc;
 
     if (r->cl->config == NULL) {
-        reload_log(WALQ_LOG_WARNING, "received SIGHUP, but there is no configuration file to read "
-                                     "again\nHINT:  Start walq consume with --config FILE.");
+        reload_log(r, WALQ_LOG_WARNING,
+                   "received SIGHUP, but there is no configuration file to read "
+                   "again\nHINT:  Start walq consume with --config FILE.");
         return;
     }
     rc = build(&fresh, r->cl, err, sizeof(err));
     if (rc != 0) {
-        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
-                   err);
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: %s", err);
         walq__set_pool_free(&fresh.pool);
         return;
     }
@@ -589,14 +594,14 @@ static void reload(void *arg)
         if (!(s->flags & WALQ__SET_RELOAD)) {
             /* Connection strings may hold a password: their values are not shown. */
             if (s->kind == WALQ__SET_STR) {
-                reload_log(WALQ_LOG_WARNING,
+                reload_log(r, WALQ_LOG_WARNING,
                            "setting \"%s\" changed in \"%s\" but needs a restart; the value in "
                            "use stays",
                            s->name, r->cl->config);
             } else {
                 walq__setting_format(s, r->cur, was, sizeof(was));
                 walq__setting_format(s, &fresh, now, sizeof(now));
-                reload_log(WALQ_LOG_WARNING,
+                reload_log(r, WALQ_LOG_WARNING,
                            "setting \"%s\" changed to \"%s\" in \"%s\" but needs a restart; it "
                            "stays \"%s\"",
                            s->name, now, r->cl->config, was);
@@ -607,17 +612,18 @@ static void reload(void *arg)
         changed++;
     }
     if (changed == 0) {
-        reload_log(WALQ_LOG_INFO, "reloaded \"%s\": no setting that reloads has changed",
+        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": no setting that reloads has changed",
                    r->cl->config);
     } else if ((rc = walq_consumer_reconfigure(r->c, &next.opts)) != 0) {
         const char *why = walq_last_error();
 
-        reload_log(WALQ_LOG_ERROR, "configuration file not reloaded; the settings in use stay: %s",
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: %s",
                    *why ? why : walq_strerror(rc));
     } else {
         *r->cur = next;
-        reload_log(WALQ_LOG_INFO, "reloaded \"%s\": %d setting%s changed", r->cl->config, changed,
-                   changed == 1 ? "" : "s");
+        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": %d setting%s changed", r->cl->config,
+                   changed, changed == 1 ? "" : "s");
     }
     walq__set_pool_free(&fresh.pool);
 }

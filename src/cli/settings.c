@@ -623,7 +623,8 @@ int walq__settings_cmdline(const walq__settings *t, walq__cmdline *out, int argc
     }
     lo[t->n] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
     lo[t->n + 1] = (struct option){"help", no_argument, NULL, OPT_HELP};
-    optind = 1;
+    /* 0, not 1: GNU getopt starts afresh, whatever an earlier scan left. */
+    optind = 0;
     while ((opt = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
         if (opt == OPT_HELP) {
             rc = 1;
