@@ -36,12 +36,12 @@ typedef struct walq_job {
     size_t payload_len;
     int32_t priority;
     int32_t max_attempts;
-    int32_t attempts; /* attempts made so far */
-    int64_t run_at;   /* Unix microseconds */
+    int32_t attempts;   /* attempts made so far */
+    int64_t run_at;     /* Unix microseconds */
     int32_t generation; /* of its row in walq.jobs, which its records carry too */
-    uint64_t seq;     /* arrival order, the tie-breaker */
-    uint64_t lsn;     /* end LSN of the transaction that brought the job */
-    walq__txn *txn;   /* counts the job until its first outcome commits */
+    uint64_t seq;       /* arrival order, the tie-breaker */
+    uint64_t lsn;       /* end LSN of the transaction that brought the job */
+    walq__txn *txn;     /* counts the job until its first outcome commits */
     walq__job_state state;
     int retry_timer; /* in the timer heap for a retry, not its own run_at */
     int has_dedup;   /* holds a dedup key, which its final outcome releases */
@@ -50,7 +50,7 @@ typedef struct walq_job {
     /* The outcome waiting for the next ack transaction, and the attempts it counts. */
     walq__status pending;
     int32_t pending_attempts;
-    int pending_idx; /* index in the ack batch, -1 if none */
+    int pending_idx;    /* index in the ack batch, -1 if none */
     int64_t started_us; /* monotonic: when its handler started this attempt (metrics) */
     char *last_error;
     void *handler_ctx; /* the run stage's per-job state */
