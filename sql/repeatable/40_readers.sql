@@ -18,7 +18,8 @@ $$;
 -- lease_until.  A consumer that dies loses its backend, and a waiting
 -- consumer of the same reader takes the reader at its next try.  Whether a
 -- backend lives is read from pg_stat_activity with the rights of walq's
--- owner, which sees when every backend started.
+-- owner, which, as a superuser or a member of pg_read_all_stats, sees when
+-- every backend started; otherwise the pid alone is checked.
 CREATE OR REPLACE FUNCTION walq.backend_alive(pid integer, started timestamptz)
 RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
