@@ -10,7 +10,8 @@
 # consumer out; a second consumer of the group stands by while the first
 # lives and takes over at once when it is killed.  A seal command walq did
 # not send (inserted by the owner, whom nothing stops) is refused by the
-# reader, with a warning.
+# reader, with a warning.  walq audit runs as the same login (where wal2json
+# is), and a group runs in a database whose walq owner is no superuser.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq
@@ -160,6 +161,28 @@ else
     total=75
 fi
 grep -q "standing by" "$WORK/second.log" || fail "the second consumer did not stand by: $(cat "$WORK/second.log")"
+# walq's owner need not be a superuser either: in a database it owns, its
+# SECURITY DEFINER functions make the publication, the partitions and the
+# fence for app_consumer (pg_stat_activity then shows it pids only).
+q "CREATE ROLE walq_owner LOGIN" >/dev/null
+q "CREATE DATABASE ownerdb OWNER walq_owner" >/dev/null
+walq init --dbname "host=$PGHOST port=$PGPORT dbname=ownerdb user=walq_owner"
+for i in $(seq 1 20); do
+    echo "{\"owned\": $i}"
+done | walq publish --dbname "host=$PGHOST port=$PGPORT dbname=ownerdb user=app_producer" oq >/dev/null
+walq_timeout 60 consume --dbname "host=$PGHOST port=$PGPORT dbname=ownerdb user=app_consumer" \
+    --group og --queue oq --drain --noop
+assert_eq "$(pg_psql -d ownerdb -c "SELECT count(*) FILTER (WHERE status = 'done'), count(*)
+                                       FROM walq.job_status WHERE consumer_group = 'og'")" "20|20" \
+    "app_consumer did every job in a database whose walq owner is no superuser"
+if [ "${WALQ_PLUGIN:-pgoutput}" = pgoutput ]; then
+    assert_eq "$(pg_psql -d ownerdb -c "SELECT pg_get_userbyid(pubowner) FROM pg_publication
+                                          WHERE pubname = 'walq_og'")" walq_owner \
+        "the publication there is walq_owner's"
+fi
+assert_eq "$(pg_psql -d ownerdb -c "SELECT count(*) > 1 FROM walq.generations")" t \
+    "walq.maintain() made the next generation as walq_owner"
+
 assert_eq "$(producer_locks)" 1 "the producer held the old advisory lock all along"
 kill "$holder" 2>/dev/null || true
 assert_eq "$(ran)" "$total" "every job ran"
