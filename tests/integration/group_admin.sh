@@ -11,7 +11,9 @@
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq
-pg_start "max_wal_size = 1GB" "checkpoint_timeout = 30min"
+# A limit on the WAL a slot keeps, so that the server says how much more it
+# may keep (safe_wal_size), and invalidates a slot at the end.
+pg_start "max_wal_size = 1GB" "checkpoint_timeout = 30min" "max_slot_wal_keep_size = 64MB"
 walq init
 
 # cell OUTPUT ROWKEY COLUMN: the cell under COLUMN of the row whose first
@@ -83,6 +85,8 @@ said=$(printf '%s\n' "$CAP_ERR" | sed -n 's/.* retains \([0-9]*\) bytes.*/\1/p')
     fail "the warning says $said bytes; the slot retains $kept by pg_replication_slots"
 assert_match "$CAP_ERR" 'HINT:  .*walq consume --group stale.*walq group drop stale --yes' \
     "the hint gives both fixes"
+assert_match "$CAP_ERR" 'wal_status reserved; the server invalidates it in [0-9.]+ MB more\)' \
+    "the warning says how much more the server lets the slot keep"
 case $CAP_ERR in *'"keep"'*) fail "a warning about keep, whose reader is live: $CAP_ERR" ;; esac
 r=$(cell "$CAP_OUT" stale retained)
 [ "$r" -ge "$kept" ] || fail "walq status: retained $r, less than the $kept bytes the slot keeps"
@@ -213,4 +217,20 @@ for cmd in status "group list"; do
     case $CAP_OUT in *$'\e'* | *$'\a'*) fail "walq $cmd printed a control character raw" ;; esac
     assert_match "$CAP_OUT" 'q\\e\]0;pwned\\x07' "walq $cmd shows the queue's control characters escaped"
 done
+# A slot the server invalidated: group esc's, once its consumer is gone and
+# more WAL than max_slot_wal_keep_size was written since.
+kill -TERM "$keep"
+bg_wait "$keep" 30
+for _ in $(seq 1 6); do
+    q "INSERT INTO unrelated SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 2000) g" >/dev/null
+    q "SELECT pg_switch_wal()" >/dev/null
+done
+q "CHECKPOINT" >/dev/null
+wait_for '[ "$(q "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '"'walq_esc'"'")" = lost ]' 30 \
+    "the server to invalidate walq_esc"
+capture walq status --group esc
+assert_eq "$CAP_RC" 3 "walq status warns about an invalidated slot"
+assert_match "$CAP_ERR" 'WARNING:  slot "walq_esc" of consumer group "esc" was invalidated by the server \(wal_status lost\)' \
+    "saying the server invalidated it"
+assert_match "$CAP_ERR" 'HINT:  Start "walq consume --group esc" to recreate it' "and what to do"
 pass "status lag and warning, group list and group drop"
