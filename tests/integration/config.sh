@@ -6,7 +6,8 @@
 # file is refused with exit 2 and its file:line; SIGHUP changes the
 # concurrency of a running consumer, seen in its handlers' own records, logs
 # a changed setting that does not reload as needing a restart, and a bad
-# file at a later SIGHUP keeps the settings in use.  Then the audit, from
+# file at a later SIGHUP keeps the settings in use; a last SIGHUP sets a
+# timeout that kills the next handler, and the log level.  Then the audit, from
 # its own section of the same kind of file.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
@@ -179,11 +180,32 @@ for i in 1 2 3 4 5 6 7 8; do walq publish ql 3 >/dev/null; done
 wait_for '[ "$(ran 3)" -eq 8 ]' 60 "eight jobs of phase 3 to run"
 assert_eq "$(overlap 3)" 4 "after the bad file the concurrency is still 4"
 
+# The timeout and the log level reload too: a 1 s handler is killed at 0.3 s.
+write_conf <<INI
+[consume]
+group = live
+queue = ql
+program = $sleeper
+concurrency = 4
+backoff_min = 0.1
+timeout = 0.3
+log_level = debug
+INI
+kill -HUP "$live"
+wait_for 'grep -q "timeout_ms changed from 0 to 300" "$WORK/live.err"' 30 "the consumer to apply the timeout"
+assert_match "$(cat "$WORK/live.err")" 'log_level changed from 2 to 3' "the log level reloads"
+slow=$(walq publish --max-attempts 1 ql 4)
+wait_for '[ "$(q "SELECT status FROM walq.job_status WHERE job_id = $slow")" = dead ]' 30 \
+    "the job past the reloaded timeout to be dead"
+assert_match "$(q "SELECT last_error FROM walq.job_status WHERE job_id = $slow")" '[Tt]imed? ?out|[Tt]imeout' \
+    "it died of the timeout that SIGHUP set"
+assert_eq "$(ran 4)" 0 "its handler never finished its second of sleep"
+
 kill -TERM "$live"
 bg_wait "$live" 30
 assert_eq "$BG_RC" 0 "the consumer stops cleanly after its reloads"
-assert_eq "$(outcomes live | tr ' ' '\n' | sort | uniq -c | awk '{ print $1, $2 }')" "19 ql:done" \
-    "all 19 jobs of the three phases are done once each"
+assert_eq "$(outcomes live | tr ' ' '\n' | sort | uniq -c | awk '{ print $1, $2 }' | paste -sd' ')" \
+    "1 ql:dead 19 ql:done" "the 19 jobs of the three phases are done once each, the slow one dead"
 
 # ------------------------------------------------------------------
 # 5. The audit, from the [audit] section of a file that has [consume] too.
