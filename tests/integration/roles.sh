@@ -7,7 +7,8 @@
 #     reads job status, but cannot insert walq.commands rows, write dedup
 #     keys or outcomes, take another producer's dedup key, read payloads,
 #     or call what its functions call for it;
-#   - walq_admin retries and cancels jobs, and cannot insert commands;
+#   - walq_admin retries and cancels jobs and drops groups, and cannot
+#     insert commands;
 #   - a login with none of the three can do nothing, not even read a
 #     payload;
 #   - walq init by a role without CREATEROLE works once the roles exist,
@@ -145,6 +146,16 @@ walq status --dbname "$(conn app_admin)" >/dev/null
 pass "the admin runs walq status"
 kill -TERM "$cons"
 bg_wait "$cons" 30
+
+# Group administration: walq group drop, by an admin that may drop slots.
+refused app_producer "SELECT * FROM walq.drop_group('ag')" "drop a group"
+refused app_consumer "SELECT * FROM walq.drop_group('ag')" "drop a group"
+q "CREATE ROLE app_admin_repl LOGIN REPLICATION IN ROLE walq_admin" >/dev/null
+walq group drop --dbname "$(conn app_admin_repl)" ag --yes
+assert_eq "$(q "SELECT (SELECT count(*) FROM walq.groups WHERE name = 'ag')
+                     + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walq_ag')
+                     + (SELECT count(*) FROM pg_publication WHERE pubname = 'walq_ag')")" 0 \
+    "an admin with REPLICATION drops a group: its row, its slot, its publication"
 
 # --- a role with none of the three ------------------------------------------
 for sql in "SELECT payload FROM walq.jobs" "SELECT * FROM walq.job_status" \
