@@ -652,17 +652,26 @@ int walq__settings_cmdline(const walq__settings *t, walq__cmdline *out, int argc
     return rc;
 }
 
-static void apply_defaults(const walq__settings *t, void *base, walq__set_pool *pool)
+/*
+ * The table's defaults.  One that does not parse is a mistake in the table,
+ * which every run of the command then reports: -1 with err.
+ */
+static int apply_defaults(const walq__settings *t, void *base, walq__set_pool *pool, char *err,
+                          size_t errlen)
 {
-    char err[256];
-
     for (size_t i = 0; i < t->n; i++) {
         const walq__setting *s = &t->v[i];
+        char why[256];
 
-        /* The defaults are the table's own: a wrong one is found by the unit tests. */
-        if (s->def != NULL && !(s->flags & WALQ__SET_CLI_ONLY))
-            (void)walq__setting_set(s, base, s->def, pool, err, sizeof(err));
+        if (s->def == NULL || (s->flags & WALQ__SET_CLI_ONLY))
+            continue;
+        if (walq__setting_set(s, base, s->def, pool, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "the default of --%s %s (an error of walq's settings table)",
+                     s->name, why);
+            return -1;
+        }
     }
+    return 0;
 }
 
 int walq__settings_build(const walq__settings *t, const walq__cmdline *cl, void *base,
@@ -676,8 +685,9 @@ int walq__settings_build(const walq__settings *t, const walq__cmdline *cl, void 
         snprintf(err, errlen, "out of memory");
         return 2;
     }
-    apply_defaults(t, base, pool);
-    if (t->preset != NULL && t->preset(base, err, errlen) != 0)
+    if (apply_defaults(t, base, pool, err, errlen) != 0)
+        rc = 2;
+    if (rc == 0 && t->preset != NULL && t->preset(base, err, errlen) != 0)
         rc = 2;
     if (rc == 0 && cl->config != NULL &&
         walq__settings_file(t, base, pool, cl->config, err, errlen) != 0)

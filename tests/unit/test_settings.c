@@ -418,6 +418,34 @@ START_TEST(equal_and_copy_per_kind)
 }
 END_TEST
 
+START_TEST(a_default_that_does_not_parse_is_reported)
+{
+    static const walq__setting bad_tab[] = {
+        {.name = "count",
+         .kind = WALQ__SET_INT,
+         .off = OFF(count),
+         .def = "0",
+         .what = "1 to 10",
+         .lo = 1,
+         .hi = 10},
+    };
+    static const walq__settings bad = {"consume", bad_tab, 1, NULL, NULL};
+    walq__set_pool pool = {0};
+    char *argv[] = {"consume", NULL};
+    char err[512];
+    walq__cmdline cl;
+    conf c;
+
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(walq__settings_cmdline(&bad, &cl, 1, argv), 0);
+    ck_assert_int_eq(walq__settings_build(&bad, &cl, &c, &pool, err, sizeof(err)), 2);
+    ck_assert_str_eq(err, "the default of --count takes 1 to 10, not \"0\" (an error of walq's "
+                          "settings table)");
+    walq__cmdline_free(&cl);
+    walq__set_pool_free(&pool);
+}
+END_TEST
+
 START_TEST(help_lists_the_reloaded_settings)
 {
     char *buf = NULL;
@@ -446,6 +474,7 @@ static Suite *settings_suite(void)
     tcase_add_test(tc, a_long_line_is_refused_not_cut);
     tcase_add_test(tc, a_missing_file_is_named);
     tcase_add_test(tc, equal_and_copy_per_kind);
+    tcase_add_test(tc, a_default_that_does_not_parse_is_reported);
     tcase_add_test(tc, help_lists_the_reloaded_settings);
     suite_add_tcase(s, tc);
     return s;
