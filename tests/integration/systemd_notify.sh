@@ -5,7 +5,8 @@
 # Type=notify.  walq consume says READY=1 once it streams, STATUS= lines with
 # its state, jobs done and lag, and WATCHDOG=1 from its loop every quarter
 # of WATCHDOG_USEC; a stopped process (SIGSTOP) stops the pings, a standby
-# consumer is ready and says so, and walq audit does the same.
+# consumer is ready and says so, and walq audit does the same; the units'
+# ExecStart lines run with their configuration files and notify.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq
@@ -144,3 +145,39 @@ kill -CONT "$audit"
 kill -TERM "$audit"
 bg_wait "$audit" 20
 assert_eq "$BG_RC" 0 "the audit exits 0 on SIGTERM"
+
+# The units' own command lines, as systemd would run walq-consume@unitg and
+# walq-audit@unitg: the program and /etc/walq pointed at this test's.
+mkdir -p "$WORK/etc" "$WORK/state"
+as_unit() {
+    sed -n 's/^ExecStart=//p' "$WALQ_SOURCE_DIR/systemd/$1.in" |
+        sed -e "s|@WALQ_BINDIR@/walq|$WALQ_BIN|" -e "s|/etc/walq/|$WORK/etc/|g" -e "s|%i|unitg|g"
+}
+cat >"$WORK/etc/unitg.conf" <<CONF
+[consume]
+group = unitg
+queue = ug
+handler = noop
+CONF
+cat >"$WORK/etc/audit-unitg.conf" <<CONF
+[audit]
+group = unitg
+output = trail.jsonl
+CONF
+publish_sql ug 2
+for unit in walq-consume@.service walq-audit@.service; do
+    name=${unit%%@*}
+    listen "$name"
+    read -ra cmd <<<"$(as_unit "$unit")"
+    (cd "$WORK/state" && NOTIFY_SOCKET=$WORK/$name.sock WATCHDOG_USEC=400000 bg "${cmd[@]}"
+     echo "$BG_PID" >"$WORK/$name.pid")
+    wait_for "[ \"\$(count $name READY=1)\" -ge 1 ]" 30 "READY=1 from $unit's ExecStart (${cmd[*]})"
+    wait_for "[ \"\$(count $name WATCHDOG=1)\" -ge 3 ]" 10 "WATCHDOG=1 from $unit's ExecStart"
+done
+publish_sql ug 1
+wait_for '[ "$(done_count unitg)" -eq 3 ]' 30 "walq-consume@unitg does the jobs of its file's queue"
+wait_for '[ -s "$WORK/state/trail.jsonl" ]' 30 "walq-audit@unitg writes its trail in its working directory"
+for name in walq-consume walq-audit; do
+    kill -TERM "$(cat "$WORK/$name.pid")"
+done
+pass "the units' ExecStart lines run with their configuration files and notify"
