@@ -267,8 +267,8 @@ WALQ_EXTERN void walq_consumer_stop(walq_consumer *c, int immediate);
 /*
  * Gives a running (or not yet running) consumer new settings: opts is a
  * whole set of options, checked as walq_consumer_open() checks them, of
- * which these fields are taken and the others ignored: concurrency (exec
- * handler; a coprocess handler keeps its workers until a restart),
+ * which these fields are taken and the others ignored: concurrency (a
+ * coprocess handler starts more workers, but stops none before a restart),
  * timeout_ms, backoff_min_ms, backoff_max_ms, batch_size, ack_delay_ms,
  * max_in_flight, max_in_flight_bytes and log_level.  The consumer's loop
  * applies them at its next turn: running handlers keep the timeout they

@@ -1745,9 +1745,9 @@ static int phase_settings(walq_consumer *c, walq__wait *w)
         return rc;
     if (rc == 1 && n.concurrency != c->o.concurrency) {
         walq__warn(&c->log,
-                   "concurrency of a coprocess handler changes at a restart only; keeping %d "
-                   "workers",
-                   c->o.concurrency);
+                   "a coprocess handler stops no worker while it runs: concurrency %d takes a "
+                   "restart; keeping %d workers",
+                   n.concurrency, c->o.concurrency);
         n.concurrency = c->o.concurrency;
     }
 #define WALQ__RELOAD_LOG(field, name, type)                                                        \

@@ -926,14 +926,39 @@ static void coproc_free(walq__handler *h)
     free(c);
 }
 
-/* A reload: the timeout of jobs sent from now on; the workers stay as many. */
+/* A worker with no process yet: the next has_room() or start() starts it. */
+static void worker_init(cp_worker *w, int num)
+{
+    memset(w, 0, sizeof(*w));
+    w->num = num;
+    w->state = CP_DOWN;
+    w->pid = -1;
+    w->pidfd = w->in_fd = w->out_fd = -1;
+}
+
+/*
+ * A reload: the timeout of jobs sent from now on, and more workers when
+ * the concurrency grows (started as the first ones were, when jobs come).
+ * Fewer would mean stopping workers with jobs in flight: that waits for a
+ * restart, and 1 says so.
+ */
 static int coproc_set_limits(walq__handler *h, const walq__handler_limits *lim)
 {
     coproc_handler *c = (coproc_handler *)h;
 
     c->timeout_us = lim->timeout_us;
     c->timeout = (double)lim->timeout_us / 1e6;
-    return lim->concurrency != c->nworkers;
+    if (lim->concurrency > c->nworkers) {
+        cp_worker *w = realloc(c->w, (size_t)lim->concurrency * sizeof(*w));
+
+        if (w == NULL)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        for (int i = c->nworkers; i < lim->concurrency; i++)
+            worker_init(&w[i], i + 1);
+        c->w = w;
+        c->nworkers = lim->concurrency;
+    }
+    return lim->concurrency < c->nworkers;
 }
 
 static const walq__handler_ops coproc_ops = {
@@ -972,14 +997,8 @@ int walq__handler_coproc_new(walq__handler **out, char *const *argv, int workers
     c->inflight = inflight;
     c->timeout = timeout;
     c->timeout_us = (int64_t)(timeout * 1e6);
-    for (int i = 0; i < workers; i++) {
-        cp_worker *w = &c->w[i];
-
-        w->num = i + 1;
-        w->state = CP_DOWN;
-        w->pid = -1;
-        w->pidfd = w->in_fd = w->out_fd = -1;
-    }
+    for (int i = 0; i < workers; i++)
+        worker_init(&c->w[i], i + 1);
     *out = &c->base;
     return 0;
 }

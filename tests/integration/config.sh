@@ -208,6 +208,51 @@ assert_eq "$(outcomes live | tr ' ' '\n' | sort | uniq -c | awk '{ print $1, $2 
     "1 ql:dead 19 ql:done" "the 19 jobs of the three phases are done once each, the slow one dead"
 
 # ------------------------------------------------------------------
+# 4b. SIGHUP and a coprocess handler: more workers start; fewer wait for a
+#     restart.  The example worker logs "ID ATTEMPT WORKER PID" per job.
+cp_conf() { # cp_conf CONCURRENCY
+    write_conf_cp <<INI
+[consume]
+group = cop
+queue = qc
+handler = coprocess
+program = python3 $WALQ_SOURCE_DIR/examples/worker.py
+coprocess_inflight = 1
+concurrency = $1
+INI
+}
+write_conf_cp() {
+    cat >"$WORK/cop.ini.new"
+    mv "$WORK/cop.ini.new" "$WORK/cop.ini"
+}
+workers_of() { # the workers that ran the jobs with payload {"sleep": ..., "phase": P}
+    awk '{ print $1, $3 }' "$WORK/workers.log" | sort -u | while read -r id w; do
+        [ "$(q "SELECT payload->>'phase' FROM walq.jobs WHERE id = $id")" = "$1" ] && echo "$w"
+    done | sort -u | paste -sd' '
+}
+cp_conf 1
+WORKER_LOG=$WORK/workers.log bg "$WALQ_BIN" consume --config "$WORK/cop.ini" 2>"$WORK/cop.err"
+cop=$BG_PID
+for i in 1 2 3; do walq publish qc '{"sleep": 0.3, "phase": "1"}' >/dev/null; done
+wait_for '[ "$(wc -l <"$WORK/workers.log" 2>/dev/null || echo 0)" -ge 3 ]' 60 "the coprocess to run phase 1"
+assert_eq "$(workers_of 1)" "1" "coprocess concurrency 1: one worker ran every job"
+cp_conf 3
+kill -HUP "$cop"
+wait_for 'grep -q "concurrency changed from 1 to 3" "$WORK/cop.err"' 30 "the coprocess handler to grow to 3"
+for i in 1 2 3 4 5 6 7 8 9; do walq publish qc '{"sleep": 0.5, "phase": "2"}' >/dev/null; done
+wait_for '[ "$(wc -l <"$WORK/workers.log")" -ge 12 ]' 60 "the coprocess to run phase 2"
+assert_eq "$(workers_of 2)" "1 2 3" "after SIGHUP with concurrency = 3: three workers took jobs"
+cp_conf 2
+kill -HUP "$cop"
+wait_for 'grep -q "concurrency 2 takes a restart; keeping 3 workers" "$WORK/cop.err"' 30 \
+    "the coprocess handler to keep its workers"
+kill -TERM "$cop"
+bg_wait "$cop" 30
+assert_eq "$BG_RC" 0 "the coprocess consumer stops cleanly after its reloads"
+assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'cop' AND status = 'done'")" 12 \
+    "the coprocess consumer did all 12 jobs"
+
+# ------------------------------------------------------------------
 # 5. The audit, from the [audit] section of a file that has [consume] too.
 cat >"$WORK/audit.ini" <<INI
 [consume]
