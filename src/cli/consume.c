@@ -592,8 +592,11 @@ static void reload(void *arg)
             walq__setting_equal(s, r->cur, &fresh))
             continue;
         if (!(s->flags & WALQ__SET_RELOAD)) {
-            /* Connection strings may hold a password: their values are not shown. */
-            if (s->kind == WALQ__SET_STR) {
+            /*
+             * Connection strings may hold a password, and a FUNC's value has
+             * no text of its own: those values are not shown.
+             */
+            if (s->kind == WALQ__SET_STR || s->kind == WALQ__SET_FUNC) {
                 reload_log(r, WALQ_LOG_WARNING,
                            "setting \"%s\" changed in \"%s\" but needs a restart; the value in "
                            "use stays",
