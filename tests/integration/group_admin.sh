@@ -29,7 +29,7 @@ cell() {
 
 # The keep group runs from here to the end.
 bg "$WALQ_BIN" consume --group keep --queue qk --queue shared --noop 2>"$WORK/keep.log"
-keep=$BG_PID
+keep_pid=$BG_PID
 wait_for "slot_active walq_keep" 30 "group keep to stream"
 publish_sql qk 100
 walq_timeout 60 consume --group stale --queue qs --queue shared --drain --noop 2>/dev/null
@@ -106,7 +106,7 @@ assert_eq "$(cell "$CAP_OUT" stale slots)" walq_stale "group list: stale's slot"
 assert_eq "$(cell "$CAP_OUT" stale plugin)" \
     "$(q "SELECT plugin FROM pg_replication_slots WHERE slot_name = 'walq_stale'")" "group list: plugin"
 assert_eq "$(cell "$CAP_OUT" stale queued)" 2 "group list: stale's queued jobs"
-assert_eq "$(cell "$CAP_OUT" stale done)" \
+assert_eq "$(cell "$CAP_OUT" stale "done")" \
     "$(q "SELECT done FROM walq.group_counts('stale')")" "group list: stale's done jobs"
 
 # With stale's consumer running and caught up: no warning, lag 0.
@@ -204,7 +204,7 @@ assert_match "$CAP_ERR" 'consumer group "stale" does not exist; nothing to drop'
 publish_sql qk 50
 total=$(q "SELECT count(*) FROM walq.jobs WHERE queue IN ('qk', 'shared')")
 wait_for '[ "$(done_count keep)" -ge '"$total"' ]' 60 "keep to finish its $total jobs"
-kill -0 "$keep" || fail "keep's consumer died"
+kill -0 "$keep_pid" || fail "keep's consumer died"
 assert_all_done keep '^(qk|shared)$' "$total"
 capture walq status
 assert_eq "$(cell "$CAP_OUT" stale slot)" "" "walq status no longer shows stale"
@@ -219,8 +219,8 @@ for cmd in status "group list"; do
 done
 # A slot the server invalidated: group esc's, once its consumer is gone and
 # more WAL than max_slot_wal_keep_size was written since.
-kill -TERM "$keep"
-bg_wait "$keep" 30
+kill -TERM "$keep_pid"
+bg_wait "$keep_pid" 30
 for _ in $(seq 1 6); do
     q "INSERT INTO unrelated SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 2000) g" >/dev/null
     q "SELECT pg_switch_wal()" >/dev/null

@@ -89,7 +89,7 @@ got=$(awk '$1 ~ /^walq_jobs\{/ {
              match($1, /queue="[^"]*"/); qu = substr($1, RSTART + 7, RLENGTH - 8)
              match($1, /status="[^"]*"/); s = substr($1, RSTART + 8, RLENGTH - 9)
              print g "/" p "/" qu "/" s "=" $2 }' "$WORK/metrics" | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//')
-expected=$(printf '%s\n' $expected | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//')
+expected=$(tr ' ' '\n' <<<"$expected" | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//')
 assert_eq "$got" "$expected" "walq_jobs: every count by group, partition, queue and status is walq.job_status's"
 assert_eq "$(metric walq_jobs 'group="ga",partition="0",queue="qa",status="dead"')" 17 \
     "walq_jobs: ga's 17 dead jobs"
@@ -110,8 +110,8 @@ assert_eq "$(metric walq_slot_active 'group="gb",partition="0",slot="walq_gb_0of
 within() {
     local v lo hi
     v=$(metric "$1" "$2")
-    lo=$(printf '%s\n' $4 | sed -n "s/^$3=//p")
-    hi=$(printf '%s\n' $5 | sed -n "s/^$3=//p")
+    lo=$(tr ' ' '\n' <<<"$4" | sed -n "s/^$3=//p")
+    hi=$(tr ' ' '\n' <<<"$5" | sed -n "s/^$3=//p")
     [ "$v" -ge "$lo" ] && [ "$v" -le "$hi" ] || fail "$1{$2} is $v; SQL said $lo before and $hi after"
     pass "$1{$2} = $v, between $lo and $hi by SQL"
 }
@@ -157,7 +157,7 @@ assert_eq "$(grep -o '<tr><td class="n">[0-9]*</td>' "$WORK/page.html" | wc -l)"
 # -- bounded waits ---------------------------------------------------------------
 # A lock that blocks every read of walq.readers: /metrics answers 503 within
 # the statement timeout, with the server's reason.
-PGTEST_BINDIR=$PGTEST_BINDIR bg "$PGTEST_BINDIR/psql" -X -q -c \
+bg "$PGTEST_BINDIR/psql" -X -q -c \
     "BEGIN; LOCK walq.readers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(20)"
 locker=$BG_PID
 wait_for '[ "$(q "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
