@@ -129,6 +129,9 @@ overlap() {
         sort -k1,1n -k2,2n | awk '{ n += $2; if (n > m) m = n } END { print m + 0 }'
 }
 ran() { awk -v p="$1" '$1 == p' "$WORK/runs.log" 2>/dev/null | wc -l; }
+# publish_phase P N: N jobs of payload P in one transaction, so that they
+# are all there at once however slow the machine is.
+publish_phase() { q "SELECT count(walq.publish('ql', '$1')) FROM generate_series(1, $2)" >/dev/null; }
 write_conf() { # the file, replaced at once, as an editor or a deployment would
     cat >"$WORK/live.ini.new"
     mv "$WORK/live.ini.new" "$WORK/live.ini"
@@ -144,7 +147,7 @@ backoff_min = 0.1
 INI
 bg "$WALQ_BIN" consume --config "$WORK/live.ini" 2>"$WORK/live.err"
 live=$BG_PID
-for i in 1 2 3; do walq publish ql 1 >/dev/null; done
+publish_phase 1 3
 wait_for '[ "$(ran 1)" -eq 3 ]' 60 "three jobs of phase 1 to run"
 assert_eq "$(overlap 1)" 1 "concurrency = 1: the handlers never overlapped"
 
@@ -161,7 +164,7 @@ kill -HUP "$live"
 wait_for 'grep -q "concurrency changed from 1 to 4" "$WORK/live.err"' 30 "the consumer to apply concurrency 4"
 assert_match "$(cat "$WORK/live.err")" 'setting "status-interval" changed to "5" in "[^"]*live.ini" but needs a restart; it stays "10"' \
     "a setting that does not reload is logged as needing a restart"
-for i in 1 2 3 4 5 6 7 8; do walq publish ql 2 >/dev/null; done
+publish_phase 2 8
 wait_for '[ "$(ran 2)" -eq 8 ]' 60 "eight jobs of phase 2 to run"
 assert_eq "$(overlap 2)" 4 "after SIGHUP with concurrency = 4: four handlers ran at once, never more"
 kill -0 "$live" 2>/dev/null || fail "the consumer exited on SIGHUP"
@@ -176,7 +179,7 @@ wait_for 'grep -q "not reloaded" "$WORK/live.err"' 30 "the consumer to refuse th
 assert_match "$(cat "$WORK/live.err")" \
     "ERROR:  configuration file not reloaded; the settings in use stay: $WORK/live.ini:3: \"concurrency\" takes a whole number from 1 to 4096, not \"9000\"" \
     "the bad file is logged with its line, and nothing changes"
-for i in 1 2 3 4 5 6 7 8; do walq publish ql 3 >/dev/null; done
+publish_phase 3 8
 wait_for '[ "$(ran 3)" -eq 8 ]' 60 "eight jobs of phase 3 to run"
 assert_eq "$(overlap 3)" 4 "after the bad file the concurrency is still 4"
 
@@ -233,13 +236,13 @@ workers_of() { # the workers that ran the jobs with payload {"sleep": ..., "phas
 cp_conf 1
 WORKER_LOG=$WORK/workers.log bg "$WALQ_BIN" consume --config "$WORK/cop.ini" 2>"$WORK/cop.err"
 cop=$BG_PID
-for i in 1 2 3; do walq publish qc '{"sleep": 0.3, "phase": "1"}' >/dev/null; done
+q "SELECT count(walq.publish('qc', '{\"sleep\": 0.3, \"phase\": \"1\"}')) FROM generate_series(1, 3)" >/dev/null
 wait_for '[ "$(wc -l <"$WORK/workers.log" 2>/dev/null || echo 0)" -ge 3 ]' 60 "the coprocess to run phase 1"
 assert_eq "$(workers_of 1)" "1" "coprocess concurrency 1: one worker ran every job"
 cp_conf 3
 kill -HUP "$cop"
 wait_for 'grep -q "concurrency changed from 1 to 3" "$WORK/cop.err"' 30 "the coprocess handler to grow to 3"
-for i in 1 2 3 4 5 6 7 8 9; do walq publish qc '{"sleep": 0.5, "phase": "2"}' >/dev/null; done
+q "SELECT count(walq.publish('qc', '{\"sleep\": 0.5, \"phase\": \"2\"}')) FROM generate_series(1, 9)" >/dev/null
 wait_for '[ "$(wc -l <"$WORK/workers.log")" -ge 12 ]' 60 "the coprocess to run phase 2"
 assert_eq "$(workers_of 2)" "1 2 3" "after SIGHUP with concurrency = 3: three workers took jobs"
 cp_conf 2
