@@ -93,16 +93,26 @@ q_on replica "TRUNCATE walq.jobs, walq.commands" >/dev/null
 
 # The TLS settings from the environment, a password from PGPASSWORD: the
 # first travel into the subscription, the second does not.  A relative
-# sslrootcert becomes absolute, for the source server's processes.
+# sslrootcert becomes absolute, for the source server's processes; a quote,
+# a backslash and a space in it are quoted for the conninfo and for SQL.
+odd="o'd\\ir x"
+mkdir "$T/$odd"
+cp "$T/ca.crt" "$T/$odd/ca.crt"
+chmod 0755 "$T/$odd"
 (
     cd "$T"
-    PGSSLMODE=verify-full PGSSLROOTCERT=ca.crt PGPASSWORD=$SECRET \
+    PGSSLMODE=verify-full PGSSLROOTCERT="$odd/ca.crt" PGPASSWORD=$SECRET \
         "$WALQ_BIN" replica setup --primary "host=localhost $TCP" --source "$PGTEST_CONN_REPLICA"
 ) >"$WORK/setup2.out" 2>&1 || fail "replica setup with PGSSLMODE and PGSSLROOTCERT: $(cat "$WORK/setup2.out")"
 pass "walq replica setup with PGSSLMODE=verify-full and PGSSLROOTCERT"
 sub=$(q_on replica "SELECT subconninfo FROM pg_subscription WHERE subname = 'walqrepl_main'")
 assert_match "$sub" "sslmode='verify-full'" "PGSSLMODE travelled into the subscription"
-assert_match "$sub" "sslrootcert='$T/ca.crt'" "PGSSLROOTCERT travelled, made absolute"
+assert_eq "$(grep -oF "sslrootcert='$T/o\\'d\\\\ir x/ca.crt'" <<<"$sub" | wc -l)" 1 \
+    "PGSSLROOTCERT travelled, made absolute, its quote and backslash escaped ($sub)"
+wait_for '[ "$(q "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)
+                  WHERE r.application_name = '"'walqrepl_main'"' AND s.ssl")" -ge 1 ]' 30 \
+    "the subscription made from the environment to connect over TLS"
+pass "the subscription reads that CA file and connects to the primary over TLS"
 assert_eq "$(grep -c "$SECRET" <<<"$sub" || true)" 0 "PGPASSWORD did not go into pg_subscription"
 assert_eq "$(grep -c "$SECRET" "$WORK/setup2.out" || true)" 0 "nor into the output"
 capture walq replica teardown --primary "$GOOD" --source "$PGTEST_CONN_REPLICA"
