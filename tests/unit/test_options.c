@@ -433,11 +433,35 @@ static const char *make_invalid(walq_options *o, int i)
     case 25:
         o->timer_horizon_ms = 99;
         return "timer_horizon_ms must be between 100 and 10000000000, not 99";
+    case 26: {
+        static const char *const bad[] = {"PGHOST", "PG PASSWORD", NULL};
+
+        o->pass_env = bad;
+        return "invalid pass_env name \"PG PASSWORD\"";
+    }
+    case 27: {
+        static const char *const bad[] = {"", NULL};
+
+        o->pass_env = bad;
+        return "invalid pass_env name \"\"";
+    }
+    case 28: {
+        static const char *const bad[] = {"1PG", NULL};
+
+        o->pass_env = bad;
+        return "invalid pass_env name \"1PG\"";
+    }
+    case 29: {
+        static const char *const bad[] = {"PG**", NULL};
+
+        o->pass_env = bad;
+        return "invalid pass_env name \"PG**\"";
+    }
     }
     return NULL;
 }
 
-#define N_INVALID 26
+#define N_INVALID 30
 
 START_TEST(invalid_values_are_refused)
 {
@@ -475,6 +499,19 @@ START_TEST(limits_are_accepted)
     o.timer_horizon_ms = 100;
     o.partition = 1023;
     o.partitions = 1024;
+    ck_assert_int_eq(walq_consumer_open(&c, &o), 0);
+    walq_consumer_free(c);
+}
+END_TEST
+
+/* Names, and prefixes of names with "*", are taken. */
+START_TEST(pass_env_names_are_accepted)
+{
+    static const char *const pass[] = {"PGPASSWORD", "PGSSL*", "PG*", "_X1", "pgpass", NULL};
+    walq_options o = valid_options();
+    walq_consumer *c = NULL;
+
+    o.pass_env = pass;
     ck_assert_int_eq(walq_consumer_open(&c, &o), 0);
     walq_consumer_free(c);
 }
@@ -662,6 +699,7 @@ static Suite *options_suite(void)
     TCase *tc = tcase_create("core");
 
     tcase_add_test(tc, init_fills_the_defaults_of_the_macro);
+    tcase_add_test(tc, pass_env_names_are_accepted);
     tcase_add_test(tc, init_refuses_unknown_versions);
     tcase_add_test(tc, open_refuses_unknown_versions);
 #if UINTPTR_MAX == UINT64_MAX
