@@ -4,6 +4,7 @@
 # PGPASSFILE, PGSERVICEFILE, PGSSLKEY, where and as whom to connect) unless
 # `walq consume --pass-env NAME` names them.  Each handler writes its whole
 # environment into a file; the test reads what it got.
+# shellcheck disable=SC2016  # wait_for evals its condition later
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq

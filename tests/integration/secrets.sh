@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2016  # wait_for evals its condition later
+# shellcheck disable=SC2016,SC2034  # wait_for evals its condition later; the conninfos are read as ${!c}
 # No secret in any output (issue 13).  The test server takes bob on
 # 127.0.0.1 (loopback only) with a scram-sha-256 password, SuperSecret42.
 #   1. The password need not be in argv: PGPASSWORD, a service file

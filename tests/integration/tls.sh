@@ -137,8 +137,9 @@ check_fail() {
         consume) capture walq_timeout 30 consume --group tg --queue tq --dbname "$conn" --drain -- "$h" ;;
         audit) capture walq_timeout 30 audit --source "$conn" --group ta --output "$WORK/x.jsonl" --drain ;;
         esac
-        [ "$CAP_RC" -ne 0 ] && [ "$CAP_RC" -ne 124 ] ||
+        if [ "$CAP_RC" -eq 0 ] || [ "$CAP_RC" -eq 124 ]; then
             fail "$name: walq $cmd exited $CAP_RC: $CAP_ERR"
+        fi
         assert_match "$CAP_ERR" "$msg" "$name: walq $cmd says what failed"
         assert_match "$CAP_ERR" "HINT:  TLS: $hint" "$name: walq $cmd names TLS and the fix"
         assert_eq "$(grep -c "$SECRET" <<<"$CAP_ERR$CAP_OUT" || true)" 0 "$name: walq $cmd shows no password"
