@@ -111,13 +111,22 @@ static void put_option(char *out, size_t outlen, size_t *k, const PQconninfoOpti
 }
 
 /*
- * Whether libpq's reason for refusing the string may quote a piece of a
- * password: any string that names one, or could hide one in a URI's user
- * information or in percent-encoding.
+ * Whether a string libpq cannot read may hold a secret, so that neither it
+ * nor the pieces libpq's reason quotes are shown: one that names a password
+ * in any spelling ("password", "PASSWORD=", "passwd", "pwd"), a secret, a
+ * token or a key, or could hide one in a URI's user information or in
+ * percent-encoding.
  */
 static int may_hold_secret(const char *s)
 {
-    return strstr(s, "password") != NULL || strchr(s, '%') != NULL || strchr(s, '@') != NULL;
+    static const char *const words[] = {"pass", "pwd", "secret", "token", "key"};
+
+    if (strchr(s, '%') != NULL || strchr(s, '@') != NULL)
+        return 1;
+    for (size_t i = 0; i < WALQ__ARRAY_SIZE(words); i++)
+        if (strcasestr(s, words[i]) != NULL)
+            return 1;
+    return 0;
 }
 
 static void mask_depth(const char *conninfo, char *out, size_t outlen, int depth)

@@ -130,7 +130,11 @@ URIQUERY="postgresql://127.0.0.1:1/postgres?user=bob&password=$SECRET&nosuchkey=
 DBURI="dbname=postgresql://bob:$SECRET@127.0.0.1:1/postgres connect_timeout=3"
 DBURIQ="dbname='postgresql://bob:$SECRET@127.0.0.1:1/postgres' connect_timeout=3"
 DBKW="dbname='host=127.0.0.1 port=1 user=bob password=$SECRET' connect_timeout=3"
-for c in DOWN BADKW BADQUOTE URIDOWN BADURI WRONGPW URIWRONG URIENC URIQUERY DBURI DBURIQ DBKW; do
+# A password keyword misspelt: libpq refuses the string, and walq shows none of it.
+UPPERPW="host=127.0.0.1 port=1 user=bob PASSWORD=$SECRET"
+PASSWD="host=127.0.0.1 port=1 user=bob passwd=$SECRET"
+for c in DOWN BADKW BADQUOTE URIDOWN BADURI WRONGPW URIWRONG URIENC URIQUERY DBURI DBURIQ DBKW \
+    UPPERPW PASSWD; do
     conn=${!c}
     for cmd in "status --dbname" "init --dbname" "publish q {} --dbname" "job show 1 --dbname" \
         "job list --dbname" "job retry 1 --dbname" "job cancel 1 --dbname" \

@@ -112,6 +112,12 @@ START_TEST(mask_hides_passwords)
         {"host=h password='hunter2", "********"},
         {"host=h password=hunter2 and more", "********"},
         {"passwordx=1 xpassword=2", "********"},
+        /* A password misspelt is a password all the same. */
+        {"host=x port=1 PASSWORD=hunter2", "********"},
+        {"host=x Password=hunter2", "********"},
+        {"host=x passwd=hunter2", "********"},
+        {"host=x pwd=hunter2", "********"},
+        {"host=x api_token=hunter2", "********"},
         {"postgresql://u:h%75nter2@h/d?bogus=1", "********"},
         /* Unless it cannot. */
         {"host=h bogus=1", "host=h bogus=1"},
@@ -148,6 +154,8 @@ START_TEST(invalid_string_message_has_no_password)
         "host=h password=hunter2 nonsense",
         "host=h password='hunter2",
         "host=h password=hunter2 bogus_option=1",
+        "host=h port=1 PASSWORD=hunter2",
+        "host=h passwd='hunter2",
         "postgresql://u:hunter2@h/d?password=hunter2&bogus=1",
         "postgresql://u:hunter2@h/d?password=hunter2&host",
     };
