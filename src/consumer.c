@@ -688,11 +688,25 @@ static int cancel_job(walq_consumer *c, int64_t id)
         return 0;
     }
     rc = settle_acks(c);
-    /* A replayed command may be stale: a retry can have come after it. */
-    if (rc == 0 && c->pconn != NULL)
-        rc = walq__reg_cancelled(&c->rg, c->pconn, id, &cancelled);
-    if (rc != 0 || !cancelled)
+    if (rc != 0)
         return rc;
+    /*
+     * Only a job whose outcome walq.cancel_job recorded is dropped: a
+     * replayed command may be stale (a retry can have come after it), and
+     * a command is not trusted without its outcome.
+     */
+    if (c->pconn == NULL)
+        return WALQ_ECONN;
+    rc = walq__reg_cancelled(&c->rg, c->pconn, id, &cancelled);
+    if (rc != 0)
+        return rc;
+    if (!cancelled) {
+        walq__info(&c->log,
+                   "cancel command for job %lld ignored: its outcome in the group is not "
+                   "cancelled (a retry came after it, or walq.cancel_job did not send it)",
+                   (long long)id);
+        return 0;
+    }
     walq__sched_withdraw(&c->sched, job);
     walq__info(&c->log, "job %lld cancelled", (long long)id);
     walq__metrics_job(c->m, job->queue, WALQ__EV_CANCELLED);
@@ -727,6 +741,11 @@ static int retry_job(walq_consumer *c, const walq__reader_txn *t, int64_t id)
         row.run_at = 0;
         walq__info(&c->log, "job %lld queued again by walq job retry", (long long)id);
         rc = take(c, &row, c->cur, t->end_lsn, 1);
+    } else {
+        walq__info(&c->log,
+                   "retry command for job %lld ignored: the job is not queued again in the "
+                   "group (it ran since, or walq.retry_job did not send the command)",
+                   (long long)id);
     }
     PQclear(res);
     return rc;

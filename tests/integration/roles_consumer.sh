@@ -10,7 +10,8 @@
 # consumer out; a second consumer of the group stands by while the first
 # lives and takes over at once when it is killed.  A seal command walq did
 # not send (inserted by the owner, whom nothing stops) is refused by the
-# reader, with a warning.  walq audit runs as the same login (where wal2json
+# reader, with a warning, and so are a cancel and a retry that walq's
+# functions did not record.  walq audit runs as the same login (where wal2json
 # is), and a group runs in a database whose walq owner is no superuser.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
@@ -113,6 +114,27 @@ wait_for 'grep -q "seal command for generation $far ignored" "$WORK/first.log"' 
 assert_eq "$(q "SELECT max(sealed_through) < $far FROM walq.readers WHERE group_name = 'rg'")" t \
     "the forged seal moved no reader's sealed_through"
 
+# A cancel and a retry walq did not send are not trusted either: the reader
+# acts on them only when the outcome walq.cancel_job or walq.retry_job
+# records says so.
+sched=$(walq publish --dbname "$PROD" --run-at "$(date -u -d '+40 seconds' '+%Y-%m-%d %H:%M:%S+00')" rq '{"later": true}')
+wait_for '[ "$(q "SELECT status FROM walq.job_status WHERE job_id = '"$sched"'")" = scheduled ]' 30 \
+    "job $sched to be scheduled"
+q "INSERT INTO walq.commands (group_name, job_id, action) VALUES ('rg', $sched, 'cancel')" >/dev/null
+wait_for 'grep -q "cancel command for job $sched ignored" "$WORK/first.log"' 20 \
+    "the consumer to ignore the forged cancel"
+assert_eq "$(q "SELECT status FROM walq.job_status WHERE job_id = $sched")" scheduled \
+    "job $sched is still scheduled after a forged cancel"
+done_id=$(head -n 1 "$WORK/ran.log")
+q "INSERT INTO walq.commands (group_name, job_id, action) VALUES ('rg', $done_id, 'retry')" >/dev/null
+wait_for 'grep -q "retry command for job $done_id ignored" "$WORK/first.log"' 20 \
+    "the consumer to ignore the forged retry"
+assert_eq "$(grep -cx "$done_id" "$WORK/ran.log")" 1 "job $done_id did not run again"
+walq job cancel --dbname "$ADMIN" "$sched" >/dev/null
+wait_for 'grep -q "job $sched cancelled" "$WORK/first.log"' 20 "the consumer to drop the cancelled job"
+assert_eq "$(q "SELECT status FROM walq.job_status WHERE job_id = $sched")" cancelled \
+    "walq_admin's cancel of job $sched is acted on"
+
 # A second consumer stands by while the first lives...
 PGUSER=app_consumer bg "$WALQ_BIN" consume --group rg --queue rq -- "$h" 2>"$WORK/second.log"
 second=$BG_PID
@@ -186,6 +208,7 @@ assert_eq "$(pg_psql -d ownerdb -c "SELECT count(*) > 1 FROM walq.generations")"
 assert_eq "$(producer_locks)" 1 "the producer held the old advisory lock all along"
 kill "$holder" 2>/dev/null || true
 assert_eq "$(ran)" "$total" "every job ran"
-assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'rg' AND status <> 'done'")" 0 \
-    "no job kept is other than done in the group"
+assert_eq "$(q "SELECT count(*) FROM walq.job_status WHERE consumer_group = 'rg' AND status <> 'done'
+                   AND job_id <> $sched")" 0 \
+    "no job kept is other than done in the group, but the cancelled one"
 pass "all"
