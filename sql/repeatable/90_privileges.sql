@@ -6,7 +6,8 @@
 -- database and an upgraded one end with the same grants.
 --
 --   walq_producer  publish (walq.publish, or INSERT into walq.jobs, COPY
---                  included) and read job status (walq.job_status, and
+--                  included, of every column but the generation) and read
+--                  job status (walq.job_status, and
 --                  the columns of walq.jobs but the payload, which an
 --                  INSERT ... RETURNING needs).  The dedup trigger acts as
 --                  walq's owner, so a producer needs no right on the keys,
@@ -57,7 +58,11 @@ GRANT USAGE ON SCHEMA walq TO walq_producer, walq_consumer, walq_admin;
 GRANT SELECT ON walq.migrations, walq.repeatables TO walq_producer, walq_consumer, walq_admin;
 
 -- walq_producer
-GRANT INSERT ON walq.jobs TO walq_producer;
+-- Every column but the generation, which is the current one's by default:
+-- a job put in a generation already sealed would be seen by no seal, and
+-- could go with the generation unrun.
+GRANT INSERT (id, queue, payload, priority, run_at, max_attempts, dedup_key, created_at)
+    ON walq.jobs TO walq_producer;
 GRANT SELECT (id, queue, priority, run_at, max_attempts, dedup_key, created_at, generation)
     ON walq.jobs TO walq_producer;
 -- The defaults of walq.jobs: the next id, and the current generation.

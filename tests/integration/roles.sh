@@ -102,6 +102,8 @@ refused app_producer "SELECT * FROM walq.dead_jobs" "read dead jobs' payloads"
 refused app_producer "SELECT * FROM walq_jobs.g1" "read a partition of walq.jobs"
 refused app_producer "SELECT walq.define_publication('walq_pg', 'pg', '{pq}')" "make a publication"
 refused app_producer "DELETE FROM walq.jobs" "delete jobs"
+refused app_producer "INSERT INTO walq.jobs (queue, generation) VALUES ('pq', 1)" \
+    "choose a job's generation"
 assert_eq "$(q "SELECT count(*) FROM walq.commands")" 0 "no command was inserted"
 assert_eq "$(q "SELECT count(*) FROM walq.outcomes")" 0 "no outcome was written"
 # The old reader fence, an advisory lock, is no fence now: held, it blocks
@@ -180,7 +182,7 @@ q "CREATE DATABASE owned OWNER dbowner" >/dev/null
 q "GRANT CREATE ON DATABASE owned TO dbowner" >/dev/null
 walq init --dbname "host=$PGHOST port=$PGPORT dbname=owned user=dbowner"
 pass "walq init by a role without CREATEROLE works when the roles exist"
-assert_eq "$(pg_psql -d owned -c "SELECT has_table_privilege('walq_producer', 'walq.jobs', 'INSERT'),
+assert_eq "$(pg_psql -d owned -c "SELECT has_column_privilege('walq_producer', 'walq.jobs', 'queue', 'INSERT'),
                                          has_table_privilege('walq_producer', 'walq.commands', 'INSERT')")" \
     "t|f" "and grants what the roles need"
 
