@@ -152,6 +152,10 @@ bg_wait "$cons" 30
 # Group administration: walq group drop, by an admin that may drop slots.
 refused app_producer "SELECT * FROM walq.drop_group('ag')" "drop a group"
 refused app_consumer "SELECT * FROM walq.drop_group('ag')" "drop a group"
+refused app_consumer "INSERT INTO walq.commands (group_name, job_id, action) VALUES ('ag', 1, 'seal')" \
+    "insert a command"
+refused app_consumer "SELECT walq.retry_job($dead)" "retry a job"
+refused app_consumer "SELECT walq.set_retention('1 second')" "set the retention"
 q "CREATE ROLE app_admin_repl LOGIN REPLICATION IN ROLE walq_admin" >/dev/null
 walq group drop --dbname "$(conn app_admin_repl)" ag --yes
 assert_eq "$(q "SELECT (SELECT count(*) FROM walq.groups WHERE name = 'ag')
