@@ -145,7 +145,9 @@ grep -q "job $dead queued again by walq job retry" "$WORK/consume.log" ||
 assert_eq "$(as_role app_admin "SELECT count(*) FROM walq.dead_jobs WHERE job_id = $dead")" 1 \
     "the admin reads dead jobs"
 walq status --dbname "$(conn app_admin)" >/dev/null
-pass "the admin runs walq status"
+walq job list --dbname "$(conn app_admin)" >/dev/null
+assert_match "$(walq job show --dbname "$(conn app_admin)" "$dead")" 'dead' "the admin shows a dead job"
+pass "the admin runs walq status, walq job list and walq job show"
 kill -TERM "$cons"
 bg_wait "$cons" 30
 
