@@ -57,7 +57,7 @@ SELECT 'trigger ' || pg_get_triggerdef(t.oid)
  WHERE c.relnamespace = 'walq'::regnamespace AND NOT t.tgisinternal
 ORDER BY 1"
 
-# The tables: columns, constraints, indexes and comments.
+# The tables: columns, constraints, indexes, comments and grants.
 tables_sql="
 SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
        || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
@@ -78,6 +78,17 @@ SELECT 'index ' || pg_get_indexdef(i.indexrelid)
 UNION ALL
 SELECT 'table ' || c.oid::regclass || coalesce(' -- ' || obj_description(c.oid, 'pg_class'), '')
   FROM pg_class c WHERE c.relnamespace = 'walq'::regnamespace AND c.relkind = 'r'
+UNION ALL
+SELECT 'grants ' || c.oid::regclass || ' ' || coalesce(c.relacl::text, '-')
+       || coalesce(' columns ' || (SELECT string_agg(a.attname || ' ' || a.attacl::text, ', '
+                                                     ORDER BY a.attname)
+                                     FROM pg_attribute a
+                                    WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL), '')
+  FROM pg_class c
+ WHERE c.relnamespace = 'walq'::regnamespace AND c.relkind IN ('r', 'p', 'S')
+UNION ALL
+SELECT 'schema ' || n.nspname || ' ' || coalesce(n.nspacl::text, '-')
+  FROM pg_namespace n WHERE n.nspname IN ('walq', 'walq_jobs', 'walq_outcomes', 'walq_batches')
 ORDER BY 1"
 
 # same_as_fresh DB KIND SQL WHAT: fails when SQL lists other KIND in
