@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,13 +68,6 @@ static int set_file_mode(void *base, const char *value, walq__set_pool *pool)
     ((audit_args *)base)->o.file_mode = (int)mode;
     return 0;
 }
-
-static const walq__set_name log_levels[] = {{"error", WALQ_LOG_ERROR},
-                                            {"warning", WALQ_LOG_WARNING},
-                                            {"info", WALQ_LOG_INFO},
-                                            {"debug", WALQ_LOG_DEBUG},
-                                            {NULL, 0}};
-static const walq__set_name log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
 
 #define OFF(field) offsetof(audit_args, field)
 #define MAX_MS     INT64_C(10000000000)
@@ -160,40 +152,7 @@ static const walq__setting audit_table[] = {
      .what = "seconds above 0",
      .lo = 0,
      .hi = MAX_MS},
-    {.name = "log-level",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(o.log_level),
-     .def = "info",
-     .flags = WALQ__SET_RELOAD,
-     .arg = "LEVEL",
-     .help = "error, warning, info (the default) or debug",
-     .what = "error, warning, info or debug",
-     .names = log_levels},
-    {.name = "verbose",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(o.log_level),
-     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
-     .help = "--log-level debug",
-     .what = "",
-     .names = log_levels,
-     .fixed = "debug"},
-    {.name = "quiet",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(o.log_level),
-     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
-     .help = "--log-level warning",
-     .what = "",
-     .names = log_levels,
-     .fixed = "warning"},
-    {.name = "log-format",
-     .kind = WALQ__SET_CHOICE,
-     .off = OFF(log_format),
-     .def = "text",
-     .arg = "FORMAT",
-     .help = "text (the default) or json: one JSON object per line\non standard error, for log "
-             "collectors",
-     .what = "text or json",
-     .names = log_formats},
+    WALQ__SETTINGS_LOG(audit_args, o.log_level, log_format),
 };
 
 /* A file may hold the consumer's settings too, in [consume]. */
@@ -223,9 +182,13 @@ static void help(void)
            "what is whole and exits 0; a second signal exits at once.\n");
 }
 
-/* The settings as at the start and at every reload: 0, or 1 (the file) or 2 with err. */
-static int build(audit_args *a, const walq__cmdline *cl, char *err, size_t errlen)
+/*
+ * The settings (an audit_args) as at the start and at every reload: 0, or
+ * 1 (the file) or 2 with err.
+ */
+static int build(void *base, const walq__cmdline *cl, char *err, size_t errlen)
 {
+    audit_args *a = base;
     int rc;
 
     memset(a, 0, sizeof(*a));
@@ -244,68 +207,13 @@ static int build(audit_args *a, const walq__cmdline *cl, char *err, size_t errle
     return 0;
 }
 
-typedef struct reloader {
-    audit_args *cur;
-    const walq__cmdline *cl;
-    walq__audit *a;
-} reloader;
-
-/* A message of the reload, at or below the log level in use. */
-static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
-    WALQ__PRINTF(3, 4);
-
-static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
+/* SIGHUP's log level (the one setting that reloads) to the audit's loop. */
+static int apply_reload(void *a, const void *next, char *err, size_t errlen)
 {
-    char msg[2048];
-    va_list ap;
-
-    if (level > r->cur->o.log_level)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    walq__cli_log(level, msg, NULL);
-}
-
-/*
- * SIGHUP, in the reload thread: the settings built again; the log level
- * goes to the audit, any other change is logged as needing a restart, and a
- * bad file changes nothing.
- */
-static void reload(void *arg)
-{
-    reloader *r = arg;
-    audit_args fresh;
-    char err[2048];
-    int rc;
-
-    if (r->cl->config == NULL) {
-        reload_log(r, WALQ_LOG_WARNING,
-                   "received SIGHUP, but there is no configuration file to read "
-                   "again\nHINT:  Start walq audit with --config FILE.");
-        return;
-    }
-    rc = build(&fresh, r->cl, err, sizeof(err));
-    if (rc != 0) {
-        reload_log(r, WALQ_LOG_ERROR,
-                   "configuration file not reloaded; the settings in use stay: %s", err);
-        walq__set_pool_free(&fresh.pool);
-        return;
-    }
-    for (size_t i = 0; i < audit_settings.n; i++) {
-        const walq__setting *s = &audit_settings.v[i];
-
-        if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP | WALQ__SET_RELOAD)) ||
-            walq__setting_equal(s, r->cur, &fresh))
-            continue;
-        reload_log(r, WALQ_LOG_WARNING,
-                   "setting \"%s\" changed in \"%s\" but needs a restart; the value in use stays",
-                   s->name, r->cl->config);
-    }
-    r->cur->o.log_level = fresh.o.log_level;
-    walq__audit_reconfigure(r->a, fresh.o.log_level);
-    reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\"", r->cl->config);
-    walq__set_pool_free(&fresh.pool);
+    (void)err;
+    (void)errlen;
+    walq__audit_reconfigure(a, ((const audit_args *)next)->o.log_level);
+    return 0;
 }
 
 int walq__cli_audit(int argc, char **argv)
@@ -317,7 +225,15 @@ int walq__cli_audit(int argc, char **argv)
     walq__audit *a = NULL;
     walq__audit_stats st;
     walq__notify notify;
-    reloader r;
+    walq__reload r = {.t = &audit_settings,
+                      .cl = &cl,
+                      .cur = &args,
+                      .size = sizeof(args),
+                      .pool_off = offsetof(audit_args, pool),
+                      .level_off = offsetof(audit_args, o.log_level),
+                      .build = build,
+                      .apply = apply_reload,
+                      .log = walq__cli_log};
     static char slot[96], prefix[96];
     char err[2048];
     int rc;
@@ -377,8 +293,8 @@ int walq__cli_audit(int argc, char **argv)
     }
     notify.arg = a;
     walq__cli_on_stop(stop_audit, a);
-    r = (reloader){&args, &cl, a};
-    if (walq__cli_on_reload(reload, &r) != 0)
+    r.arg = a;
+    if (walq__cli_on_reload(walq__settings_reload, &r) != 0)
         walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
                                      "ignored");
 

@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,12 +93,6 @@ static const walq__set_name handlers[] = {{"exec", WALQ_HANDLER_EXEC},
                                           {"noop", WALQ_HANDLER_NOOP},
                                           {NULL, 0}};
 static const walq__set_name plugins[] = {{"pgoutput", 0}, {"wal2json", 0}, {"auto", 0}, {NULL, 0}};
-static const walq__set_name log_levels[] = {{"error", WALQ_LOG_ERROR},
-                                            {"warning", WALQ_LOG_WARNING},
-                                            {"info", WALQ_LOG_INFO},
-                                            {"debug", WALQ_LOG_DEBUG},
-                                            {NULL, 0}};
-static const walq__set_name log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
 
 #define OFF(field) offsetof(consume_args, field)
 #define MAX_MS     INT64_C(10000000000)
@@ -366,40 +359,7 @@ static const walq__setting consume_table[] = {
      .what = "seconds above 0",
      .lo = 0,
      .hi = MAX_MS},
-    {.name = "log-level",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(opts.log_level),
-     .def = "info",
-     .flags = WALQ__SET_RELOAD,
-     .arg = "LEVEL",
-     .help = "error, warning, info (the default) or debug",
-     .what = "error, warning, info or debug",
-     .names = log_levels},
-    {.name = "verbose",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(opts.log_level),
-     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
-     .help = "--log-level debug",
-     .what = "",
-     .names = log_levels,
-     .fixed = "debug"},
-    {.name = "quiet",
-     .kind = WALQ__SET_ENUM,
-     .off = OFF(opts.log_level),
-     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,
-     .help = "--log-level warning",
-     .what = "",
-     .names = log_levels,
-     .fixed = "warning"},
-    {.name = "log-format",
-     .kind = WALQ__SET_CHOICE,
-     .off = OFF(log_format),
-     .def = "text",
-     .arg = "FORMAT",
-     .help = "text (the default) or json: one JSON object per line\non standard error, for log "
-             "collectors",
-     .what = "text or json",
-     .names = log_formats},
+    WALQ__SETTINGS_LOG(consume_args, opts.log_level, log_format),
 };
 
 /* A file may hold the audit's settings too, in [audit]. */
@@ -431,12 +391,13 @@ static void consume_help(void)
 }
 
 /*
- * The settings from the table, the file and the command line, as at the
- * start and at every reload: 0, or 1 (the file) or 2 (the command line)
- * with err saying what is wrong.
+ * The settings (a consume_args) from the table, the file and the command
+ * line, as at the start and at every reload: 0, or 1 (the file) or 2 (the
+ * command line) with err saying what is wrong.
  */
-static int build(consume_args *a, const walq__cmdline *cl, char *err, size_t errlen)
+static int build(void *base, const walq__cmdline *cl, char *err, size_t errlen)
 {
+    consume_args *a = base;
     int rc, runs_program;
 
     memset(a, 0, sizeof(*a));
@@ -534,101 +495,17 @@ static int check_args(const consume_args *a, const walq__cmdline *cl)
     return GO_ON;
 }
 
-/* What a reload needs: the settings in use, how they were given, the consumer. */
-typedef struct reloader {
-    consume_args *cur;
-    const walq__cmdline *cl;
-    walq_consumer *c;
-} reloader;
-
-/* A message of the reload, at or below the log level in use. */
-static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
-    WALQ__PRINTF(3, 4);
-
-static void reload_log(const reloader *r, walq_log_level level, const char *fmt, ...)
+/* SIGHUP's settings to the consumer, which applies them at its next turn. */
+static int apply_reload(void *c, const void *next, char *err, size_t errlen)
 {
-    char msg[2048];
-    va_list ap;
+    int rc = walq_consumer_reconfigure(c, &((const consume_args *)next)->opts);
+    const char *why;
 
-    if (level > r->cur->opts.log_level)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    walq__cli_log(level, msg, NULL);
-}
-
-/*
- * SIGHUP, in the reload thread: the settings built again, as at the start.
- * The ones that reload and changed go to the consumer, which applies them
- * at its next turn; any other change is logged as needing a restart and
- * left as it is; a bad file changes nothing.
- */
-static void reload(void *arg)
-{
-    reloader *r = arg;
-    consume_args fresh, next;
-    char err[2048], was[256], now[256];
-    int changed = 0, rc;
-
-    if (r->cl->config == NULL) {
-        reload_log(r, WALQ_LOG_WARNING,
-                   "received SIGHUP, but there is no configuration file to read "
-                   "again\nHINT:  Start walq consume with --config FILE.");
-        return;
-    }
-    rc = build(&fresh, r->cl, err, sizeof(err));
-    if (rc != 0) {
-        reload_log(r, WALQ_LOG_ERROR,
-                   "configuration file not reloaded; the settings in use stay: %s", err);
-        walq__set_pool_free(&fresh.pool);
-        return;
-    }
-    next = *r->cur;
-    for (size_t i = 0; i < consume_settings.n; i++) {
-        const walq__setting *s = &consume_settings.v[i];
-
-        if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP)) ||
-            walq__setting_equal(s, r->cur, &fresh))
-            continue;
-        if (!(s->flags & WALQ__SET_RELOAD)) {
-            /*
-             * Connection strings may hold a password, and a FUNC's value has
-             * no text of its own: those values are not shown.
-             */
-            if (s->kind == WALQ__SET_STR || s->kind == WALQ__SET_FUNC) {
-                reload_log(r, WALQ_LOG_WARNING,
-                           "setting \"%s\" changed in \"%s\" but needs a restart; the value in "
-                           "use stays",
-                           s->name, r->cl->config);
-            } else {
-                walq__setting_format(s, r->cur, was, sizeof(was));
-                walq__setting_format(s, &fresh, now, sizeof(now));
-                reload_log(r, WALQ_LOG_WARNING,
-                           "setting \"%s\" changed to \"%s\" in \"%s\" but needs a restart; it "
-                           "stays \"%s\"",
-                           s->name, now, r->cl->config, was);
-            }
-            continue;
-        }
-        walq__setting_copy(s, &next, &fresh);
-        changed++;
-    }
-    if (changed == 0) {
-        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": no setting that reloads has changed",
-                   r->cl->config);
-    } else if ((rc = walq_consumer_reconfigure(r->c, &next.opts)) != 0) {
-        const char *why = walq_last_error();
-
-        reload_log(r, WALQ_LOG_ERROR,
-                   "configuration file not reloaded; the settings in use stay: %s",
-                   *why ? why : walq_strerror(rc));
-    } else {
-        *r->cur = next;
-        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": %d setting%s changed", r->cl->config,
-                   changed, changed == 1 ? "" : "s");
-    }
-    walq__set_pool_free(&fresh.pool);
+    if (rc == 0)
+        return 0;
+    why = walq_last_error();
+    snprintf(err, errlen, "%s", *why ? why : walq_strerror(rc));
+    return -1;
 }
 
 /* The summary of a run, or why it failed. */
@@ -697,7 +574,15 @@ static int run(consume_args *a, const walq__cmdline *cl)
     walq_consumer *c = NULL;
     walq__web *web = NULL;
     walq__notify notify;
-    reloader r;
+    walq__reload r = {.t = &consume_settings,
+                      .cl = cl,
+                      .cur = a,
+                      .size = sizeof(*a),
+                      .pool_off = offsetof(consume_args, pool),
+                      .level_off = offsetof(consume_args, opts.log_level),
+                      .build = build,
+                      .apply = apply_reload,
+                      .log = walq__cli_log};
     int64_t t0;
     int rc;
 
@@ -710,8 +595,8 @@ static int run(consume_args *a, const walq__cmdline *cl)
         return 1;
     }
     walq__cli_on_stop(stop_consumer, c);
-    r = (reloader){a, cl, c};
-    if (walq__cli_on_reload(reload, &r) != 0)
+    r.arg = c;
+    if (walq__cli_on_reload(walq__settings_reload, &r) != 0)
         walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
                                      "ignored");
     walq__notify_init(&notify, describe, c);

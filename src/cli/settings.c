@@ -722,6 +722,16 @@ int walq__settings_build(const walq__settings *t, const walq__cmdline *cl, void 
 }
 
 /* ------------------------------------------------------------------ */
+/* The settings every long-running command has                         */
+
+const walq__set_name walq__set_log_levels[] = {{"error", WALQ_LOG_ERROR},
+                                               {"warning", WALQ_LOG_WARNING},
+                                               {"info", WALQ_LOG_INFO},
+                                               {"debug", WALQ_LOG_DEBUG},
+                                               {NULL, 0}};
+const walq__set_name walq__set_log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
+
+/* ------------------------------------------------------------------ */
 /* --help                                                              */
 
 #define HELP_COL 26
@@ -775,4 +785,114 @@ void walq__settings_help(const walq__settings *t, FILE *f)
         first = 0;
     }
     fputc('\n', f);
+}
+
+/* ------------------------------------------------------------------ */
+/* SIGHUP                                                              */
+
+#define FIELD(base, off, type) ((type *)(void *)((char *)(base) + (off)))
+
+/* A message of the reload, at or below the log level in use. */
+static void reload_log(const walq__reload *r, walq_log_level level, const char *fmt, ...)
+    WALQ__PRINTF(3, 4);
+
+static void reload_log(const walq__reload *r, walq_log_level level, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    if (level > *FIELD(r->cur, r->level_off, walq_log_level))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    r->log(level, msg, NULL);
+}
+
+/*
+ * Compares each setting of fresh with cur's: those that reload and changed
+ * are copied into next; any other change is logged.  Returns how many were
+ * copied.
+ */
+static int reload_compare(const walq__reload *r, const void *fresh, void *next)
+{
+    const walq__settings *t = r->t;
+    char was[256], now[256];
+    int changed = 0;
+
+    for (size_t i = 0; i < t->n; i++) {
+        const walq__setting *s = &t->v[i];
+
+        if ((s->flags & (WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP)) ||
+            walq__setting_equal(s, r->cur, fresh))
+            continue;
+        if (s->flags & WALQ__SET_RELOAD) {
+            walq__setting_copy(s, next, fresh);
+            changed++;
+        } else if (s->kind == WALQ__SET_STR || s->kind == WALQ__SET_FUNC) {
+            /*
+             * Connection strings may hold a password, and a FUNC's value has
+             * no text of its own: those values are not shown.
+             */
+            reload_log(r, WALQ_LOG_WARNING,
+                       "setting \"%s\" changed in \"%s\" but needs a restart; the value in use "
+                       "stays",
+                       s->name, r->cl->config);
+        } else {
+            walq__setting_format(s, r->cur, was, sizeof(was));
+            walq__setting_format(s, fresh, now, sizeof(now));
+            reload_log(r, WALQ_LOG_WARNING,
+                       "setting \"%s\" changed to \"%s\" in \"%s\" but needs a restart; it stays "
+                       "\"%s\"",
+                       s->name, now, r->cl->config, was);
+        }
+    }
+    return changed;
+}
+
+void walq__settings_reload(void *arg)
+{
+    const walq__reload *r = arg;
+    const char *config = r->cl->config;
+    char err[2048];
+    /* The settings built again, then cur with those of them that reload. */
+    char *fresh, *next;
+    int changed;
+
+    if (config == NULL) {
+        reload_log(r, WALQ_LOG_WARNING,
+                   "received SIGHUP, but there is no configuration file to read again\nHINT:  "
+                   "Start walq %s with --config FILE.",
+                   r->t->command);
+        return;
+    }
+    /* One block for both: a struct's size keeps the second as aligned as the first. */
+    fresh = calloc(2, r->size);
+    if (fresh == NULL) {
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: out of memory");
+        return;
+    }
+    next = fresh + r->size;
+    if (r->build(fresh, r->cl, err, sizeof(err)) != 0) {
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: %s", err);
+        goto done;
+    }
+    memcpy(next, r->cur, r->size);
+    changed = reload_compare(r, fresh, next);
+    if (changed == 0) {
+        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": no setting that reloads has changed",
+                   config);
+    } else if (r->apply(r->arg, next, err, sizeof(err)) != 0) {
+        reload_log(r, WALQ_LOG_ERROR,
+                   "configuration file not reloaded; the settings in use stay: %s", err);
+    } else {
+        memcpy(r->cur, next, r->size);
+        reload_log(r, WALQ_LOG_INFO, "reloaded \"%s\": %d setting%s changed", config, changed,
+                   changed == 1 ? "" : "s");
+    }
+done:
+    walq__set_pool_free(FIELD(fresh, r->pool_off, walq__set_pool));
+    free(fresh);
 }

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "walq.h"
+
 /* Everything the values of one build of the settings allocate. */
 typedef struct walq__set_pool {
     void **p;
@@ -142,5 +144,89 @@ void walq__setting_format(const walq__setting *s, const void *base, char *buf, s
 
 /* Prints the options of --help: one per setting, then the reloaded ones. */
 void walq__settings_help(const walq__settings *t, FILE *f);
+
+/*
+ * The names of --log-level (walq_log_level's values) and of --log-format,
+ * which every long-running command has; WALQ__SETTINGS_LOG(type, level,
+ * format) are the table's entries of both, and of the shorthands --verbose
+ * and --quiet, for the fields level (a walq_log_level) and format (a
+ * string) of the command's struct type.
+ */
+extern const walq__set_name walq__set_log_levels[];
+extern const walq__set_name walq__set_log_formats[];
+
+/* Kept as written: clang-format would indent the entries after the first one. */
+/* clang-format off */
+#define WALQ__SETTINGS_LOG(type, level, format)                                                    \
+    {.name = "log-level",                                                                          \
+     .kind = WALQ__SET_ENUM,                                                                       \
+     .off = offsetof(type, level),                                                                 \
+     .def = "info",                                                                                \
+     .flags = WALQ__SET_RELOAD,                                                                    \
+     .arg = "LEVEL",                                                                               \
+     .help = "error, warning, info (the default) or debug",                                        \
+     .what = "error, warning, info or debug",                                                      \
+     .names = walq__set_log_levels},                                                               \
+    {.name = "verbose",                                                                            \
+     .kind = WALQ__SET_ENUM,                                                                       \
+     .off = offsetof(type, level),                                                                 \
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,                                               \
+     .help = "--log-level debug",                                                                  \
+     .what = "",                                                                                   \
+     .names = walq__set_log_levels,                                                                \
+     .fixed = "debug"},                                                                            \
+    {.name = "quiet",                                                                              \
+     .kind = WALQ__SET_ENUM,                                                                       \
+     .off = offsetof(type, level),                                                                 \
+     .flags = WALQ__SET_CLI_ONLY | WALQ__SET_NO_CMP,                                               \
+     .help = "--log-level warning",                                                                \
+     .what = "",                                                                                   \
+     .names = walq__set_log_levels,                                                                \
+     .fixed = "warning"},                                                                          \
+    {.name = "log-format",                                                                         \
+     .kind = WALQ__SET_CHOICE,                                                                     \
+     .off = offsetof(type, format),                                                                \
+     .def = "text",                                                                                \
+     .arg = "FORMAT",                                                                              \
+     .help = "text (the default) or json: one JSON object per line\non standard error, for log "   \
+             "collectors",                                                                         \
+     .what = "text or json",                                                                       \
+     .names = walq__set_log_formats}
+/* clang-format on */
+
+/* ------------------------------------------------------------------ */
+/* SIGHUP                                                              */
+
+/*
+ * What a long-running command's reload needs: its settings in use (cur,
+ * the command's struct of size bytes, whose walq__set_pool is at pool_off
+ * and whose walq_log_level is at level_off), how they were given, and the
+ * command's own part: how its settings are built, and how the reloaded ones
+ * reach what runs.  The settings that reload hold numbers, not strings or
+ * lists: what they would point to is freed with the build they came from.
+ */
+typedef struct walq__reload {
+    const walq__settings *t;
+    const walq__cmdline *cl;
+    void *cur;
+    size_t size, pool_off, level_off;
+    /* Builds the settings into base as at the start: 0, or 1 or 2 with err. */
+    int (*build)(void *base, const walq__cmdline *cl, char *err, size_t errlen);
+    /* Hands next (cur with the settings that reload and changed) to arg: 0, or -1 with err. */
+    int (*apply)(void *arg, const void *next, char *err, size_t errlen);
+    void *arg;
+    walq_log_fn log; /* the reload's messages, those at or below cur's log level */
+} walq__reload;
+
+/*
+ * One reload, as walq__cli_on_reload() calls it at SIGHUP, with a
+ * walq__reload as arg: the settings built again, as at the start.  The
+ * ones that reload and changed go to apply(), and are cur's once it took
+ * them; any other change is logged as needing a restart and keeps its value
+ * (the value of a string, which may be a connection string with a password,
+ * or of a FUNC is not shown); a bad file, or an apply() that refuses,
+ * changes nothing.
+ */
+void walq__settings_reload(void *arg);
 
 #endif

@@ -1,8 +1,10 @@
 /*
  * Unit tests of the settings tables' machinery (src/cli/settings.c): values
  * of every kind from text, the ini file with its errors and their line
- * numbers, the command line winning over the file, and the comparison that
- * a reload makes.  The table here has one setting of each kind.
+ * numbers, the command line winning over the file, the comparison that a
+ * reload makes, and the reload itself (walq__settings_reload: what it hands
+ * to the command, logs and refuses).  The table here has one setting of
+ * each kind.
  */
 #include <check.h>
 #include <stddef.h>
@@ -461,6 +463,159 @@ START_TEST(help_lists_the_reloaded_settings)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* SIGHUP                                                              */
+
+/* A command's settings in use, as walq__settings_reload() sees them. */
+typedef struct live {
+    conf c; /* first: the table's offsets are conf's */
+    walq__set_pool pool;
+} live;
+
+static char reload_log[8192];
+static int applied, refuse;
+static conf applied_conf;
+
+static void capture(walq_log_level level, const char *msg, void *payload)
+{
+    size_t n = strlen(reload_log);
+
+    (void)payload;
+    snprintf(reload_log + n, sizeof(reload_log) - n, "%d:%s\n", (int)level, msg);
+}
+
+static int live_build(void *base, const walq__cmdline *cl, char *err, size_t errlen)
+{
+    live *l = base;
+
+    memset(l, 0, sizeof(*l));
+    return walq__settings_build(&table, cl, l, &l->pool, err, errlen);
+}
+
+static int live_apply(void *arg, const void *next, char *err, size_t errlen)
+{
+    ck_assert_ptr_eq(arg, &applied);
+    applied++;
+    applied_conf = ((const live *)next)->c;
+    if (refuse) {
+        snprintf(err, errlen, "the command refused");
+        return -1;
+    }
+    return 0;
+}
+
+static void rewrite(const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Rewrites the file, reloads, and says whether the log has want (and clears it). */
+static void reload_with(walq__reload *r, const char *text, int nlines, const char *const *want)
+{
+    if (text != NULL)
+        rewrite(text);
+    reload_log[0] = '\0';
+    walq__settings_reload(r);
+    for (int i = 0; i < nlines; i++)
+        ck_assert_msg(strstr(reload_log, want[i]) != NULL, "no \"%s\" in:\n%s", want[i],
+                      reload_log);
+}
+
+START_TEST(a_reload_applies_what_reloads_and_logs_the_rest)
+{
+    char *argv[] = {"consume", "--wait", "3", NULL};
+    char err[512], want[6][512];
+    const char *w[6];
+    walq__cmdline cl;
+    live cur;
+    walq__reload r = {.t = &table,
+                      .cur = &cur,
+                      .size = sizeof(cur),
+                      .pool_off = offsetof(live, pool),
+                      .level_off = offsetof(live, c.level),
+                      .build = live_build,
+                      .apply = live_apply,
+                      .arg = &applied,
+                      .log = capture};
+
+    for (int i = 0; i < 6; i++)
+        w[i] = want[i];
+    ck_assert_int_eq(walq__settings_cmdline(&table, &cl, 3, argv), 0);
+    write_file("[consume]\ncount = 2\nname = first\nflag = no\n");
+    cl.config = path;
+    r.cl = &cl;
+    ck_assert_int_eq(live_build(&cur, &cl, err, sizeof(err)), 0);
+    ck_assert_int_eq(cur.c.count, 2);
+
+    /* What reloads goes to the command, and is then in use; the rest is logged. */
+    applied = 0;
+    snprintf(want[0], sizeof(want[0]),
+             "1:setting \"name\" changed in \"%s\" but needs a restart; the value in use stays\n",
+             path);
+    snprintf(want[1], sizeof(want[1]),
+             "1:setting \"flag\" changed to \"1\" in \"%s\" but needs a restart; it stays \"0\"\n",
+             path);
+    snprintf(want[2], sizeof(want[2]), "2:reloaded \"%s\": 2 settings changed\n", path);
+    reload_with(&r, "[consume]\ncount = 5\nname = second\nflag = yes\nlog_level = debug\n", 3, w);
+    ck_assert_int_eq(applied, 1);
+    ck_assert_int_eq(applied_conf.count, 5);
+    ck_assert_int_eq(cur.c.count, 5);
+    /* The command line still wins: --wait 3 is not the file's default. */
+    ck_assert_int_eq(cur.c.wait_ms, 3000);
+    ck_assert_str_eq(cur.c.name, "first");
+    ck_assert_int_eq(cur.c.flag, 0);
+    ck_assert_msg(strstr(reload_log, "second") == NULL, "a string's value shown:\n%s", reload_log);
+    ck_assert_int_eq(cur.c.level, 3);
+
+    /* Nothing that reloads changed: the command is not asked. */
+    snprintf(want[0], sizeof(want[0]), "2:reloaded \"%s\": no setting that reloads has changed\n",
+             path);
+    reload_with(&r, NULL, 1, w);
+    ck_assert_int_eq(applied, 1);
+
+    /* A bad file changes nothing. */
+    snprintf(want[0], sizeof(want[0]),
+             "0:configuration file not reloaded; the settings in use stay: %s:2: \"count\" takes a "
+             "whole number from 1 to 10, not \"99\"\n",
+             path);
+    reload_with(&r, "[consume]\ncount = 99\nname = first\n", 1, w);
+    ck_assert_int_eq(applied, 1);
+    ck_assert_int_eq(cur.c.count, 5);
+
+    /* Nor does a command that refuses the new settings. */
+    refuse = 1;
+    snprintf(want[0], sizeof(want[0]),
+             "0:configuration file not reloaded; the settings in use stay: the command refused\n");
+    reload_with(&r, "[consume]\ncount = 7\nname = first\nflag = no\n", 1, w);
+    refuse = 0;
+    ck_assert_int_eq(applied, 2);
+    ck_assert_int_eq(applied_conf.count, 7);
+    ck_assert_int_eq(cur.c.count, 5);
+
+    /* The log level in use filters the reload's own lines, the new one once it is in use. */
+    reload_with(&r, "[consume]\ncount = 6\nname = first\nlog_level = warning\n", 0, w);
+    ck_assert_int_eq(applied, 3);
+    ck_assert_int_eq(cur.c.count, 6);
+    ck_assert_int_eq(cur.c.level, 1);
+    ck_assert_msg(reload_log[0] == '\0', "logged below the level in use:\n%s", reload_log);
+
+    /* Without a file there is nothing to read again. */
+    unlink(path);
+    cl.config = NULL;
+    snprintf(want[0], sizeof(want[0]),
+             "1:received SIGHUP, but there is no configuration file to read again\nHINT:  Start "
+             "walq consume with --config FILE.\n");
+    reload_with(&r, NULL, 1, w);
+    ck_assert_int_eq(applied, 3);
+    walq__set_pool_free(&cur.pool);
+    walq__cmdline_free(&cl);
+}
+END_TEST
+
 static Suite *settings_suite(void)
 {
     Suite *s = suite_create("settings");
@@ -476,6 +631,7 @@ static Suite *settings_suite(void)
     tcase_add_test(tc, equal_and_copy_per_kind);
     tcase_add_test(tc, a_default_that_does_not_parse_is_reported);
     tcase_add_test(tc, help_lists_the_reloaded_settings);
+    tcase_add_test(tc, a_reload_applies_what_reloads_and_logs_the_rest);
     suite_add_tcase(s, tc);
     return s;
 }
