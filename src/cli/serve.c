@@ -14,10 +14,8 @@
  * that was lost is made again at the next request.  While the database
  * cannot be read, /metrics and / answer 503 with the reason.
  */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +26,7 @@
 
 #include "cli/cli.h"
 #include "cli/serve.h"
+#include "cli/webdb.h"
 #include "db.h"
 #include "http.h"
 #include "text.h"
@@ -64,11 +63,16 @@ static void on_stop(void *arg, int immediate)
 /* ------------------------------------------------------------------ */
 /* SQL with deadlines                                                   */
 
+/* How long a statement's answer is waited for: a second past statement_timeout. */
+static int wait_ms(const serve *s)
+{
+    return s->timeout_ms + 1000;
+}
+
 static PGconn *db_connect(const serve *s, const char *conninfo, char *err, size_t errlen)
 {
     PGconn *conn = NULL;
-    char sql[96];
-    PGresult *res;
+    char why[512];
 
     if (walq__connect(&conn, conninfo, WALQ__CONN_SQL, "walq serve") != 0) {
         snprintf(err, errlen, "%s", walq_last_error());
@@ -77,84 +81,27 @@ static PGconn *db_connect(const serve *s, const char *conninfo, char *err, size_
         return NULL;
     }
     /* The server cancels a statement past the bound itself. */
-    snprintf(sql, sizeof(sql), "SELECT set_config('statement_timeout', '%d', false)",
-             s->timeout_ms);
-    res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        snprintf(err, errlen, "could not set statement_timeout: %s", PQerrorMessage(conn));
-        PQclear(res);
-        PQfinish(conn);
+    if (walq__webdb_statement_timeout(&conn, s->timeout_ms, wait_ms(s), why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "could not set statement_timeout: %s", why);
         return NULL;
     }
-    PQclear(res);
     return conn;
 }
 
 /*
- * Runs sql; the result, or NULL with err set.  The wait for the answer has
- * a deadline a second past statement_timeout; past it, or when the
- * connection broke, the connection is closed (*conn = NULL) and made again
- * by the next request.
+ * Runs sql; the result, or NULL with err saying what could not be done and
+ * why.  Past the wait, or when the connection broke, the connection is
+ * closed (*conn = NULL) and made again by the next request.
  */
 static PGresult *db_query(const serve *s, PGconn **conn, const char *what, const char *sql, int n,
                           const char *const *params, char *err, size_t errlen)
 {
-    int64_t deadline = walq__mono_us() + ((int64_t)s->timeout_ms + 1000) * 1000;
-    PGresult *res = NULL, *r;
+    char why[512];
+    PGresult *res = walq__webdb_query(conn, wait_ms(s), sql, n, params, why, sizeof(why));
 
-    if (!PQsendQueryParams(*conn, sql, n, NULL, params, NULL, NULL, 0))
-        goto lost;
-    for (;;) {
-        struct pollfd pfd = {PQsocket(*conn), POLLIN, 0};
-        int64_t left;
-
-        if (!PQconsumeInput(*conn))
-            goto lost;
-        if (!PQisBusy(*conn)) {
-            r = PQgetResult(*conn);
-            if (r == NULL)
-                break;
-            if (res == NULL)
-                res = r;
-            else
-                PQclear(r);
-            continue;
-        }
-        left = deadline - walq__mono_us();
-        if (left <= 0) {
-            snprintf(err, errlen, "could not %s: the server did not answer within %d ms", what,
-                     s->timeout_ms + 1000);
-            PQclear(res);
-            PQfinish(*conn);
-            *conn = NULL;
-            return NULL;
-        }
-        if (poll(&pfd, 1, (int)(left / 1000) + 1) < 0 && errno != EINTR)
-            goto lost;
-    }
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char msg[512];
-
-        snprintf(err, errlen, "could not %s: %s", what,
-                 res ? walq__pg_message(*conn, res, msg, sizeof(msg)) : "no result");
-        PQclear(res);
-        if (PQstatus(*conn) != CONNECTION_OK) {
-            PQfinish(*conn);
-            *conn = NULL;
-        }
-        return NULL;
-    }
+    if (res == NULL)
+        snprintf(err, errlen, "could not %s: %s", what, why);
     return res;
-lost : {
-    char msg[512];
-
-    snprintf(err, errlen, "could not %s: %s", what,
-             walq__pg_message(*conn, NULL, msg, sizeof(msg)));
-    PQclear(res);
-    PQfinish(*conn);
-    *conn = NULL;
-    return NULL;
-}
 }
 
 /* The connection to the primary, or to the source; made again if it was lost. */
@@ -242,11 +189,11 @@ static int take_snapshot(serve *s, snapshot *snap, int with_dead, char *err, siz
 
     memset(snap, 0, sizeof(*snap));
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (s->timeout_ms + 1000) / 1000 + 1;
+    until.tv_sec += wait_ms(s) / 1000 + 1;
     lk = pthread_mutex_timedlock(&s->mu, &until);
     if (lk != 0) {
         snprintf(err, errlen, "another request has been reading the database for %d s",
-                 (s->timeout_ms + 1000) / 1000 + 1);
+                 wait_ms(s) / 1000 + 1);
         return -1;
     }
     /*

@@ -13,8 +13,6 @@
  * connections of its own: connecting and every query have a deadline, so a
  * slow or gone server makes a page say so, and never stalls the loop.
  */
-#include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,6 +24,7 @@
 
 #include "cli/cli.h"
 #include "cli/web.h"
+#include "cli/webdb.h"
 #include "http.h"
 #include "lsn.h"
 
@@ -48,16 +47,12 @@ struct walq__web {
 /* ------------------------------------------------------------------ */
 /* SQL with deadlines                                                  */
 
-static PGresult *db_query(PGconn **conn, const char *sql, int n, const char *const *params,
-                          char *err, size_t errlen);
-
 /* A connection of the HTTP thread's: connect_timeout bounds the connecting. */
 static PGconn *db_connect(const char *conninfo, char *err, size_t errlen)
 {
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
     const char *vals[] = {conninfo, "3", "walq http", NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
-    PGresult *res;
 
     if (conn == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -69,67 +64,9 @@ static PGconn *db_connect(const char *conninfo, char *err, size_t errlen)
         return NULL;
     }
     /* The server's own bound too, below ours, so that it cancels the query itself. */
-    res = db_query(&conn, "SELECT set_config('statement_timeout', '2500', false)", 0, NULL, err,
-                   errlen);
-    PQclear(res);
-    if (res == NULL && conn != NULL) {
-        PQfinish(conn);
-        conn = NULL;
-    }
-    return conn;
-}
-
-/*
- * Runs sql with params; the result, or NULL with err set.  The wait for the
- * answer has a deadline; past it the connection is closed (*conn = NULL).
- */
-static PGresult *db_query(PGconn **conn, const char *sql, int n, const char *const *params,
-                          char *err, size_t errlen)
-{
-    int64_t deadline = walq__mono_us() + (int64_t)QUERY_TIMEOUT_MS * 1000;
-    PGresult *res = NULL, *r;
-
-    if (!PQsendQueryParams(*conn, sql, n, NULL, params, NULL, NULL, 0))
-        goto lost;
-    for (;;) {
-        struct pollfd pfd = {PQsocket(*conn), POLLIN, 0};
-        int64_t left;
-
-        if (!PQconsumeInput(*conn))
-            goto lost;
-        if (!PQisBusy(*conn)) {
-            r = PQgetResult(*conn);
-            if (r == NULL)
-                break;
-            if (res == NULL)
-                res = r;
-            else
-                PQclear(r);
-            continue;
-        }
-        left = deadline - walq__mono_us();
-        if (left <= 0) {
-            snprintf(err, errlen, "the server did not answer within %d ms", QUERY_TIMEOUT_MS);
-            PQclear(res);
-            PQfinish(*conn);
-            *conn = NULL;
-            return NULL;
-        }
-        if (poll(&pfd, 1, (int)(left / 1000) + 1) < 0 && errno != EINTR)
-            goto lost;
-    }
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        snprintf(err, errlen, "%s", res ? PQresultErrorMessage(res) : "the server sent no result");
-        PQclear(res);
+    if (walq__webdb_statement_timeout(&conn, 2500, QUERY_TIMEOUT_MS, err, errlen) != 0)
         return NULL;
-    }
-    return res;
-lost:
-    snprintf(err, errlen, "%s", PQerrorMessage(*conn));
-    PQclear(res);
-    PQfinish(*conn);
-    *conn = NULL;
-    return NULL;
+    return conn;
 }
 
 /* The connection to the primary or the source, made again if it was lost. */
@@ -167,7 +104,7 @@ static void sample_retained(walq__web *w)
     if (at != 0 && walq__mono_us() - at < RETAINED_EVERY_US)
         return;
     conn = db_conn(w, 1, err, sizeof(err));
-    res = conn ? db_query(conn, sql, 1, params, err, sizeof(err)) : NULL;
+    res = conn ? walq__webdb_query(conn, QUERY_TIMEOUT_MS, sql, 1, params, err, sizeof(err)) : NULL;
     if (res == NULL) {
         /* Unknown: the metric is left out rather than wrong. */
         walq__metrics_set_retained(w->m, -1, 0);
@@ -406,11 +343,27 @@ static void section_queues(page *p, const view *v)
     out(p, "</table>");
 }
 
-static void sql_failed(page *p, const char *what, const char *err)
+/*
+ * One query of the page, on the primary, that returns rows rows (or any
+ * number: -1): the result, or NULL once the page says that it could not
+ * read what, and why.
+ */
+static PGresult *page_query(page *p, walq__web *w, const char *what, int rows, const char *sql,
+                            int n, const char *const *params)
 {
-    out(p, "<p class=\"bad\">could not read %s: ", what);
-    text(p, err);
-    out(p, "</p>");
+    char err[1024];
+    PGconn **conn = db_conn(w, 0, err, sizeof(err));
+    PGresult *res =
+        conn ? walq__webdb_query(conn, QUERY_TIMEOUT_MS, sql, n, params, err, sizeof(err)) : NULL;
+
+    if (res == NULL || (rows >= 0 && PQntuples(res) != rows)) {
+        out(p, "<p class=\"bad\">could not read %s: ", what);
+        text(p, res ? "no row" : err);
+        out(p, "</p>");
+        PQclear(res);
+        return NULL;
+    }
+    return res;
 }
 
 /* The group's counts by status, its readers and its last dead jobs, from the primary. */
@@ -418,22 +371,18 @@ static void section_sql(page *p, walq__web *w, const view *v)
 {
     static const char *const statuses[] = {"queued", "running", "scheduled",
                                            "done",   "dead",    "cancelled"};
-    char part[16], parts[16], err[1024];
+    char part[16], parts[16];
     const char *params[3] = {v->m.group, part, parts};
-    PGconn **conn = db_conn(w, 0, err, sizeof(err));
     PGresult *res;
 
     snprintf(part, sizeof(part), "%d", v->m.partition);
     snprintf(parts, sizeof(parts), "%d", v->m.partitions);
     out(p, "<h2>Jobs by status%s</h2>", v->m.partitions > 1 ? " (this partition)" : "");
-    res = conn ? db_query(conn,
-                          "SELECT queued, running, scheduled, done, dead, cancelled"
-                          "  FROM walq.group_counts($1, $3::integer, $2::integer)",
-                          3, params, err, sizeof(err))
-               : NULL;
-    if (res == NULL || PQntuples(res) != 1) {
-        sql_failed(p, "the counts", res ? "no row" : err);
-    } else {
+    res = page_query(p, w, "the counts", 1,
+                     "SELECT queued, running, scheduled, done, dead, cancelled"
+                     "  FROM walq.group_counts($1, $3::integer, $2::integer)",
+                     3, params);
+    if (res != NULL) {
         out(p, "<table id=\"counts\"><tr>");
         for (size_t i = 0; i < WALQ__ARRAY_SIZE(statuses); i++)
             out(p, "<th>%s</th>", statuses[i]);
@@ -442,21 +391,17 @@ static void section_sql(page *p, walq__web *w, const view *v)
             out(p, "<td class=\"n\" id=\"count-%s\">%s</td>", statuses[i],
                 PQgetvalue(res, 0, (int)i));
         out(p, "</tr></table>");
+        PQclear(res);
     }
-    PQclear(res);
 
     out(p, "<h2>Readers</h2>");
-    conn = db_conn(w, 0, err, sizeof(err));
-    res = conn ? db_query(conn,
-                          "SELECT partition || '/' || partitions, slot_name, cursor_lsn::text,"
-                          "       coalesce(holder, ''), coalesce(held_since::text, ''),"
-                          "       updated_at::text"
-                          "  FROM walq.readers WHERE group_name = $1 ORDER BY partition",
-                          1, params, err, sizeof(err))
-               : NULL;
-    if (res == NULL) {
-        sql_failed(p, "the readers", err);
-    } else {
+    res = page_query(p, w, "the readers", -1,
+                     "SELECT partition || '/' || partitions, slot_name, cursor_lsn::text,"
+                     "       coalesce(holder, ''), coalesce(held_since::text, ''),"
+                     "       updated_at::text"
+                     "  FROM walq.readers WHERE group_name = $1 ORDER BY partition",
+                     1, params);
+    if (res != NULL) {
         out(p, "<table id=\"readers\"><tr><th>partition</th><th>slot</th><th>cursor</th>"
                "<th>held by</th><th>since</th><th>updated</th></tr>");
         for (int r = 0; r < PQntuples(res); r++) {
@@ -469,24 +414,20 @@ static void section_sql(page *p, walq__web *w, const view *v)
             out(p, "</tr>");
         }
         out(p, "</table>");
+        PQclear(res);
     }
-    PQclear(res);
 
     out(p, "<h2>Last dead jobs</h2>");
-    conn = db_conn(w, 0, err, sizeof(err));
-    res = conn ? db_query(conn,
-                          "SELECT job_id, queue, attempts, died_at::text, coalesce(last_error, '')"
-                          "  FROM walq.dead_jobs WHERE consumer_group = $1"
-                          "   AND ($3::integer <= 1 OR walq.partition_of(job_id, $3::integer) ="
-                          "        $2::integer)"
-                          " ORDER BY died_at DESC, job_id DESC LIMIT " STR(DEAD_SHOWN),
-                          3, params, err, sizeof(err))
-               : NULL;
-    if (res == NULL) {
-        sql_failed(p, "the dead jobs", err);
-    } else if (PQntuples(res) == 0) {
+    res = page_query(p, w, "the dead jobs", -1,
+                     "SELECT job_id, queue, attempts, died_at::text, coalesce(last_error, '')"
+                     "  FROM walq.dead_jobs WHERE consumer_group = $1"
+                     "   AND ($3::integer <= 1 OR walq.partition_of(job_id, $3::integer) ="
+                     "        $2::integer)"
+                     " ORDER BY died_at DESC, job_id DESC LIMIT " STR(DEAD_SHOWN),
+                     3, params);
+    if (res != NULL && PQntuples(res) == 0) {
         out(p, "<p class=\"muted\" id=\"no-dead\">none</p>");
-    } else {
+    } else if (res != NULL) {
         out(p, "<table id=\"dead\"><tr><th>job</th><th>queue</th><th>attempts</th>"
                "<th>died</th><th>error</th></tr>");
         for (int r = 0; r < PQntuples(res); r++) {
