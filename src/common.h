@@ -34,6 +34,12 @@ int walq__buf_reserve(walq__buf *b, size_t extra);
 int walq__buf_append(walq__buf *b, const char *s, size_t n);
 int walq__buf_puts(walq__buf *b, const char *s);
 int walq__buf_printf(walq__buf *b, const char *fmt, ...) WALQ__PRINTF(2, 3);
+int walq__buf_vprintf(walq__buf *b, const char *fmt, va_list ap) WALQ__PRINTF(2, 0);
+/*
+ * walq__buf_printf() unless *rc holds an error already, and its result into
+ * *rc: what writes a page or an exposition as many appends checks once.
+ */
+void walq__buf_putf(walq__buf *b, int *rc, const char *fmt, ...) WALQ__PRINTF(3, 4);
 void walq__buf_reset(walq__buf *b);
 void walq__buf_free(walq__buf *b);
 

@@ -77,23 +77,45 @@ int walq__buf_puts(walq__buf *b, const char *s)
     return walq__buf_append(b, s, strlen(s));
 }
 
+int walq__buf_vprintf(walq__buf *b, const char *fmt, va_list ap)
+{
+    va_list again;
+    int n, rc = 0;
+
+    va_copy(again, ap);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    if (n < 0)
+        rc = WALQ_EINVAL;
+    else if (walq__buf_reserve(b, (size_t)n) != 0)
+        rc = WALQ_ENOMEM;
+    else {
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, again);
+        b->len += (size_t)n;
+    }
+    va_end(again);
+    return rc;
+}
+
 int walq__buf_printf(walq__buf *b, const char *fmt, ...)
 {
     va_list ap;
-    int n;
+    int rc;
 
     va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
+    rc = walq__buf_vprintf(b, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return WALQ_EINVAL;
-    if (walq__buf_reserve(b, (size_t)n) != 0)
-        return WALQ_ENOMEM;
+    return rc;
+}
+
+void walq__buf_putf(walq__buf *b, int *rc, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (*rc != 0)
+        return;
     va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    *rc = walq__buf_vprintf(b, fmt, ap);
     va_end(ap);
-    b->len += (size_t)n;
-    return 0;
 }
 
 void walq__buf_reset(walq__buf *b)

@@ -3,7 +3,6 @@
  * bumps under a mutex, gauges it publishes once a turn, and their
  * rendering in Prometheus's text format for the HTTP threads.
  */
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,23 +298,8 @@ typedef struct writer {
     int rc;
 } writer;
 
-static void put(writer *w, const char *fmt, ...) WALQ__PRINTF(2, 3);
-
-static void put(writer *w, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    int n;
-
-    if (w->rc != 0)
-        return;
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(line))
-        n = (int)sizeof(line) - 1;
-    w->rc = walq__buf_append(w->b, line, (size_t)n);
-}
+/* Appends to the exposition; its first error stays in w->rc. */
+#define put(w, ...) walq__buf_putf((w)->b, &(w)->rc, __VA_ARGS__)
 
 /* A label value, escaped: backslash, double quote and newline. */
 static void put_label(writer *w, const char *s)

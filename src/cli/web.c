@@ -14,7 +14,6 @@
  * slow or gone server makes a page say so, and never stalls the loop.
  */
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,23 +169,8 @@ typedef struct page {
     int rc;
 } page;
 
-static void out(page *p, const char *fmt, ...) WALQ__PRINTF(2, 3);
-
-static void out(page *p, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    int n;
-
-    if (p->rc != 0)
-        return;
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(line))
-        n = (int)sizeof(line) - 1;
-    p->rc = walq__buf_append(p->b, line, (size_t)n);
-}
+/* Appends to the page; its first error stays in p->rc. */
+#define out(p, ...) walq__buf_putf((p)->b, &(p)->rc, __VA_ARGS__)
 
 /* Text from anywhere (a handler's error, a queue's name) as HTML text. */
 static void text(page *p, const char *s)
