@@ -348,6 +348,33 @@ static int reader_gauge(walq__buf *b, const snapshot *snap, const char *name, co
     return rc;
 }
 
+/* The gauges of each reader, in the order /metrics gives them. */
+static const struct {
+    const char *name, *help;
+    enum reader_value v;
+} reader_gauges[] = {
+    {"walq_reader_live", "1 when a process holds the reader (walq.reader_held), else 0.", RV_LIVE},
+    {"walq_group_lag_bytes", "WAL of the source past the confirmed position of the reader's slot.",
+     RV_LAG_BYTES},
+    {"walq_group_lag_received_bytes",
+     "WAL of the source past what the walsender streaming the slot has sent; absent when none "
+     "streams from it.",
+     RV_LAG_RECEIVED},
+    {"walq_group_lag_seconds",
+     "How long the oldest queued job of the reader has waited; 0 when none is queued.", RV_LAG_S},
+    {"walq_slot_retained_wal_bytes",
+     "WAL the replication slot keeps on the source (pg_replication_slots' restart_lsn to the WAL "
+     "end).",
+     RV_RETAINED},
+    {"walq_slot_safe_wal_size_bytes",
+     "WAL that can still be written before the server invalidates the slot "
+     "(max_slot_wal_keep_size); absent without a limit.",
+     RV_SAFE},
+    {"walq_slot_active",
+     "1 when a walsender streams from the slot; 0 when none does or the slot is missing.",
+     RV_ACTIVE},
+};
+
 static int render_metrics(const snapshot *snap, walq__buf *b)
 {
     static const char *const status[] = {"queued", "running", "scheduled",
@@ -360,39 +387,9 @@ static int render_metrics(const snapshot *snap, walq__buf *b)
             ngroups++;
     rc = head(b, "walq_groups", "Consumer groups in the database.");
     rc = rc ? rc : walq__buf_printf(b, "walq_groups %d\n", ngroups);
-    rc =
-        rc ? rc
-           : reader_gauge(b, snap, "walq_reader_live",
-                          "1 when a process holds the reader (walq.reader_held), else 0.", RV_LIVE);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_group_lag_bytes",
-                           "WAL of the source past the confirmed position of the reader's slot.",
-                           RV_LAG_BYTES);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_group_lag_received_bytes",
-                           "WAL of the source past what the walsender streaming the slot has "
-                           "sent; absent when none streams from it.",
-                           RV_LAG_RECEIVED);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_group_lag_seconds",
-                           "How long the oldest queued job of the reader has waited; 0 when none "
-                           "is queued.",
-                           RV_LAG_S);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_slot_retained_wal_bytes",
-                           "WAL the replication slot keeps on the source (pg_replication_slots' "
-                           "restart_lsn to the WAL end).",
-                           RV_RETAINED);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_slot_safe_wal_size_bytes",
-                           "WAL that can still be written before the server invalidates the "
-                           "slot (max_slot_wal_keep_size); absent without a limit.",
-                           RV_SAFE);
-    rc = rc ? rc
-            : reader_gauge(b, snap, "walq_slot_active",
-                           "1 when a walsender streams from the slot; 0 when none does or the "
-                           "slot is missing.",
-                           RV_ACTIVE);
+    for (size_t i = 0; rc == 0 && i < WALQ__ARRAY_SIZE(reader_gauges); i++)
+        rc =
+            reader_gauge(b, snap, reader_gauges[i].name, reader_gauges[i].help, reader_gauges[i].v);
     rc = rc ? rc
             : head(b, "walq_jobs",
                    "Jobs kept of the group's queue in each status (walq.queue_summary); "
