@@ -561,14 +561,8 @@ static void publish(walq__audit *a)
     walq__gauges g = {0};
 
     walq__audit_sink_counts_get(&a->sink, &d);
-    g.streaming = a->rd.st.streaming;
+    walq__reader_gauges(&a->rd, &g);
     g.primary_up = !walq__audit_sink_lost(&a->sink);
-    g.server_lsn = a->rd.recv_lsn;
-    g.received_lsn = a->rd.last_end;
-    g.confirmed_lsn = a->rd.confirmed;
-    g.commit_time_us = a->rd.txn.commit_time_us;
-    g.bytes = a->rd.bytes;
-    g.reconnects = a->rd.reconnects;
     g.transactions = d.transactions;
     g.changes = d.changes;
     g.flushes = d.flushes;

@@ -1685,18 +1685,12 @@ static void publish(walq_consumer *c)
 {
     walq__gauges g = {0};
 
-    g.streaming = c->rd.st.streaming;
+    walq__reader_gauges(&c->rd, &g);
     g.primary_up = c->pconn != NULL;
     g.in_flight = (uint64_t)c->h->ops->running(c->h);
     g.in_memory = c->sched.in_memory;
     g.ack_waiting = c->ack.n + c->ack.nsent + in_ack_waiting(c);
     g.ack_oldest_us = c->ack.n > 0 ? c->ack.oldest : c->ack.inflight ? c->ack.sent_at : 0;
-    g.server_lsn = c->rd.recv_lsn;
-    g.received_lsn = c->rd.last_end;
-    g.confirmed_lsn = c->rd.confirmed;
-    g.commit_time_us = c->rd.txn.commit_time_us;
-    g.bytes = c->rd.bytes;
-    g.reconnects = c->rd.reconnects;
     walq__metrics_publish(c->m, &g);
 }
 

@@ -13,6 +13,7 @@
 
 #include "db.h"
 #include "lsn.h"
+#include "metrics.h"
 
 /* Stream messages handled before the owner's loop looks at everything else again. */
 #define READ_BURST 2000
@@ -547,6 +548,17 @@ void walq__reader_final_status(walq__reader *r)
 int walq__reader_caught_up(const walq__reader *r)
 {
     return !r->in_txn && r->last_end >= r->drain_target;
+}
+
+void walq__reader_gauges(const walq__reader *r, walq__gauges *g)
+{
+    g->streaming = r->st.streaming;
+    g->server_lsn = r->recv_lsn;
+    g->received_lsn = r->last_end;
+    g->confirmed_lsn = r->confirmed;
+    g->commit_time_us = r->txn.commit_time_us;
+    g->bytes = r->bytes;
+    g->reconnects = r->reconnects;
 }
 
 /* ------------------------------------------------------------------ */

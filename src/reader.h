@@ -238,6 +238,14 @@ void walq__reader_final_status(walq__reader *r);
 /* Between transactions, with everything before the drain target received. */
 int walq__reader_caught_up(const walq__reader *r);
 
+struct walq__gauges;
+
+/*
+ * The reader's part of the gauges of --http (src/metrics.h): the stream,
+ * the positions, the last commit time, the bytes and the reconnects.
+ */
+void walq__reader_gauges(const walq__reader *r, struct walq__gauges *g);
+
 /* What the loop waits for: the wake pipe, the stream, the owner's own. */
 typedef struct walq__wait {
     struct pollfd *pfd;
