@@ -185,6 +185,14 @@ static const char *pretty_bytes(char *buf, size_t len, int64_t b)
     return buf;
 }
 
+static void finish_pair(PGconn *conn, PGconn *sconn)
+{
+    if (sconn)
+        PQfinish(sconn);
+    if (conn)
+        PQfinish(conn);
+}
+
 /* The primary, schema checked, and the source when it is another server. */
 static int connect_pair(PGconn **conn, PGconn **sconn, const char *dbname, const char *source,
                         const char *app)
@@ -199,14 +207,67 @@ static int connect_pair(PGconn **conn, PGconn **sconn, const char *dbname, const
         rc = walq__connect(sconn, source, WALQ__CONN_SQL, app);
     if (rc != 0) {
         walq__cli_fail(rc);
-        if (*sconn)
-            PQfinish(*sconn);
-        if (*conn)
-            PQfinish(*conn);
+        finish_pair(*conn, *sconn);
         *conn = *sconn = NULL;
         return 1;
     }
     return 0;
+}
+
+/* What the parse of the options says when the command goes on. */
+#define GO_ON (-1)
+
+/* The options of walq status and walq group list. */
+typedef struct list_opts {
+    const char *dbname, *source, *group;
+    int64_t threshold; /* --warn-retained */
+} list_opts;
+
+/*
+ * Reads the options of "walq CMD [SUB]" (longopts, of those in the switch
+ * below) into o.  GO_ON, or the exit status: 0 after printing help(), 2
+ * after a usage error, which it has printed.
+ */
+static int list_options(list_opts *o, int argc, char **argv, const struct option *longopts,
+                        const char *cmd, const char *sub, void (*help)(void))
+{
+    int opt;
+
+    *o = (list_opts){.threshold = INT64_C(1024) * 1024 * 1024};
+    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            o->dbname = optarg;
+            break;
+        case 's':
+            o->source = optarg;
+            break;
+        case 'g':
+            o->group = optarg;
+            break;
+        case 'w':
+            if (parse_bytes(optarg, &o->threshold) != 0) {
+                walq__cli_usage(cmd, sub,
+                                "invalid --warn-retained \"%s\": give bytes, or a number with "
+                                "kB, MB, GB or TB",
+                                optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'h':
+            help();
+            return 0;
+        default:
+            walq__cli_usage(cmd, sub, "invalid option for \"%s%s%s\"", cmd, sub ? " " : "",
+                            sub ? sub : "");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        walq__cli_usage(cmd, sub, "unexpected argument \"%s\"", argv[optind]);
+        return EXIT_USAGE;
+    }
+    return GO_ON;
 }
 
 /*
@@ -252,75 +313,48 @@ static int warn_slot(const char *group, const char *slot, const slot_info *s, in
 /* ------------------------------------------------------------------ */
 /* walq status                                                          */
 
+static void status_help(void)
+{
+    printf("Usage: %s status [--dbname CONNINFO] [--source CONNINFO] [--group NAME]\n"
+           "                   [--warn-retained BYTES]\n\n"
+           "Shows every reader of every consumer group (one per partition): its slot,\n"
+           "the walq process holding it (host and pid) and the walsender serving it on\n"
+           "the source, how far what that walsender sent (recv_lag) and the slot's\n"
+           "confirmed position (lag_bytes) are behind the server's WAL, in bytes, how\n"
+           "long the oldest queued job has waited (lag_s, seconds), the\n"
+           "WAL the slot keeps on the server (retained, bytes) and its wal_status, the\n"
+           "cursor, and the reader's jobs by status.  --source names the server with\n"
+           "the slots when it is not the primary.\n\n"
+           "A slot that no reader holds and that retains more than --warn-retained\n"
+           "(default 1GB; units kB, MB, GB, TB), or that the server invalidated, gets a\n"
+           "WARNING on stderr, and the exit status is then 3.  Errors exit 1.\n",
+           progname);
+}
+
 int walq__cli_status(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"dbname", required_argument, NULL, 'd'}, {"source", required_argument, NULL, 's'},
         {"group", required_argument, NULL, 'g'},  {"warn-retained", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
-    const char *dbname = NULL, *source = NULL, *group = NULL;
-    int64_t threshold = INT64_C(1024) * 1024 * 1024;
+    list_opts o;
     PGconn *conn = NULL, *sconn = NULL;
     PGresult *res = NULL;
-    int opt, rc, warned = 0;
+    int rc, warned = 0;
 
-    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'd':
-            dbname = optarg;
-            break;
-        case 's':
-            source = optarg;
-            break;
-        case 'g':
-            group = optarg;
-            break;
-        case 'w':
-            if (parse_bytes(optarg, &threshold) != 0) {
-                walq__cli_usage("status", NULL,
-                                "invalid --warn-retained \"%s\": give bytes, or a number with "
-                                "kB, MB, GB or TB",
-                                optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case 'h':
-            printf("Usage: %s status [--dbname CONNINFO] [--source CONNINFO] [--group NAME]\n"
-                   "                   [--warn-retained BYTES]\n\n"
-                   "Shows every reader of every consumer group (one per partition): its slot,\n"
-                   "the walq process holding it (host and pid) and the walsender serving it on\n"
-                   "the source, how far what that walsender sent (recv_lag) and the slot's\n"
-                   "confirmed position (lag_bytes) are behind the server's WAL, in bytes, how\n"
-                   "long the oldest queued job has waited (lag_s, seconds), the\n"
-                   "WAL the slot keeps on the server (retained, bytes) and its wal_status, the\n"
-                   "cursor, and the reader's jobs by status.  --source names the server with\n"
-                   "the slots when it is not the primary.\n\n"
-                   "A slot that no reader holds and that retains more than --warn-retained\n"
-                   "(default 1GB; units kB, MB, GB, TB), or that the server invalidated, gets a\n"
-                   "WARNING on stderr, and the exit status is then 3.  Errors exit 1.\n",
-                   progname);
-            return 0;
-        default:
-            walq__cli_usage("status", NULL, "%s", "invalid option for \"status\"");
-            return EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        walq__cli_usage("status", NULL, "unexpected argument \"%s\"", argv[optind]);
-        return EXIT_USAGE;
-    }
-    if (connect_pair(&conn, &sconn, dbname, source, "walq status") != 0)
+    rc = list_options(&o, argc, argv, longopts, "status", NULL, status_help);
+    if (rc != GO_ON)
+        return rc;
+    if (connect_pair(&conn, &sconn, o.dbname, o.source, "walq status") != 0)
         return 1;
     {
-        const char *params[1] = {group};
+        const char *params[1] = {o.group};
 
         rc = walq__query(conn, &res, "read the consumer groups", readers_sql, 1, params);
     }
     if (rc != 0) {
         walq__cli_fail(rc);
-        if (sconn)
-            PQfinish(sconn);
-        PQfinish(conn);
+        finish_pair(conn, sconn);
         return 1;
     }
     printf("%-20s %-9s %-26s %-24s %-9s %12s %14s %8s %14s %-10s %-14s %8s %8s %9s %9s %7s %9s  "
@@ -342,21 +376,31 @@ int walq__cli_status(int argc, char **argv)
                PQgetvalue(res, i, 6), PQgetvalue(res, i, 7), PQgetvalue(res, i, 8),
                PQgetvalue(res, i, 9), escape_text(queues, sizeof(queues), PQgetvalue(res, i, 2)));
         if (strcmp(PQgetvalue(res, i, 11), "-") == 0)
-            warned |= warn_slot(g, PQgetvalue(res, i, 1), &s, threshold);
+            warned |= warn_slot(g, PQgetvalue(res, i, 1), &s, o.threshold);
     }
-    if (PQntuples(res) == 0 && group != NULL)
-        printf("(no consumer group \"%s\": \"%s group list\" lists them)\n", group, progname);
+    if (PQntuples(res) == 0 && o.group != NULL)
+        printf("(no consumer group \"%s\": \"%s group list\" lists them)\n", o.group, progname);
     else if (PQntuples(res) == 0)
         printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
     PQclear(res);
-    if (sconn)
-        PQfinish(sconn);
-    PQfinish(conn);
+    finish_pair(conn, sconn);
     return warned ? WALQ__CLI_EXIT_WARNED : 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* walq group list                                                      */
+
+static void list_help(void)
+{
+    printf("Usage: %s group list [--dbname CONNINFO] [--source CONNINFO]\n"
+           "                       [--warn-retained BYTES]\n\n"
+           "One line per consumer group: its slots and their output plugin, how many of\n"
+           "its readers a process holds (live/readers), the largest lag of its readers\n"
+           "in bytes and seconds, the WAL its slots retain together, and its jobs by\n"
+           "status.  Warns as \"walq status\" does (exit status 3) about slots no\n"
+           "reader holds that retain more than --warn-retained (default 1GB).\n",
+           progname);
+}
 
 static int group_list(int argc, char **argv)
 {
@@ -365,49 +409,15 @@ static int group_list(int argc, char **argv)
                                              {"warn-retained", required_argument, NULL, 'w'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
-    const char *dbname = NULL, *source = NULL;
-    int64_t threshold = INT64_C(1024) * 1024 * 1024;
+    list_opts o;
     PGconn *conn = NULL, *sconn = NULL;
     PGresult *res = NULL;
-    int opt, rc, warned = 0;
+    int rc, warned = 0;
 
-    while ((opt = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'd':
-            dbname = optarg;
-            break;
-        case 's':
-            source = optarg;
-            break;
-        case 'w':
-            if (parse_bytes(optarg, &threshold) != 0) {
-                walq__cli_usage("group", "list",
-                                "invalid --warn-retained \"%s\": give bytes, or a number with "
-                                "kB, MB, GB or TB",
-                                optarg);
-                return EXIT_USAGE;
-            }
-            break;
-        case 'h':
-            printf("Usage: %s group list [--dbname CONNINFO] [--source CONNINFO]\n"
-                   "                       [--warn-retained BYTES]\n\n"
-                   "One line per consumer group: its slots and their output plugin, how many of\n"
-                   "its readers a process holds (live/readers), the largest lag of its readers\n"
-                   "in bytes and seconds, the WAL its slots retain together, and its jobs by\n"
-                   "status.  Warns as \"walq status\" does (exit status 3) about slots no\n"
-                   "reader holds that retain more than --warn-retained (default 1GB).\n",
-                   progname);
-            return 0;
-        default:
-            walq__cli_usage("group", "list", "%s", "invalid option for \"group list\"");
-            return EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        walq__cli_usage("group", "list", "unexpected argument \"%s\"", argv[optind]);
-        return EXIT_USAGE;
-    }
-    if (connect_pair(&conn, &sconn, dbname, source, "walq group list") != 0)
+    rc = list_options(&o, argc, argv, longopts, "group", "list", list_help);
+    if (rc != GO_ON)
+        return rc;
+    if (connect_pair(&conn, &sconn, o.dbname, o.source, "walq group list") != 0)
         return 1;
     rc = walq__query(
         conn, &res, "read the consumer groups",
@@ -422,9 +432,7 @@ static int group_list(int argc, char **argv)
         0, NULL);
     if (rc != 0) {
         walq__cli_fail(rc);
-        if (sconn)
-            PQfinish(sconn);
-        PQfinish(conn);
+        finish_pair(conn, sconn);
         return 1;
     }
     printf("%-20s %-28s %-8s %-7s %14s %8s %14s %8s %8s %9s %9s %7s %9s  %s\n", "group", "slots",
@@ -452,7 +460,7 @@ static int group_list(int argc, char **argv)
                 any = 1;
             }
             if (!reader_held(conn, slot))
-                warned |= warn_slot(g, slot, &s, threshold);
+                warned |= warn_slot(g, slot, &s, o.threshold);
         }
         free(slots);
         if (lag_max >= 0)
@@ -468,9 +476,7 @@ static int group_list(int argc, char **argv)
     if (PQntuples(res) == 0)
         printf("(no consumer groups yet: start one with \"%s consume\")\n", progname);
     PQclear(res);
-    if (sconn)
-        PQfinish(sconn);
-    PQfinish(conn);
+    finish_pair(conn, sconn);
     return warned ? WALQ__CLI_EXIT_WARNED : 0;
 }
 
@@ -750,9 +756,7 @@ rollback:
     PQclear(PQexec(conn, "ROLLBACK"));
 done:
     PQclear(rows);
-    if (sconn)
-        PQfinish(sconn);
-    PQfinish(conn);
+    finish_pair(conn, sconn);
     return rc;
 }
 
