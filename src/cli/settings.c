@@ -138,8 +138,9 @@ static int split_words(walq__strv *sv, const char *text, walq__set_pool *pool, c
 /* ------------------------------------------------------------------ */
 /* Values                                                              */
 
+/* "type const": for a pointer type, the pointer is what is read only (const char *const). */
 #define AT(base, s, type)  ((type *)(void *)((char *)(base) + (s)->off))
-#define CAT(base, s, type) ((const type *)(const void *)((const char *)(base) + (s)->off))
+#define CAT(base, s, type) ((type const *)(const void *)((const char *)(base) + (s)->off))
 
 static int parse_int64(const char *text, int64_t lo, int64_t hi, int64_t *out)
 {
