@@ -3,8 +3,9 @@
 # --http of walq consume: /metrics after a known workload agrees with SQL
 # (every line parsed strictly as the text exposition format), /healthz and
 # /readyz (503 for a consumer standing by, and once the primary is gone),
-# and the refusals at start-up: a bad address, a port in use.  walq audit
-# serves the same endpoints.
+# the status page's SQL cut at its bound while a lock blocks it, and the
+# refusals at start-up: a bad address, a port in use.  walq audit serves the
+# same endpoints.
 # shellcheck source=SCRIPTDIR/../lib/pgtest.sh
 . "$(dirname "$0")/../lib/pgtest.sh"
 require_walq
@@ -144,6 +145,27 @@ pass "the metrics are documented and the dashboard's names are served"
 get /nothing "$port" >/dev/null
 assert_eq "$(code)" 404 "an unknown path is 404"
 assert_eq "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$port/metrics")" 405 "POST is 405"
+
+# The page's SQL waits within its bound: with walq.readers locked, the page
+# still answers, at once after the server's statement_timeout, and says on
+# one line which part it could not read and why.
+bg "$PGTEST_BINDIR/psql" -X -q -c \
+    "BEGIN; LOCK walq.readers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8)"
+locker=$BG_PID
+wait_for '[ "$(q "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                  WHERE c.relname = '"'readers'"' AND l.mode = '"'AccessExclusiveLock'"' AND l.granted")" = 1 ]' \
+    10 "the lock on walq.readers"
+t0=$(date +%s.%N)
+page=$(get / "$port")
+t1=$(date +%s.%N)
+kill "$locker" 2>/dev/null || true
+q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%LOCK walq.readers%' AND pid <> pg_backend_pid()" >/dev/null
+assert_eq "$(code)" 200 "the page answers while walq.readers is locked"
+assert_match "$page" '<p class="bad">could not read the readers: canceling statement due to statement timeout</p>' \
+    "and says why the readers are missing, the server's message on one line"
+awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 7) }' ||
+    fail "the page took $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') s with walq.readers locked"
+pass "a blocked query of the page is cut at its bound"
 
 # A second consumer of the group stands by: alive, not ready.
 port2=$(free_port)
