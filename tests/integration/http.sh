@@ -149,17 +149,11 @@ assert_eq "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$p
 # The page's SQL waits within its bound: with walq.readers locked, the page
 # still answers, at once after the server's statement_timeout, and says on
 # one line which part it could not read and why.
-bg "$PGTEST_BINDIR/psql" -X -q -c \
-    "BEGIN; LOCK walq.readers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8)"
-locker=$BG_PID
-wait_for '[ "$(q "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = '"'readers'"' AND l.mode = '"'AccessExclusiveLock'"' AND l.granted")" = 1 ]' \
-    10 "the lock on walq.readers"
+pg_lock walq.readers 8
 t0=$(date +%s.%N)
 page=$(get / "$port")
 t1=$(date +%s.%N)
-kill "$locker" 2>/dev/null || true
-q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%LOCK walq.readers%' AND pid <> pg_backend_pid()" >/dev/null
+pg_unlock
 assert_eq "$(code)" 200 "the page answers while walq.readers is locked"
 assert_match "$page" '<p class="bad">could not read the readers: canceling statement due to statement timeout</p>' \
     "and says why the readers are missing, the server's message on one line"

@@ -157,12 +157,7 @@ assert_eq "$(grep -o '<tr><td class="n">[0-9]*</td>' "$WORK/page.html" | wc -l)"
 # -- bounded waits ---------------------------------------------------------------
 # A lock that blocks every read of walq.readers: /metrics answers 503 within
 # the statement timeout, with the server's reason.
-bg "$PGTEST_BINDIR/psql" -X -q -c \
-    "BEGIN; LOCK walq.readers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(20)"
-locker=$BG_PID
-wait_for '[ "$(q "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = '"'readers'"' AND l.mode = '"'AccessExclusiveLock'"' AND l.granted")" = 1 ]' \
-    10 "the lock on walq.readers"
+pg_lock walq.readers 20
 t0=$(date +%s.%N)
 capture curl -sS -m 20 -o "$WORK/blocked" -w '%{http_code}' "$url/metrics"
 t1=$(date +%s.%N)
@@ -170,8 +165,7 @@ assert_eq "$CAP_OUT" 503 "/metrics answers 503 while its statement is blocked"
 assert_match "$(cat "$WORK/blocked")" 'statement timeout' "naming the statement timeout"
 awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 4) }' || fail "the 503 took $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') s"
 pass "the blocked scrape answered within the bound"
-kill "$locker" 2>/dev/null || true
-q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%LOCK walq.readers%' AND pid <> pg_backend_pid()" >/dev/null
+pg_unlock
 
 # The server down: 503 with the reason, at once; up again: 200.
 pg_stop

@@ -17,6 +17,7 @@
 #   capture CMD...                         run CMD; CAP_RC, CAP_OUT, CAP_ERR
 #   fail MSG / pass MSG / assert_eq ACTUAL EXPECTED MSG / assert_match TEXT REGEX MSG
 #   wait_for 'SHELL CONDITION' SECS [MSG]
+#   pg_lock TABLE SECS / pg_unlock         a session holding TABLE locked / its end
 #
 # When the script runs as root the server runs as the `postgres` user, since
 # PostgreSQL refuses to run as root.
@@ -646,6 +647,21 @@ pg_psql() {
 # q SQL: the result of one statement, rows on lines, columns separated by |.
 q() {
     pg_psql -c "$1"
+}
+
+# pg_lock TABLE SECONDS: a session of its own holds an ACCESS EXCLUSIVE lock
+# on TABLE for SECONDS at the most; returns once the lock is granted.
+# pg_unlock ends that session.
+pg_lock() {
+    bg "$PGTEST_BINDIR/psql" -X -q -c "BEGIN; LOCK $1 IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep($2)"
+    PGTEST_LOCK_PID=$BG_PID
+    wait_for "[ \"\$(q \"SELECT count(*) FROM pg_locks WHERE relation = '$1'::regclass
+                          AND mode = 'AccessExclusiveLock' AND granted\")\" = 1 ]" 10 "the lock on $1"
+}
+pg_unlock() {
+    kill "$PGTEST_LOCK_PID" 2>/dev/null || true
+    q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE query LIKE 'BEGIN; LOCK %' AND pid <> pg_backend_pid()" >/dev/null
 }
 
 _pgtest_cleanup() {
