@@ -90,8 +90,15 @@ assert_eq "$(q "SELECT count(*) FROM pg_replication_slots")" 0 "no slot was crea
 # (A second consumer of a running group stands by: tests/integration/ha.sh.)
 
 # wal2json missing: the server looks up output plugins along
-# dynamic_library_path, so an empty directory there hides it.
+# dynamic_library_path, so a directory there without it hides it.  Since
+# PostgreSQL 18 plpgsql's functions name their library bare ("plpgsql"),
+# looked up along the same path, and walq's functions need it: the
+# directory holds plpgsql alone.
 mkdir "$WORK/nolib"
+pkglibdir=$(q "SELECT setting FROM pg_config() WHERE name = 'PKGLIBDIR'")
+if [ -e "$pkglibdir/plpgsql.so" ]; then
+    ln -s "$pkglibdir/plpgsql.so" "$WORK/nolib/plpgsql.so"
+fi
 pg_conf "dynamic_library_path = '$WORK/nolib'"
 pg_restart
 expect_error 1 'wal2json' "wal2json not installed" \
