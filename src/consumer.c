@@ -1680,7 +1680,10 @@ static walq_state loop_state(const walq_consumer *c)
     return c->rd.retry.failures > 0 ? WALQ_STATE_RECONNECTING : WALQ_STATE_STARTING;
 }
 
-/* The gauges of --http, once a turn: a few stores under the metrics' mutex. */
+/*
+ * The gauges of --http and the jobs' counts since the last turn, once a
+ * turn: a few stores under the metrics' mutex.
+ */
 static void publish(walq_consumer *c)
 {
     walq__gauges g = {0};
@@ -1799,7 +1802,6 @@ static int turn(walq_consumer *c, walq__wait *w)
         return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
     watch(c, loop_state(c));
-    publish(c);
     rc = phase_settings(c, w);
     if (rc == 0)
         rc = phase_reconnect(c, now);
@@ -1813,6 +1815,8 @@ static int turn(walq_consumer *c, walq__wait *w)
         rc = phase_tick(c, now, stopping);
     if (rc == 0)
         rc = phase_finish(c, stopping);
+    /* What the turn did, for --http, before the loop may block. */
+    publish(c);
     if (rc == 0)
         rc = phase_wait(c, w, now, stopping, &ack_idx);
     if (rc == 0)

@@ -44,7 +44,10 @@ walq__metrics *walq__metrics_new(const char *kind, const char *group, const char
     if (m == NULL)
         return NULL;
     m->queues = nqueues ? calloc(nqueues, sizeof(*m->queues)) : NULL;
-    if (nqueues && m->queues == NULL) {
+    m->pending = nqueues ? calloc(nqueues, sizeof(*m->pending)) : NULL;
+    if (nqueues && (m->queues == NULL || m->pending == NULL)) {
+        free(m->queues);
+        free(m->pending);
         free(m);
         return NULL;
     }
@@ -56,6 +59,8 @@ walq__metrics *walq__metrics_new(const char *kind, const char *group, const char
             return NULL;
         }
         hist_init(&m->queues[i].run, run_bounds, WALQ__ARRAY_SIZE(run_bounds));
+        m->pending[i].name = m->queues[i].name;
+        hist_init(&m->pending[i].run, run_bounds, WALQ__ARRAY_SIZE(run_bounds));
     }
     m->nqueues = nqueues;
     pthread_mutex_init(&m->mu, NULL);
@@ -77,6 +82,7 @@ void walq__metrics_free(walq__metrics *m)
     for (size_t i = 0; i < m->nqueues; i++)
         free(m->queues[i].name);
     free(m->queues);
+    free(m->pending);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -91,11 +97,18 @@ void walq__metrics_unlock(walq__metrics *m)
     pthread_mutex_unlock(&m->mu);
 }
 
-static walq__metrics_queue *queue_of(walq__metrics *m, const char *queue)
+/* The loop's pending counts of the queue, or NULL for a queue not listed. */
+static walq__metrics_queue *pending_of(walq__metrics *m, const char *queue)
 {
-    for (size_t i = 0; queue != NULL && i < m->nqueues; i++)
-        if (strcmp(m->queues[i].name, queue) == 0)
-            return &m->queues[i];
+    if (queue == NULL)
+        return NULL;
+    if (m->last_queue < m->nqueues && strcmp(m->queues[m->last_queue].name, queue) == 0)
+        return &m->pending[m->last_queue];
+    for (size_t i = 0; i < m->nqueues; i++)
+        if (strcmp(m->queues[i].name, queue) == 0) {
+            m->last_queue = i;
+            return &m->pending[i];
+        }
     return NULL;
 }
 
@@ -119,9 +132,9 @@ void walq__metrics_job(walq__metrics *m, const char *queue, walq__job_event ev)
 
     if (m == NULL)
         return;
-    pthread_mutex_lock(&m->mu);
-    q = queue_of(m, queue);
-    min = this_minute(m);
+    /* The loop's own counts: published with the gauges (walq__metrics_publish). */
+    q = pending_of(m, queue);
+    min = &m->pending_minute;
     switch (ev) {
     case WALQ__EV_RECEIVED:
         min->received++;
@@ -148,21 +161,17 @@ void walq__metrics_job(walq__metrics *m, const char *queue, walq__job_event ev)
             q->cancelled++;
         break;
     }
-    pthread_mutex_unlock(&m->mu);
 }
 
 void walq__metrics_ran(walq__metrics *m, const char *queue, int64_t started_mono_us)
 {
     walq__metrics_queue *q;
-    int64_t took = walq__mono_us() - started_mono_us;
+    int64_t took;
 
-    if (m == NULL)
+    if (m == NULL || (q = pending_of(m, queue)) == NULL)
         return;
-    pthread_mutex_lock(&m->mu);
-    q = queue_of(m, queue);
-    if (q != NULL)
-        hist_observe(&q->run, took > 0 ? (double)took / 1e6 : 0.0);
-    pthread_mutex_unlock(&m->mu);
+    took = walq__mono_us() - started_mono_us;
+    hist_observe(&q->run, took > 0 ? (double)took / 1e6 : 0.0);
 }
 
 void walq__metrics_acked(walq__metrics *m, int64_t sent_mono_us)
@@ -214,6 +223,46 @@ drop:
     }
 }
 
+/* Adds h's counts to into, and empties h. */
+static void hist_add(walq__histogram *into, walq__histogram *h)
+{
+    for (size_t i = 0; i <= h->nbounds; i++) {
+        into->counts[i] += h->counts[i];
+        h->counts[i] = 0;
+    }
+    into->sum += h->sum;
+    into->count += h->count;
+    h->sum = 0;
+    h->count = 0;
+}
+
+/* The loop's counts since the last publish, added in (under the mutex) and emptied. */
+static void add_pending(walq__metrics *m)
+{
+    walq__minute *p = &m->pending_minute, *min;
+
+    if (p->received || p->done || p->retried || p->dead) {
+        min = this_minute(m);
+        min->received += p->received;
+        min->done += p->done;
+        min->retried += p->retried;
+        min->dead += p->dead;
+        memset(p, 0, sizeof(*p));
+    }
+    for (size_t i = 0; i < m->nqueues; i++) {
+        walq__metrics_queue *q = &m->queues[i], *n = &m->pending[i];
+
+        q->received += n->received;
+        q->done += n->done;
+        q->retried += n->retried;
+        q->dead += n->dead;
+        q->cancelled += n->cancelled;
+        n->received = n->done = n->retried = n->dead = n->cancelled = 0;
+        if (n->run.count > 0)
+            hist_add(&q->run, &n->run);
+    }
+}
+
 void walq__metrics_publish(walq__metrics *m, const walq__gauges *g)
 {
     int64_t now = walq__mono_us();
@@ -221,6 +270,7 @@ void walq__metrics_publish(walq__metrics *m, const walq__gauges *g)
     if (m == NULL)
         return;
     pthread_mutex_lock(&m->mu);
+    add_pending(m);
     m->g = *g;
     m->published_mono_us = now;
     if (g->streaming)

@@ -2,10 +2,11 @@
  * Metrics of a running consumer or audit: what `--http` serves at /metrics,
  * /readyz and on the status page.
  *
- * The loop is the only writer.  It counts events as they happen (a job
- * received, an outcome recorded, a handler run, an ack committed) and, once
- * a turn, publishes its gauges (positions, in flight, streaming or not);
- * every write takes the mutex for a few stores, never for I/O.  The HTTP
+ * The loop is the only writer.  It counts the jobs' events as they happen
+ * (a job received, an outcome recorded, a handler run) in counts of its
+ * own, without the mutex, and once a turn, before it waits, publishes them
+ * with its gauges (positions, in flight, streaming or not); an ack takes
+ * the mutex for its few stores.  No write holds the mutex for I/O.  The HTTP
  * threads read under the same mutex, so a scrape sees one consistent
  * snapshot and never waits for the loop longer than those stores.
  *
@@ -103,6 +104,15 @@ typedef struct walq__metrics {
     size_t lag_head, lag_n;
 
     walq__minute minutes[WALQ__MINUTES];
+
+    /*
+     * The loop's own: the jobs' events since its last publish, added in
+     * by walq__metrics_publish (pending[i] counts queues[i]; its name is
+     * not its own), and the queue an event named last.
+     */
+    walq__metrics_queue *pending;
+    walq__minute pending_minute;
+    size_t last_queue;
 } walq__metrics;
 
 /* kind and the queue names are copied; NULL when out of memory. */
