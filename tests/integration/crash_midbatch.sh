@@ -51,7 +51,8 @@ while [ ! -e "$WORK/stop" ]; do
                 SELECT '$QUEUE', jsonb_build_object('txn', \$i, 'n', g)
                   FROM generate_series(1, \$s) g" >/dev/null; then
         sent=\$((sent + s))
-        echo "\$sent" >"$WORK/sent"
+        # Whole or not at all: a reader never sees the file empty.
+        echo "\$sent" >"$WORK/sent.new" && mv "$WORK/sent.new" "$WORK/sent"
     else
         sleep 0.2
     fi
