@@ -210,8 +210,8 @@ START_TEST(tail_cut_inside_a_character_is_valid_utf8)
             " printf x >&2; exit 1");
     ck_assert_int_eq(rep.verdict[1], WALQ__VERDICT_FAIL);
     ck_assert_msg(walq__utf8_valid(rep.err[1], strlen(rep.err[1])), "%s", rep.err[1]);
-    ck_assert_msg(strncmp(rep.err[1], "handler exited with exit status 1: \xC3\xA9", 37) == 0,
-                  "%s", rep.err[1]);
+    ck_assert_msg(strncmp(rep.err[1], "handler exited with exit status 1: \xC3\xA9", 37) == 0, "%s",
+                  rep.err[1]);
     ck_assert_uint_eq(strlen(rep.err[1]), 35 + 255 * 2 + 1);
 }
 END_TEST
@@ -229,8 +229,8 @@ START_TEST(tail_fits_a_small_buffer_whole_characters)
     walq__proc p;
     walq__verdict v;
     char err[41];
-    static char *argv[] = {"/bin/sh", "-c", "printf '\\342\\202\\254%.0s' 1 2 3 4 5 6 7 8 >&2; exit 3",
-                           NULL};
+    static char *argv[] = {"/bin/sh", "-c",
+                           "printf '\\342\\202\\254%.0s' 1 2 3 4 5 6 7 8 >&2; exit 3", NULL};
     walq__job_env env = {"g", "q", 1, 1, NULL};
 
     ck_assert_int_eq(walq__proc_start(&p, argv, &env, "", 0, 0), 0);

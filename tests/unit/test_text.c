@@ -57,8 +57,12 @@ START_TEST(sequences)
         {"\xE2\x82", 2, 0},
         {"\xF0\x9F\x98", 3, 0},
         {"\xE2\x82\xAC", 2, 0},
-        {"\xC3" "a", 2, 0},
-        {"\xE2\x82" "a", 3, 0},
+        {"\xC3"
+         "a",
+         2, 0},
+        {"\xE2\x82"
+         "a",
+         3, 0},
         /* NUL, which text cannot hold. */
         {"\0", 1, 0},
     };
@@ -98,7 +102,9 @@ START_TEST(clean_replaces_each_bad_byte)
 {
     check_clean("plain", 5, 0, "plain");
     check_clean("caf\xC3\xA9", 5, 0, "caf\xC3\xA9");
-    check_clean("a\xFF" "b", 3, 0, "a" REPL "b");
+    check_clean("a\xFF"
+                "b",
+                3, 0, "a" REPL "b");
     check_clean("\xC0\xAF", 2, 0, REPL REPL);
     check_clean("\xED\xA0\x80", 3, 0, REPL REPL REPL);
     check_clean("\xF4\x90\x80\x80", 4, 0, REPL REPL REPL REPL);
@@ -141,10 +147,16 @@ START_TEST(escape_controls_keeps_text)
         {"a\nb\tc\rd", "a\\nb\\tc\\rd"},
         {"\x01\x1F\x7F", "\\x01\\x1f\\x7f"},
         /* C1 controls, CSI among them, as UTF-8 and as bare bytes. */
-        {"\xC2\x9B" "31m \xC2\x80 \xC2\xA0", "\\u009b31m \\u0080 \xC2\xA0"},
-        {"\x9B" "31m \xFF \xC3", "\\x9b31m \\xff \\xc3"},
+        {"\xC2\x9B"
+         "31m \xC2\x80 \xC2\xA0",
+         "\\u009b31m \\u0080 \xC2\xA0"},
+        {"\x9B"
+         "31m \xFF \xC3",
+         "\\x9b31m \\xff \\xc3"},
         /* Bidirectional overrides and isolates. */
-        {"abc\xE2\x80\xAE" "fed", "abc\\u202efed"},
+        {"abc\xE2\x80\xAE"
+         "fed",
+         "abc\\u202efed"},
         {"\xE2\x81\xA6x\xE2\x81\xA9 \xD8\x9C", "\\u2066x\\u2069 \\u061c"},
         /* Backslashes stay: the escapes are for reading, not for parsing back. */
         {"C:\\dir \"q\"", "C:\\dir \"q\""},
