@@ -17,8 +17,7 @@
 #include "../audit.h"
 #include "cli/audit.h"
 #include "cli/cli.h"
-#include "cli/web.h"
-#include "cli/notify.h"
+#include "cli/service.h"
 #include "cli/settings.h"
 
 #define EXIT_USAGE 2
@@ -70,7 +69,6 @@ static int set_file_mode(void *base, const char *value, walq__set_pool *pool)
 }
 
 #define OFF(field) offsetof(audit_args, field)
-#define MAX_MS     INT64_C(10000000000)
 
 /*
  * Every setting of walq audit: --NAME on the command line, NAME in the
@@ -126,32 +124,9 @@ static const walq__setting audit_table[] = {
      .def = "no",
      .help = "exit once every change committed before the start\nis written",
      .what = "yes or no"},
-    {.name = "status-interval",
-     .kind = WALQ__SET_SECONDS,
-     .off = OFF(status_ms),
-     .def = "10",
-     .flags = WALQ__SET_EXCL_LO,
-     .arg = "SEC",
-     .help = "seconds between status updates (default 10)",
-     .what = "seconds above 0",
-     .lo = 0,
-     .hi = 1000000000},
-    {.name = "http",
-     .kind = WALQ__SET_STR,
-     .off = OFF(http),
-     .arg = "ADDR:PORT",
-     .help = "serve /metrics, /healthz, /readyz and a status page\nat / (e.g. 127.0.0.1:9188; "
-             "default: off)",
-     .what = "ADDR:PORT"},
-    {.name = "ready-within",
-     .kind = WALQ__SET_SECONDS,
-     .off = OFF(ready_within_ms),
-     .flags = WALQ__SET_EXCL_LO,
-     .arg = "SEC",
-     .help = "/readyz answers 200 while the audit has streamed\nwithin SEC seconds (default 60)",
-     .what = "seconds above 0",
-     .lo = 0,
-     .hi = MAX_MS},
+    WALQ__SETTINGS_SERVICE(audit_args, status_ms, http, ready_within_ms, "9188",
+                           "/readyz answers 200 while the audit has streamed\nwithin SEC seconds "
+                           "(default 60)"),
     WALQ__SETTINGS_LOG(audit_args, o.log_level, log_format),
 };
 
@@ -221,10 +196,10 @@ int walq__cli_audit(int argc, char **argv)
     audit_args args;
     walq__audit_options *o = &args.o;
     walq__cmdline cl;
-    walq__web *web = NULL;
+    walq__web_config web;
+    walq__service svc;
     walq__audit *a = NULL;
     walq__audit_stats st;
-    walq__notify notify;
     walq__reload r = {.t = &audit_settings,
                       .cl = &cl,
                       .cur = &args,
@@ -268,12 +243,12 @@ int walq__cli_audit(int argc, char **argv)
     snprintf(slot, sizeof(slot), "walqaudit_%s", o->group);
     snprintf(prefix, sizeof(prefix), "audit \"%s\": ", o->group);
     walq__cli_log_context("audit", o->group, NULL, slot, prefix);
-    /* The audit exists once opened: its address goes to the watch at once. */
-    walq__notify_init(&notify, describe, NULL);
-    if (notify.on) {
+    /* The audit takes the watch in its options, before it opens. */
+    walq__service_init(&svc, describe);
+    if (svc.notify.on) {
         o->watch = walq__notify_watch;
-        o->watch_arg = &notify;
-        o->watch_interval_ms = walq__notify_interval_ms(&notify);
+        o->watch_arg = &svc.notify;
+        o->watch_interval_ms = walq__notify_interval_ms(&svc.notify);
     }
     rc = walq__audit_open(&a, o);
     if (rc != 0) {
@@ -281,30 +256,18 @@ int walq__cli_audit(int argc, char **argv)
         walq__cmdline_free(&cl);
         return walq__cli_open_failed(rc);
     }
-    if (args.http != NULL) {
-        walq__web_config cfg = {args.http, args.ready_within_ms, o->target, o->source};
-
-        if (walq__web_start(&web, &cfg, walq__audit_metrics(a)) != 0) {
-            walq__audit_free(a);
-            walq__set_pool_free(&args.pool);
-            walq__cmdline_free(&cl);
-            return 1;
-        }
+    web = (walq__web_config){args.http, args.ready_within_ms, o->target, o->source};
+    if (walq__service_start(&svc, a, &web, walq__audit_metrics(a), stop_audit, &r) != 0) {
+        walq__audit_free(a);
+        walq__set_pool_free(&args.pool);
+        walq__cmdline_free(&cl);
+        return 1;
     }
-    notify.arg = a;
-    walq__cli_on_stop(stop_audit, a);
-    r.arg = a;
-    if (walq__cli_on_reload(walq__settings_reload, &r) != 0)
-        walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
-                                     "ignored");
 
     t0 = walq__mono_us();
     rc = walq__audit_run(a);
-    walq__cli_on_reload(NULL, NULL);
-    walq__notify_stopping(&notify);
+    walq__service_stop(&svc);
     walq__audit_stats_get(a, &st);
-    walq__cli_on_stop(NULL, NULL);
-    walq__web_stop(web);
     walq__audit_free(a);
     if (rc != 0)
         walq__cli_fail(rc);

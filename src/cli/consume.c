@@ -12,8 +12,7 @@
 
 #include "cli/cli.h"
 #include "cli/consume.h"
-#include "cli/web.h"
-#include "cli/notify.h"
+#include "cli/service.h"
 #include "cli/settings.h"
 #include "walq.h"
 
@@ -95,7 +94,6 @@ static const walq__set_name handlers[] = {{"exec", WALQ_HANDLER_EXEC},
 static const walq__set_name plugins[] = {{"pgoutput", 0}, {"wal2json", 0}, {"auto", 0}, {NULL, 0}};
 
 #define OFF(field) offsetof(consume_args, field)
-#define MAX_MS     INT64_C(10000000000)
 
 /*
  * Every setting of walq consume: the command line's --NAME and the file's
@@ -215,7 +213,7 @@ static const walq__setting consume_table[] = {
      .help = "kill a handler running longer (default 0: no limit)",
      .what = "seconds",
      .lo = 0,
-     .hi = MAX_MS},
+     .hi = WALQ__SET_MAX_MS},
     {.name = "backoff-min",
      .kind = WALQ__SET_SECONDS,
      .off = OFF(opts.backoff_min_ms),
@@ -225,7 +223,7 @@ static const walq__setting consume_table[] = {
      .help = "first retry delay (default 1)",
      .what = "seconds",
      .lo = 0,
-     .hi = MAX_MS},
+     .hi = WALQ__SET_MAX_MS},
     {.name = "backoff-max",
      .kind = WALQ__SET_SECONDS,
      .off = OFF(opts.backoff_max_ms),
@@ -235,7 +233,7 @@ static const walq__setting consume_table[] = {
      .help = "longest retry delay (default 600)",
      .what = "seconds",
      .lo = 0,
-     .hi = MAX_MS},
+     .hi = WALQ__SET_MAX_MS},
     {.name = "batch-size",
      .kind = WALQ__SET_INT,
      .off = OFF(opts.batch_size),
@@ -286,17 +284,7 @@ static const walq__setting consume_table[] = {
              "no limit)",
      .what = "seconds, 0 for no limit or at least 0.1",
      .lo = 100,
-     .hi = MAX_MS},
-    {.name = "status-interval",
-     .kind = WALQ__SET_SECONDS,
-     .off = OFF(opts.status_interval_ms),
-     .def = "10",
-     .flags = WALQ__SET_EXCL_LO,
-     .arg = "SEC",
-     .help = "seconds between status updates (default 10)",
-     .what = "seconds above 0",
-     .lo = 0,
-     .hi = MAX_MS},
+     .hi = WALQ__SET_MAX_MS},
     {.name = "plugin",
      .kind = WALQ__SET_CHOICE,
      .off = OFF(opts.plugin),
@@ -321,7 +309,7 @@ static const walq__setting consume_table[] = {
              "table nearer their\ntime (default 60)",
      .what = "seconds, at least 0.1",
      .lo = 100,
-     .hi = MAX_MS},
+     .hi = WALQ__SET_MAX_MS},
     {.name = "source",
      .kind = WALQ__SET_STR,
      .off = OFF(opts.source),
@@ -342,23 +330,9 @@ static const walq__setting consume_table[] = {
      .help = "both of the above",
      .what = "a connection string",
      .then = then_dbname},
-    {.name = "http",
-     .kind = WALQ__SET_STR,
-     .off = OFF(http),
-     .arg = "ADDR:PORT",
-     .help = "serve /metrics, /healthz, /readyz and a status page\nat / (e.g. 127.0.0.1:9187; "
-             "default: off)",
-     .what = "ADDR:PORT"},
-    {.name = "ready-within",
-     .kind = WALQ__SET_SECONDS,
-     .off = OFF(ready_within_ms),
-     .flags = WALQ__SET_EXCL_LO,
-     .arg = "SEC",
-     .help = "/readyz answers 200 while the consumer has streamed\nand acked within SEC seconds "
-             "(default 60)",
-     .what = "seconds above 0",
-     .lo = 0,
-     .hi = MAX_MS},
+    WALQ__SETTINGS_SERVICE(consume_args, opts.status_interval_ms, http, ready_within_ms, "9187",
+                           "/readyz answers 200 while the consumer has streamed\nand acked "
+                           "within SEC seconds (default 60)"),
     WALQ__SETTINGS_LOG(consume_args, opts.log_level, log_format),
 };
 
@@ -561,19 +535,11 @@ static void log_context(const walq_options *o)
 }
 
 /* Opens the consumer and runs it until it stops: on a signal, or drained. */
-/* --http: the consumer's metrics and status page, answered on threads of their own. */
-static int start_web(const consume_args *a, walq_consumer *c, walq__web **web)
-{
-    walq__web_config cfg = {a->http, a->ready_within_ms, a->opts.primary, a->opts.source};
-
-    return walq__web_start(web, &cfg, walq__consumer_metrics(c));
-}
-
 static int run(consume_args *a, const walq__cmdline *cl)
 {
     walq_consumer *c = NULL;
-    walq__web *web = NULL;
-    walq__notify notify;
+    walq__service svc;
+    walq__web_config web = {a->http, a->ready_within_ms, a->opts.primary, a->opts.source};
     walq__reload r = {.t = &consume_settings,
                       .cl = cl,
                       .cur = a,
@@ -587,28 +553,21 @@ static int run(consume_args *a, const walq__cmdline *cl)
     int rc;
 
     log_context(&a->opts);
+    walq__service_init(&svc, describe);
     rc = walq_consumer_open(&c, &a->opts);
     if (rc != 0)
         return walq__cli_open_failed(rc);
-    if (a->http != NULL && start_web(a, c, &web) != 0) {
+    if (walq__service_start(&svc, c, &web, walq__consumer_metrics(c), stop_consumer, &r) != 0) {
         walq_consumer_free(c);
         return 1;
     }
-    walq__cli_on_stop(stop_consumer, c);
-    r.arg = c;
-    if (walq__cli_on_reload(walq__settings_reload, &r) != 0)
-        walq__cli_message("WARNING", "could not start the thread of SIGHUP's reloads: SIGHUP is "
-                                     "ignored");
-    walq__notify_init(&notify, describe, c);
-    if (notify.on)
-        walq_consumer_watch(c, walq__notify_watch, &notify, walq__notify_interval_ms(&notify));
+    if (svc.notify.on)
+        walq_consumer_watch(c, walq__notify_watch, &svc.notify,
+                            walq__notify_interval_ms(&svc.notify));
     t0 = walq__mono_us();
     rc = walq_consumer_run(c);
-    walq__cli_on_reload(NULL, NULL);
-    walq__notify_stopping(&notify);
+    walq__service_stop(&svc);
     report(a, c, rc, walq__mono_us() - t0);
-    walq__cli_on_stop(NULL, NULL);
-    walq__web_stop(web);
     walq_consumer_free(c);
     return rc == 0 ? 0 : 1;
 }

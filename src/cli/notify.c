@@ -79,7 +79,7 @@ void walq__notify_watch(const walq_watch *w, void *payload)
 
     if (!n->on)
         return;
-    if (n->describe != NULL)
+    if (n->describe != NULL && n->arg != NULL)
         n->describe(done, sizeof(done), n->arg);
     snprintf(n->status, sizeof(n->status), "%s%s%s, lag %llu B", state_name(w->state),
              *done ? ", " : "", done, (unsigned long long)lag);

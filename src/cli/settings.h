@@ -155,6 +155,46 @@ void walq__settings_help(const walq__settings *t, FILE *f);
 extern const walq__set_name walq__set_log_levels[];
 extern const walq__set_name walq__set_log_formats[];
 
+/* The longest duration a setting takes, in milliseconds (about 116 days). */
+#define WALQ__SET_MAX_MS INT64_C(10000000000)
+
+/*
+ * The settings of a long-running command's status and --http, which
+ * consume and audit both have: status-interval (seconds, into an int64_t
+ * of milliseconds at status), http (a string at http) and ready-within
+ * (milliseconds at ready).  port is the example port in --http's help,
+ * ready_help the help of --ready-within: what /readyz waits for.
+ */
+/* clang-format off */
+#define WALQ__SETTINGS_SERVICE(type, status, http, ready, port, ready_help)                        \
+    {.name = "status-interval",                                                                    \
+     .kind = WALQ__SET_SECONDS,                                                                    \
+     .off = offsetof(type, status),                                                                \
+     .def = "10",                                                                                  \
+     .flags = WALQ__SET_EXCL_LO,                                                                   \
+     .arg = "SEC",                                                                                 \
+     .help = "seconds between status updates (default 10)",                                       \
+     .what = "seconds above 0",                                                                    \
+     .lo = 0,                                                                                      \
+     .hi = WALQ__SET_MAX_MS},                                                                      \
+    {.name = "http",                                                                               \
+     .kind = WALQ__SET_STR,                                                                        \
+     .off = offsetof(type, http),                                                                  \
+     .arg = "ADDR:PORT",                                                                           \
+     .help = "serve /metrics, /healthz, /readyz and a status page\nat / (e.g. 127.0.0.1:" port     \
+             "; default: off)",                                                                    \
+     .what = "ADDR:PORT"},                                                                         \
+    {.name = "ready-within",                                                                       \
+     .kind = WALQ__SET_SECONDS,                                                                    \
+     .off = offsetof(type, ready),                                                                 \
+     .flags = WALQ__SET_EXCL_LO,                                                                   \
+     .arg = "SEC",                                                                                 \
+     .help = ready_help,                                                                           \
+     .what = "seconds above 0",                                                                    \
+     .lo = 0,                                                                                      \
+     .hi = WALQ__SET_MAX_MS}
+/* clang-format on */
+
 /* Kept as written: clang-format would indent the entries after the first one. */
 /* clang-format off */
 #define WALQ__SETTINGS_LOG(type, level, format)                                                    \
