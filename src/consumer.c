@@ -7,6 +7,8 @@
  * The slot's confirmed position only moves past transactions all of whose
  * jobs have an outcome committed on the primary.  What each stage decides
  * lives with that stage; the statements the consumer runs are in registry.c.
+ * Set-up, the stream's commands and the public functions are in files of
+ * their own (consumer_int.h lists them).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -16,128 +18,22 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ack.h"
-#include "common.h"
+#include "consumer_int.h"
 #include "db.h"
-#include "handler.h"
-#include "seal.h"
-#include "text.h"
 #include "lsn.h"
-#include "metrics.h"
-#include "options.h"
 #include "publication.h"
-#include "reader.h"
-#include "registry.h"
-#include "retry.h"
-#include "route.h"
-#include "schedule.h"
+#include "text.h"
 
 /* The most of a handler's error text that is kept, in bytes. */
 #define LAST_ERROR_MAX 2048
-
-/* An outcome decided inside the ack transaction, applied once it commits. */
-typedef struct tentative {
-    walq__job *job;
-    walq__status st;
-    int recorded; /* st was recorded before: nothing is written, nothing counted */
-    int64_t run_at;
-    /* The job's fields before, restored if the transaction fails. */
-    walq__status old_pending;
-    int32_t old_pending_attempts;
-    char *old_error;
-    int64_t old_run_at;
-} tentative;
-
-struct walq_consumer {
-    walq_options o;
-    char *source, *primary, *group;
-    char **queues;
-    char **argv;
-    char **pass_env; /* NULL: none */
-    char *sql;
-    char slot[64];
-    char plugin[16]; /* the plugin asked for: "", "auto", "pgoutput", "wal2json" */
-    walq__log log;
-    char errmsg[2048];
-    walq_stats stats;
-    walq__metrics *m; /* what --http serves: the loop writes, HTTP threads read */
-    int64_t ack_delay_us;
-
-    walq__reader rd;   /* the stream, its position and the wait */
-    walq__registry rg; /* who the statements are for */
-    walq__route route; /* which jobs are this reader's */
-    walq__sched sched; /* jobs in memory */
-    walq__txnq txq;    /* transactions with jobs whose first outcome is unrecorded */
-    walq__ack ack;     /* the next ack transaction */
-    walq__seals seals; /* the generations whose seal the cursor passed */
-    walq__handler *h;  /* the run stage */
-    tentative *tent;   /* outcomes decided inside the ack transaction */
-    size_t ntent, tentcap;
-
-    PGconn *pconn; /* primary: outcomes, cursor, the reader's lock */
-    PGconn *sconn; /* source, plain SQL: checks and the backlog's cursor */
-    walq__retry primary_retry;
-    int64_t epoch; /* of the reader's row when this process took it */
-    int fenced;    /* another process had the reader meanwhile: start over */
-    int pooled;    /* the primary connection goes through a pooler: the reader is leased */
-    int64_t lease_us, lease_renew_at; /* the lease's length; when it is renewed next (monotonic) */
-    char lease_text[32];              /* the lease, as an interval */
-    int standby;                      /* the source is a hot standby */
-    int pub_seen;                     /* the primary sees the source's publications (one system) */
-    int slot_gone;                    /* the slot was lost while streaming: start over */
-    int flush_failed;                 /* an ack transaction failed: hold confirmations back */
-    int64_t next_maintain, maintain_us; /* the generations' upkeep: when next, how often */
-    walq__waiter waiter;                /* what waits on a server do meanwhile, and their bound */
-    walq__watcher watcher;              /* the owner's watch callback */
-    /* A reload's options (walq_consumer_reconfigure), taken at the loop's next turn. */
-    pthread_mutex_t reconf_lock;
-    walq_options reconf;
-    int reconf_pending;
-    int reached;    /* set-up reached both servers once */
-    walq__txn *cur; /* the transaction being received, NULL between them */
-
-    /* Set-up and recovery. */
-    int backfilling;
-    walq__txn *bf_txn;
-    uint64_t sync_end; /* consistent point the cursor must be written past, or 0 */
-};
 
 static void set_errmsg(walq_consumer *c)
 {
     snprintf(c->errmsg, sizeof(c->errmsg), "%s", walq_last_error());
 }
 
-void walq_consumer_stop(walq_consumer *c, int immediate)
-{
-    walq__reader_stop(&c->rd, immediate);
-}
-
-const char *walq_consumer_errmsg(const walq_consumer *c)
-{
-    return c->errmsg;
-}
-
-void walq_consumer_stats(walq_stats *out, const walq_consumer *c)
-{
-    /* A version-1 program calls it as (c, out); its out is writable. */
-    if (walq__v1_consumer_is(out)) {
-        const walq_consumer *v1_c = (const walq_consumer *)(const void *)out;
-
-        out = (walq_stats *)(uintptr_t)c;
-        c = v1_c;
-    }
-    *out = c->stats;
-    out->reconnects = c->rd.reconnects;
-    out->confirmed_lsn = c->rd.confirmed;
-}
-
-void walq_consumer_watch(walq_consumer *c, walq_watch_fn fn, void *payload, int64_t interval_ms)
-{
-    walq__watcher_set(&c->watcher, fn, payload, interval_ms);
-}
-
 /* Tells the owner's watch callback, when it is due, what the consumer is doing. */
-static void watch(walq_consumer *c, walq_state st)
+void walq__consumer_watch_state(walq_consumer *c, walq_state st)
 {
     walq_watch w;
 
@@ -151,13 +47,14 @@ static void watch(walq_consumer *c, walq_state st)
 }
 
 /* The same state again: a wait on a server or a nap is no change. */
-static void watch_again(walq_consumer *c)
+void walq__consumer_watch_again(walq_consumer *c)
 {
-    watch(c, c->watcher.state < 0 ? WALQ_STATE_STARTING : (walq_state)c->watcher.state);
+    walq__consumer_watch_state(c, c->watcher.state < 0 ? WALQ_STATE_STARTING
+                                                       : (walq_state)c->watcher.state);
 }
 
 /* A nap of ms at most, short enough for the watch callback to come on time. */
-static int nap_ms(const walq_consumer *c, int ms)
+int walq__consumer_nap_ms(const walq_consumer *c, int ms)
 {
     int64_t every = c->watcher.interval_us / 1000;
 
@@ -197,7 +94,7 @@ static int error_text(const char *err, char **out)
 }
 
 /* Puts the job's outcome in the next ack transaction. */
-static int record(walq_consumer *c, walq__job *job, walq__status st, const char *err)
+int walq__consumer_record(walq_consumer *c, walq__job *job, walq__status st, const char *err)
 {
     char *text;
     int rc = error_text(err, &text);
@@ -219,7 +116,7 @@ static int admit(walq_consumer *c, walq__job *job, int64_t now_wall)
     c->stats.received++;
     walq__metrics_job(c->m, job->queue, WALQ__EV_RECEIVED);
     rc = walq__sched_admit(&c->sched, job, now_wall, &scheduled);
-    return rc ? rc : scheduled ? record(c, job, WALQ__ST_SCHEDULED, NULL) : 0;
+    return rc ? rc : scheduled ? walq__consumer_record(c, job, WALQ__ST_SCHEDULED, NULL) : 0;
 }
 
 /*
@@ -233,15 +130,15 @@ static int reject(walq_consumer *c, walq__job *job, const char *why)
     c->stats.dead++;
     walq__metrics_job(c->m, job->queue, WALQ__EV_DEAD);
     walq__sched_reject(&c->sched, job);
-    return record(c, job, WALQ__ST_DEAD, why);
+    return walq__consumer_record(c, job, WALQ__ST_DEAD, why);
 }
 
 /*
  * A job of transaction txn (ending at lsn) enters memory; has_row says that
  * walq.outcomes has a row of it already, which its outcomes update.
  */
-static int take(walq_consumer *c, const walq__job_row *row, walq__txn *txn, uint64_t lsn,
-                int has_row)
+int walq__consumer_take(walq_consumer *c, const walq__job_row *row, walq__txn *txn, uint64_t lsn,
+                        int has_row)
 {
     walq__job *job = walq__sched_job(&c->sched, row);
     char why[256];
@@ -273,7 +170,7 @@ static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
 
     walq__metrics_ran(c->m, job->queue, job->started_us);
     count(c, job, st);
-    return rc ? rc : record(c, job, st, st == WALQ__ST_DONE ? NULL : err);
+    return rc ? rc : walq__consumer_record(c, job, st, st == WALQ__ST_DONE ? NULL : err);
 }
 
 /*
@@ -398,7 +295,7 @@ static void on_abandon(void *arg, walq__job *job)
 {
     walq_consumer *c = arg;
 
-    /* A job in the ack batch is freed with the batch; see reset_memory(). */
+    /* A job in the ack batch is freed with the batch; see walq__consumer_reset_memory(). */
     if (job->pending_idx >= 0)
         job->state = WALQ__JOB_ACKING;
     else
@@ -435,36 +332,8 @@ static void primary_lost(walq_consumer *c)
         walq__reader_lost(&c->rd);
 }
 
-/*
- * A plain connection of the consumer's: it does not block on sends (waits
- * are walq__wait_result's, bounded), and its statements are bounded too.
- * *pooled: it goes through a connection pooler.
- */
-static int connect_session(walq_consumer *c, PGconn **conn, const char *conninfo, int *pooled)
-{
-    int rc = walq__connect(conn, conninfo, WALQ__CONN_SQL, "walq consume");
-
-    if (rc == 0 && PQsetnonblocking(*conn, 1) != 0)
-        rc = walq__error(WALQ_ECONN, NULL, "could not make a connection non-blocking");
-    if (rc == 0)
-        rc = walq__reg_session(*conn, c->o.primary_timeout_ms, pooled);
-    return rc;
-}
-
-/* The primary's session; through a pooler the acks carry what they need. */
-static int connect_primary_session(walq_consumer *c)
-{
-    int rc = connect_session(c, &c->pconn, c->primary, &c->pooled);
-
-    c->ack.pooled = c->pooled;
-    c->ack.lease = c->pooled ? c->lease_text : NULL;
-    snprintf(c->ack.timeout_text, sizeof(c->ack.timeout_text), "%lld",
-             (long long)c->o.primary_timeout_ms);
-    return rc;
-}
-
 /* The lease is renewed a third of its length after it was last. */
-static void lease_renewed(walq_consumer *c, int64_t at)
+void walq__consumer_lease_renewed(walq_consumer *c, int64_t at)
 {
     c->lease_renew_at = at + c->lease_us / 3;
 }
@@ -480,7 +349,7 @@ static int connect_primary(walq_consumer *c)
 {
     walq__reg_lock lk;
     int64_t now = walq__mono_us();
-    int rc = connect_primary_session(c), held = 1;
+    int rc = walq__consumer_connect_primary_session(c), held = 1;
 
     if (rc == 0 && c->pooled) {
         rc = walq__reg_lease(&c->rg, c->pconn, c->epoch, c->lease_text, &held);
@@ -488,7 +357,7 @@ static int connect_primary(walq_consumer *c)
         lk.got = held;
         snprintf(lk.who, sizeof(lk.who), "its epoch moved on");
         if (rc == 0 && held)
-            lease_renewed(c, now);
+            walq__consumer_lease_renewed(c, now);
     } else if (rc == 0) {
         rc = walq__reg_try_lock(&c->rg, c->pconn, 0, c->epoch, &lk);
     }
@@ -516,7 +385,7 @@ static void acked(walq_consumer *c, uint64_t cursor, int32_t sealed_through, int
 {
     c->stats.acks++;
     walq__metrics_acked(c->m, sent_at);
-    lease_renewed(c, sent_at);
+    walq__consumer_lease_renewed(c, sent_at);
     walq__retry_ok(&c->primary_retry);
     c->flush_failed = 0;
     c->rd.durable = cursor;
@@ -567,7 +436,7 @@ static void release_txns(walq_consumer *c)
  * connection can take another query.  A lost connection is handled here:
  * afterwards c->pconn may be NULL.
  */
-static int settle_acks(walq_consumer *c)
+int walq__consumer_settle_acks(walq_consumer *c)
 {
     int rc;
 
@@ -671,142 +540,6 @@ static int acks_due(const walq_consumer *c, int64_t now, int stopping)
 }
 
 /* ------------------------------------------------------------------ */
-/* Commands from the stream                                            */
-
-/*
- * `walq job cancel`: the job, if it is still waiting here, never runs.  The
- * outcome is recorded already; the job only goes through the ack batch to let
- * its transaction go.
- */
-static int cancel_job(walq_consumer *c, int64_t id)
-{
-    walq__job *job = walq__sched_find_waiting(&c->sched, id);
-    int rc, cancelled = 1;
-
-    if (job == NULL) {
-        walq__info(&c->log, "job %lld cancelled (not waiting here)", (long long)id);
-        return 0;
-    }
-    rc = settle_acks(c);
-    if (rc != 0)
-        return rc;
-    /*
-     * Only a job whose outcome walq.cancel_job recorded is dropped: a
-     * replayed command may be stale (a retry can have come after it), and
-     * a command is not trusted without its outcome.
-     */
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
-    rc = walq__reg_cancelled(&c->rg, c->pconn, id, &cancelled);
-    if (rc != 0)
-        return rc;
-    if (!cancelled) {
-        walq__info(&c->log,
-                   "cancel command for job %lld ignored: its outcome in the group is not "
-                   "cancelled (a retry came after it, or walq.cancel_job did not send it)",
-                   (long long)id);
-        return 0;
-    }
-    walq__sched_withdraw(&c->sched, job);
-    walq__info(&c->log, "job %lld cancelled", (long long)id);
-    walq__metrics_job(c->m, job->queue, WALQ__EV_CANCELLED);
-    return record(c, job, WALQ__ST_CANCELLED, NULL);
-}
-
-/*
- * `walq job retry`: a dead or cancelled job runs again.  It belongs to the
- * command's transaction, so the cursor does not pass the command before the
- * job's new outcome is recorded.
- */
-static int retry_job(walq_consumer *c, const walq__reader_txn *t, int64_t id)
-{
-    walq__job_row row;
-    PGresult *res;
-    int rc;
-
-    /* Another reader's, or here already and not finished: it runs once. */
-    if (!walq__route_mine(&c->route, id) || walq__sched_has(&c->sched, id))
-        return 0;
-    rc = settle_acks(c);
-    if (rc != 0)
-        return rc;
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
-    rc = walq__reg_retried(&c->rg, c->pconn, id, &res);
-    if (rc != 0)
-        return rc;
-    /* Nothing to do if its new outcome is recorded already (a replay). */
-    if (PQntuples(res) == 1) {
-        walq__reg_job_row(res, 0, &row);
-        row.run_at = 0;
-        walq__info(&c->log, "job %lld queued again by walq job retry", (long long)id);
-        rc = take(c, &row, c->cur, t->end_lsn, 1);
-    } else {
-        walq__info(&c->log,
-                   "retry command for job %lld ignored: the job is not queued again in the "
-                   "group (it ran since, or walq.retry_job did not send the command)",
-                   (long long)id);
-    }
-    PQclear(res);
-    return rc;
-}
-
-/*
- * A seal: every job of its generation came before it.  A seal of a
- * generation that walq has not closed would let the generation go with
- * jobs unrecorded, so it is checked against the primary's generations
- * first, and one that fails is logged and never acted on.
- */
-static int seal_noted(walq_consumer *c, const walq__reader_txn *t, int64_t generation)
-{
-    int64_t opened = 0;
-    int rc, valid = 0;
-
-    /* An ack may be in flight on the primary's connection. */
-    rc = settle_acks(c);
-    if (rc != 0)
-        return rc;
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
-    rc = walq__reg_seal_valid(c->pconn, generation, &valid, &opened);
-    if (rc != 0)
-        return rc;
-    if (!valid) {
-        walq__warn(&c->log,
-                   "seal command for generation %lld ignored: the current generation is %lld, "
-                   "and only closed ones are sealed",
-                   (long long)generation, (long long)opened);
-        return 0;
-    }
-    walq__seals_note(&c->seals, t->end_lsn, (int32_t)generation);
-    return 0;
-}
-
-static int on_command(walq_consumer *c, const walq__reader_txn *t, const walq__change *ch)
-{
-    const walq__value *group = walq__change_column(ch, "group_name");
-    const walq__value *id = walq__change_column(ch, "job_id");
-    const walq__value *action = walq__change_column(ch, "action");
-
-    if (group == NULL || group->kind != WALQ__V_STR || strcmp(group->str, c->group) != 0)
-        return 0;
-    if (id == NULL || id->kind != WALQ__V_INT || action == NULL || action->kind != WALQ__V_STR)
-        return walq__error(WALQ_EDECODE, NULL, "unreadable row in walq.commands");
-    if (strcmp(action->str, "cancel") == 0)
-        return cancel_job(c, id->i);
-    if (strcmp(action->str, "retry") == 0)
-        return retry_job(c, t, id->i);
-    if (strcmp(action->str, "seal") == 0)
-        return seal_noted(c, t, id->i);
-    /* The outcome horizon's commands, from before generations. */
-    if (strcmp(action->str, "horizon") == 0)
-        return 0;
-    walq__warn(&c->log, "unknown command \"%s\" for job %lld ignored", action->str,
-               (long long)id->i);
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
 /* What the reader hands over                                          */
 
 static int on_begin(void *arg, const walq__reader_txn *t)
@@ -827,7 +560,7 @@ static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, 
     if (ch->action != WALQ__ACT_INSERT || ch->schema == NULL || ch->table == NULL)
         return 0;
     if (strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "commands") == 0)
-        return on_command(c, t, ch);
+        return walq__consumer_on_command(c, t, ch);
     /*
      * The stream names the partition of walq.jobs a job went to (the table
      * itself before generations, in WAL written before the upgrade).
@@ -840,7 +573,7 @@ static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, 
     if (rc != 0 || !walq__route_takes(&c->route, row.id, row.queue) ||
         walq__sched_has(&c->sched, row.id))
         return rc;
-    return take(c, &row, c->cur, t->end_lsn, 0);
+    return walq__consumer_take(c, &row, c->cur, t->end_lsn, 0);
 }
 
 static int on_commit(void *arg, const walq__reader_txn *t)
@@ -880,13 +613,13 @@ static const walq__reader_ops reader_ops = {on_begin, on_row, on_commit, on_idle
  * Loads the jobs recorded as scheduled with a run_at after `after` and up to
  * `until` (Unix microseconds), and learns whether later ones remain.
  */
-static int load_timers(walq_consumer *c, int64_t after, int64_t until)
+int walq__consumer_load_timers(walq_consumer *c, int64_t after, int64_t until)
 {
     size_t room = walq__sched_room(&c->sched);
     PGresult *res;
     int rc, n = 0, later = 0;
 
-    rc = settle_acks(c);
+    rc = walq__consumer_settle_acks(c);
     if (rc != 0 || c->pconn == NULL || room == 0)
         return rc;
     rc = walq__reg_timers(&c->rg, c->pconn, after, until, room, &res);
@@ -971,7 +704,7 @@ static int backfill_page(walq_consumer *c)
     int rc;
 
     /* The page is checked against outcomes on the primary connection. */
-    rc = settle_acks(c);
+    rc = walq__consumer_settle_acks(c);
     if (rc != 0 || c->pconn == NULL)
         return rc;
     rc = walq__reg_backlog_page(c->sconn, &page);
@@ -993,7 +726,7 @@ static int backfill_page(walq_consumer *c)
         walq__reg_job_row(page, i, &row);
         if (k == WALQ__KNOWN_RECORDED || walq__sched_has(&c->sched, row.id))
             continue;
-        rc = take(c, &row, c->bf_txn, c->bf_txn->end_lsn, k == WALQ__KNOWN_QUEUED);
+        rc = walq__consumer_take(c, &row, c->bf_txn, c->bf_txn->end_lsn, k == WALQ__KNOWN_QUEUED);
     }
     PQclear(known);
     PQclear(page);
@@ -1034,394 +767,6 @@ static void kill_all(walq_consumer *c)
 }
 
 /* ------------------------------------------------------------------ */
-/* Set-up: the primary, the source, the reader, the slot               */
-
-/* A standby creating a slot waits for the primary to log its running transactions. */
-static void log_standby_snapshot(void *arg)
-{
-    walq_consumer *c = arg;
-
-    watch_again(c);
-    if (c->pconn != NULL)
-        walq__reg_standby_snapshot(c->pconn, &c->log);
-}
-
-/* The primary's session and the source's, both checked; *source_id names the source. */
-static int connect_both(walq_consumer *c, char *source_id, size_t len)
-{
-    walq__source_info src;
-    int rc, pooled = 0;
-
-    rc = connect_primary_session(c);
-    if (rc == 0)
-        rc = walq__schema_check(c->pconn);
-    if (rc == 0 && c->sql != NULL)
-        rc = walq__reg_check_sql(c->pconn, c->sql);
-    if (rc == 0)
-        rc = connect_session(c, &c->sconn, c->source, &pooled);
-    if (rc == 0 && pooled) {
-        char name[128];
-
-        rc = walq__error(WALQ_EINVAL,
-                         "Replication does not go through a connection pooler: give --source the "
-                         "server's own address.  --primary may go through one.",
-                         "the source \"%s\" is reached through a connection pooler",
-                         walq__conn_name(c->sconn, name, sizeof(name)));
-    }
-    if (rc == 0)
-        rc = walq__source_check(c->sconn, &src);
-    if (rc == 0)
-        rc = walq__source_system_id(c->sconn, source_id, len);
-    if (rc == 0) {
-        char primary_id[32];
-
-        rc = walq__source_system_id(c->pconn, primary_id, sizeof(primary_id));
-        c->pub_seen = rc == 0 && strcmp(primary_id, source_id) == 0;
-    }
-    if (rc == 0) {
-        c->reached = 1;
-        /* As found now: a standby promoted since the last set-up is not one. */
-        c->standby = c->rg.standby = src.standby;
-    }
-    if (rc == 0 && src.standby) {
-        char name[128];
-
-        walq__info(&c->log, "the source \"%s\" is a hot standby; acks go to the primary",
-                   walq__conn_name(c->sconn, name, sizeof(name)));
-    }
-    return rc;
-}
-
-/*
- * A lease held by a process of this host that is gone (killed, say) need
- * not run out: its slot, once no walsender serves it, says that nothing
- * reads for it any more.
- */
-static int holder_gone(walq_consumer *c, const walq__reg_lock *lk)
-{
-    char host[128] = "";
-    const char *pid = strrchr(lk->holder, ' ');
-    size_t hostlen = strlen(lk->holder) - (pid ? strlen(pid) : 0);
-    walq__slot_info si;
-
-    gethostname(host, sizeof(host) - 1);
-    if (pid == NULL || hostlen < 4 || strncmp(lk->holder + hostlen - 4, " pid", 4) != 0 ||
-        strlen(host) != hostlen - 4 || strncmp(lk->holder, host, hostlen - 4) != 0)
-        return 0;
-    if (kill((pid_t)strtol(pid + 1, NULL, 10), 0) == 0 || errno != ESRCH)
-        return 0;
-    return walq__reader_slot(&c->rd, c->sconn, &si) == 0 && !si.active;
-}
-
-/*
- * Waits until this process holds the reader: while another consumer of the
- * same group and partition runs, this one stands by and takes over when
- * that one's session ends, or its lease runs out.  Returns 0 with a stop
- * asked if asked to stop while waiting.
- */
-static int take_reader(walq_consumer *c, const char *source_id, walq__reg_reader *rs)
-{
-    walq__reg_lock lk;
-    int rc, waited = 0;
-
-    for (;;) {
-        rc = walq__reg_try_lock(&c->rg, c->pconn, c->pooled, c->epoch, &lk);
-        if (rc == 0 && !lk.got && lk.leased && holder_gone(c, &lk)) {
-            walq__info(&c->log, "the reader's holder, %s, is gone", lk.who);
-            lk.got = 1;
-        }
-        if (rc == 0 && lk.got)
-            rc = walq__reg_take_over(&c->rg, c->pconn, c->sconn, source_id, lk.epoch,
-                                     c->pooled ? c->lease_text : NULL, rs);
-        /* Another process took it first; a lock taken meanwhile holds nothing. */
-        if (rc == 0 && lk.got && rs->lost && !c->pooled)
-            rc = walq__reg_unlock(&c->rg, c->pconn);
-        if (rc != 0 || (lk.got && !rs->lost))
-            break;
-        if (!waited && !lk.got)
-            walq__info(&c->log, "the reader is held by %s; standing by to take over", lk.who);
-        waited |= !lk.got;
-        watch(c, lk.got ? WALQ_STATE_STARTING : WALQ_STATE_STANDBY);
-        if (walq__reader_nap(&c->rd, nap_ms(c, 500)))
-            return 0;
-    }
-    if (rc == 0) {
-        c->epoch = rs->epoch;
-        c->ack.epoch = rs->epoch;
-        lease_renewed(c, walq__mono_us());
-    }
-    if (rc == 0 && waited)
-        walq__info(&c->log, "took the reader over");
-    return rc;
-}
-
-/*
- * The slot may still be held a moment by the walsender of a consumer that
- * just died (or held by something else altogether): wait for it.
- */
-static int wait_for_slot(walq_consumer *c, walq__slot_info *si)
-{
-    int rc, warned = 0;
-
-    for (;;) {
-        rc = walq__reader_slot(&c->rd, c->sconn, si);
-        if (rc != 0 || !si->active)
-            return rc;
-        if (!warned)
-            walq__warn(&c->log, "replication slot \"%s\" is still in use by process %s; waiting",
-                       c->slot, si->active_pid);
-        warned = 1;
-        watch(c, WALQ_STATE_STARTING);
-        if (walq__reader_nap(&c->rd, nap_ms(c, 500)))
-            return 0;
-    }
-}
-
-/* The publication of a reader on pgoutput. */
-static walq__pub_spec pub_spec(const walq_consumer *c)
-{
-    return (walq__pub_spec){c->slot,      c->group,           (const char *const *)c->queues,
-                            c->o.nqueues, c->route.partition, c->route.partitions};
-}
-
-/*
- * The publication is made (or redefined) before the slot: pgoutput reads it
- * as the catalog was when each transaction committed.  A standby cannot
- * take it, so the primary does, and the slot waits until the standby has
- * replayed it.
- */
-static int define_publication(walq_consumer *c)
-{
-    walq__pub_spec spec = pub_spec(c);
-    PGconn *conn = c->standby ? c->pconn : c->sconn;
-    char lsn[WALQ__LSN_BUFSZ];
-    uint64_t made = 0, replayed = 0;
-    int rc = walq__pub_define(conn, &spec);
-
-    if (rc != 0 || !c->standby)
-        return rc;
-    rc = walq__source_wal_lsn(c->pconn, &made);
-    for (int i = 0; rc == 0; i++) {
-        rc = walq__source_wal_lsn(c->sconn, &replayed);
-        if (rc != 0 || replayed >= made)
-            break;
-        if (i == 20)
-            walq__warn(&c->log, "waiting for the standby to replay publication \"%s\" (at %s)",
-                       c->slot, walq__lsn_format(made, lsn));
-        if (walq__reader_nap(&c->rd, 100))
-            return walq__error(WALQ_ECONN, NULL, "stopped while waiting for the standby");
-    }
-    return rc;
-}
-
-/*
- * Creates the slot afresh and reads, from the snapshot of its consistent
- * point, every job of the group's queues that has no outcome: the table
- * covers what came before the slot and the stream what comes after, without
- * a gap or an overlap.
- */
-static int resync(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
-{
-    char snapshot[128], lsn[WALQ__LSN_BUFSZ];
-    uint64_t consistent;
-    int32_t sealed = 0;
-    int rc = 0;
-
-    rc = walq__reg_resync_begins(&c->rg, c->pconn);
-    if (rc == 0 && si->exists)
-        rc = walq__reader_drop_slot(&c->rd);
-    if (rc == 0 && c->rd.pgoutput)
-        rc = define_publication(c);
-    if (rc == 0)
-        rc = walq__reader_create_slot(&c->rd, &consistent, snapshot, sizeof(snapshot),
-                                      c->standby ? log_standby_snapshot : NULL, c);
-    if (rc == 0)
-        rc = walq__reg_backlog_open(&c->rg, c->sconn, snapshot);
-    if (rc == 0)
-        rc = walq__reg_snapshot_seal(c->sconn, &sealed);
-    if (rc == 0)
-        rc = walq__reg_new_slot(&c->rg, c->pconn, consistent);
-    if (rc != 0)
-        return rc;
-    /*
-     * The generations sealed before the snapshot are in the backlog whole:
-     * they are passed once the backlog is recorded.
-     */
-    walq__seals_reset(&c->seals);
-    walq__seals_note(&c->seals, consistent, sealed);
-    c->bf_txn = walq__txnq_open(&c->txq, consistent);
-    if (c->bf_txn == NULL)
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    c->backfilling = 1;
-    c->sync_end = consistent;
-    c->txq.safe_lsn = cursor < consistent ? cursor : consistent;
-    walq__reader_skip_to(&c->rd, consistent);
-    walq__info(&c->log, "created slot \"%s\" at %s; reading the backlog from walq.jobs", c->slot,
-               walq__lsn_format(consistent, lsn));
-    return 0;
-}
-
-/* The slot is whole and the cursor synced: stream from where it stopped. */
-static int resume(walq_consumer *c, const walq__slot_info *si, uint64_t cursor)
-{
-    char lsn[WALQ__LSN_BUFSZ];
-    uint64_t from = cursor > si->confirmed ? cursor : si->confirmed;
-    int64_t *ids;
-    size_t n;
-    int rc;
-
-    walq__reader_resume_at(&c->rd, from);
-    c->txq.safe_lsn = from;
-    rc = walq__reg_skips(&c->rg, c->pconn, cursor, &ids, &n);
-    if (rc != 0)
-        return rc;
-    walq__route_set_skip(&c->route, ids, n);
-    walq__debug(&c->log, "cursor %s, %zu jobs already recorded beyond it",
-                walq__lsn_format(cursor, lsn), n);
-    return 0;
-}
-
-/*
- * A slot that exists keeps its plugin, and naming another is an error; a
- * new one is made with the plugin asked for, pgoutput when none is.
- */
-static int choose_plugin(walq_consumer *c, const walq__slot_info *si)
-{
-    int asked = c->plugin[0] != '\0' && strcmp(c->plugin, "auto") != 0;
-
-    if (!si->exists) {
-        walq__reader_use_plugin(&c->rd, asked ? c->plugin : "pgoutput");
-        return 0;
-    }
-    if (strcmp(si->plugin, "wal2json") != 0 && strcmp(si->plugin, "pgoutput") != 0)
-        return walq__error(WALQ_ESLOT, "Drop the slot, or choose another group name.",
-                           "replication slot \"%s\" exists but uses plugin \"%s\"; walq reads "
-                           "pgoutput and wal2json",
-                           c->slot, si->plugin);
-    if (asked && strcmp(si->plugin, c->plugin) != 0) {
-        char hint[512];
-
-        snprintf(hint, sizeof(hint),
-                 "Run without --plugin (or with --plugin %s) to go on reading it. To move the "
-                 "group to %s, stop its consumers and drop the slot (SELECT "
-                 "pg_drop_replication_slot('%s')): the next walq consume makes it with %s and "
-                 "reads the group's unfinished jobs from walq.jobs.",
-                 si->plugin, c->plugin, c->slot, c->plugin);
-        return walq__error(WALQ_EINVAL, hint,
-                           "replication slot \"%s\" was made with plugin %s, not %s", c->slot,
-                           si->plugin, c->plugin);
-    }
-    walq__reader_use_plugin(&c->rd, si->plugin);
-    return 0;
-}
-
-/* Resumes the slot, or resynchronizes from the table when it cannot. */
-static int start_reading(walq_consumer *c, const walq__slot_info *si, const walq__reg_reader *rs)
-{
-    int synced = rs->cursor >= rs->sync_lsn;
-    walq__pub_state pub = WALQ__PUB_OK;
-    int rc = choose_plugin(c, si);
-
-    if (rc != 0)
-        return rc;
-    if (c->standby && si->exists && si->synced)
-        return walq__error(WALQ_ESLOT,
-                           "Read the group from the primary (--source) until it fails over; once "
-                           "this standby is promoted, the group reads on from the copy here.",
-                           "replication slot \"%s\" on the standby is the copy of the "
-                           "primary's failover slot, which PostgreSQL lets nobody read before "
-                           "the standby is promoted",
-                           c->slot);
-    if (c->standby && c->o.failover_slot)
-        return walq__error(WALQ_EINVAL,
-                           "Give --failover-slot to a group read from the primary; a group read "
-                           "from a standby resynchronizes after a failover.",
-                           "replication slot \"%s\" cannot be a failover slot: its source is a "
-                           "standby, and failover slots live on the primary",
-                           c->slot);
-    if (c->o.failover_slot && si->exists && !si->lost && !si->failover) {
-        rc = walq__reader_set_failover(&c->rd);
-        if (rc != 0)
-            return rc;
-        walq__info(&c->log, "replication slot \"%s\" is a failover slot now", c->slot);
-    }
-    walq__debug(&c->log, "reading with %s", walq__reader_plugin(&c->rd));
-    if (c->rd.pgoutput && si->exists && !si->lost && synced && !rs->queues_changed) {
-        walq__pub_spec spec = pub_spec(c);
-
-        rc = walq__pub_check(c->sconn, &spec, &pub);
-        if (rc != 0)
-            return rc;
-        if (pub == WALQ__PUB_MISSING)
-            walq__warn(&c->log,
-                       "publication \"%s\" of replication slot \"%s\" is missing; making it "
-                       "anew and resynchronizing the group from walq.jobs",
-                       c->slot, c->slot);
-    }
-    if (si->exists && !si->lost && synced && !rs->queues_changed && pub == WALQ__PUB_OK)
-        return resume(c, si, rs->cursor);
-    if (synced && !si->exists)
-        walq__warn(&c->log,
-                   "replication slot \"%s\" is missing; recreating it and resynchronizing the "
-                   "group from walq.jobs",
-                   c->slot);
-    else if (synced && si->lost)
-        walq__warn(&c->log,
-                   "replication slot \"%s\" was invalidated; recreating it and resynchronizing "
-                   "the group from walq.jobs",
-                   c->slot);
-    else if (synced && rs->queues_changed)
-        walq__info(&c->log, "queues changed; resynchronizing the group from walq.jobs");
-    else if (rs->source_changed)
-        walq__warn(&c->log,
-                   "the reader was last read from another source server; resynchronizing the "
-                   "group from walq.jobs (a slot \"%s\" left on the old source holds WAL there "
-                   "until it is dropped)",
-                   c->slot);
-    return resync(c, si, rs->cursor);
-}
-
-/* --drain: the end of what is drained is where the source's WAL is now. */
-static int prepare_drain(walq_consumer *c)
-{
-    char lsn[WALQ__LSN_BUFSZ];
-    int rc = walq__source_wal_lsn(c->sconn, &c->rd.drain_target);
-
-    if (rc == 0)
-        walq__debug(&c->log, "draining up to %s", walq__lsn_format(c->rd.drain_target, lsn));
-    return rc;
-}
-
-static int setup(walq_consumer *c)
-{
-    char source_id[32] = "";
-    walq__slot_info si;
-    walq__reg_reader rs = {0};
-    int rc;
-
-    watch(c, WALQ_STATE_STARTING);
-    rc = connect_both(c, source_id, sizeof(source_id));
-    if (rc == 0)
-        rc = take_reader(c, source_id, &rs);
-    if (rc == 0 && !c->rd.stop_req)
-        rc = wait_for_slot(c, &si);
-    if (rc != 0 || c->rd.stop_req)
-        return rc;
-    rc = walq__reader_connect(&c->rd);
-    if (rc == 0)
-        rc = start_reading(c, &si, &rs);
-    if (rc == 0)
-        rc = load_timers(c, 0, walq__wall_us() + c->sched.cfg.timer_horizon_us);
-    if (rc == 0 && c->o.drain)
-        rc = prepare_drain(c);
-    if (rc == 0 && !c->backfilling) {
-        PQfinish(c->sconn);
-        c->sconn = NULL;
-    }
-    return rc;
-}
-
-/* ------------------------------------------------------------------ */
 /* The loop, phase by phase                                            */
 
 /* Reconnects the primary when due. */
@@ -1452,7 +797,8 @@ static int phase_take_in(walq_consumer *c, int64_t now, int64_t wall)
 
     if (rc == 0 && c->pconn && walq__sched_timers_wanted(&c->sched, wall) && c->ack.n == 0 &&
         !c->ack.inflight && in_ack_waiting(c) == 0)
-        rc = load_timers(c, c->sched.timers_until, wall + c->sched.cfg.timer_horizon_us);
+        rc = walq__consumer_load_timers(c, c->sched.timers_until,
+                                        wall + c->sched.cfg.timer_horizon_us);
     if (rc == 0 && c->backfilling && c->pconn && !walq__sched_full(&c->sched))
         rc = backfill_page(c);
     if (rc == 0 && !c->backfilling && c->pconn && walq__reader_start_due(&c->rd, now))
@@ -1513,7 +859,7 @@ static int renew_lease(walq_consumer *c, int64_t now)
         c->fenced = 1;
         return WALQ_EBUSY;
     }
-    lease_renewed(c, now);
+    walq__consumer_lease_renewed(c, now);
     return 0;
 }
 
@@ -1562,7 +908,7 @@ static int phase_tick(walq_consumer *c, int64_t now, int stopping)
             walq__conn_name(c->pconn, name, sizeof(name)), (double)c->waiter.timeout_us / 1e6);
     }
     if (rc == 0 && !stopping && c->pconn != NULL && now >= c->next_maintain) {
-        rc = settle_acks(c);
+        rc = walq__consumer_settle_acks(c);
         if (rc == 0 && c->pconn != NULL)
             rc = walq__reg_maintain(c->pconn, &c->maintain_us);
         if (rc == 0 && c->pconn != NULL)
@@ -1697,100 +1043,6 @@ static void publish(walq_consumer *c)
     walq__metrics_publish(c->m, &g);
 }
 
-walq__metrics *walq__consumer_metrics(walq_consumer *c)
-{
-    return c->m;
-}
-
-/*
- * What a reload may change while the consumer runs, with the names its log
- * gives them (docs/c-api.md lists them).  The other fields of the options
- * are fixed when the consumer is opened.
- */
-#define RELOADED(XX)                                                                               \
-    XX(concurrency, "concurrency", int)                                                            \
-    XX(timeout_ms, "timeout_ms", int64_t)                                                          \
-    XX(backoff_min_ms, "backoff_min_ms", int64_t)                                                  \
-    XX(backoff_max_ms, "backoff_max_ms", int64_t)                                                  \
-    XX(batch_size, "batch_size", int)                                                              \
-    XX(ack_delay_ms, "ack_delay_ms", int64_t)                                                      \
-    XX(max_in_flight, "max_in_flight", int)                                                        \
-    XX(max_in_flight_bytes, "max_in_flight_bytes", int64_t)                                        \
-    XX(log_level, "log_level", int)
-
-int walq_consumer_reconfigure(walq_consumer *c, const walq_options *opts)
-{
-    walq__options conf;
-    int rc = walq__options_load(&conf, opts);
-    char b = 'r';
-
-    if (rc != 0)
-        return rc;
-    pthread_mutex_lock(&c->reconf_lock);
-    c->reconf = conf.o;
-    c->reconf_pending = 1;
-    pthread_mutex_unlock(&c->reconf_lock);
-    if (c->rd.wake[1] >= 0 && write(c->rd.wake[1], &b, 1) < 0) {
-        /* The loop's wake pipe, as walq_consumer_stop() uses it: a full one wakes it too. */
-    }
-    return 0;
-}
-
-/*
- * Applies the options of walq_consumer_reconfigure(), if any came: what
- * runs keeps its limits (a handler its deadline), what starts from now on
- * has the new ones.  The wait grows with the handlers' slots.
- */
-static int phase_settings(walq_consumer *c, walq__wait *w)
-{
-    walq__handler_limits lim;
-    walq_options n;
-    size_t fds;
-    int pending, rc = 0;
-
-    pthread_mutex_lock(&c->reconf_lock);
-    pending = c->reconf_pending;
-    n = c->reconf;
-    c->reconf_pending = 0;
-    pthread_mutex_unlock(&c->reconf_lock);
-    if (!pending)
-        return 0;
-    lim = (walq__handler_limits){n.concurrency, n.timeout_ms * 1000, n.batch_size,
-                                 n.ack_delay_ms * 1000};
-    if (c->h->ops->set_limits != NULL && (rc = c->h->ops->set_limits(c->h, &lim)) < 0)
-        return rc;
-    if (rc == 1 && n.concurrency != c->o.concurrency) {
-        walq__warn(&c->log,
-                   "a coprocess handler stops no worker while it runs: concurrency %d takes a "
-                   "restart; keeping %d workers",
-                   n.concurrency, c->o.concurrency);
-        n.concurrency = c->o.concurrency;
-    }
-#define WALQ__RELOAD_LOG(field, name, type)                                                        \
-    if (n.field != c->o.field)                                                                     \
-        walq__info(&c->log, "%s changed from %lld to %lld", name, (long long)c->o.field,           \
-                   (long long)n.field);                                                            \
-    c->o.field = n.field;
-    RELOADED(WALQ__RELOAD_LOG)
-#undef WALQ__RELOAD_LOG
-    c->log.level = c->o.log_level;
-    c->ack_delay_us = c->o.ack_delay_ms * 1000;
-    c->sched.cfg.backoff_min_us = c->o.backoff_min_ms * 1000;
-    c->sched.cfg.backoff_max_us = c->o.backoff_max_ms * 1000;
-    c->sched.cfg.max_in_flight = (size_t)c->o.max_in_flight;
-    c->sched.cfg.max_bytes = (size_t)c->o.max_in_flight_bytes;
-    fds = 1 + c->h->ops->max_fds(c->h);
-    if (w->cap < 2 + fds) {
-        walq__wait bigger;
-
-        if (walq__wait_init(&bigger, fds) != 0)
-            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-        walq__wait_free(w);
-        *w = bigger;
-    }
-    return 0;
-}
-
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq_consumer *c, walq__wait *w)
 {
@@ -1801,8 +1053,8 @@ static int turn(walq_consumer *c, walq__wait *w)
         kill_all(c);
         return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
-    watch(c, loop_state(c));
-    rc = phase_settings(c, w);
+    walq__consumer_watch_state(c, loop_state(c));
+    rc = walq__consumer_phase_settings(c, w);
     if (rc == 0)
         rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
@@ -1865,7 +1117,7 @@ static int loop(walq_consumer *c)
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
-static void reset_memory(walq_consumer *c)
+void walq__consumer_reset_memory(walq_consumer *c)
 {
     kill_all(c);
     /* A batch in flight is abandoned with the connection: back with the rest. */
@@ -1895,7 +1147,7 @@ static void reset_memory(walq_consumer *c)
     walq__seals_forget(&c->seals);
 }
 
-static void close_all(walq_consumer *c)
+void walq__consumer_close_all(walq_consumer *c)
 {
     walq__reader_close(&c->rd);
     if (c->sconn)
@@ -1930,7 +1182,7 @@ static int wait_tick(void *arg)
 
     settle_durable(c);
     walq__reader_tick(&c->rd, now, 0);
-    watch_again(c);
+    walq__consumer_watch_again(c);
     if (c->h->ops->kill_overdue != NULL)
         c->h->ops->kill_overdue(c->h, now);
     return c->rd.stop_req == 2;
@@ -1948,7 +1200,7 @@ static int setup_again(walq_consumer *c, int rc, walq__retry *again)
         return 0;
     walq__retry_failed(again, &c->log);
     while (!walq__retry_due(again, walq__mono_us())) {
-        watch(c, WALQ_STATE_RECONNECTING);
+        walq__consumer_watch_state(c, WALQ_STATE_RECONNECTING);
         if (walq__reader_nap(&c->rd, 100))
             return 0;
     }
@@ -1964,73 +1216,23 @@ int walq_consumer_run(walq_consumer *c)
     c->errmsg[0] = '\0';
     c->reached = 0;
     for (;;) {
-        rc = setup(c);
+        rc = walq__consumer_setup(c);
         if (rc == 0)
             rc = loop(c);
         if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced || setup_again(c, rc, &again)) ||
             c->rd.stop_req)
             break;
         /* Everything recorded is safe in the table; the rest comes back. */
-        reset_memory(c);
-        close_all(c);
+        walq__consumer_reset_memory(c);
+        walq__consumer_close_all(c);
     }
     if (rc != 0)
         set_errmsg(c);
-    reset_memory(c);
+    walq__consumer_reset_memory(c);
     release_lease(c);
-    close_all(c);
+    walq__consumer_close_all(c);
     walq__waiter_set(old);
     return rc;
-}
-
-/* ------------------------------------------------------------------ */
-/* Opening and freeing                                                 */
-
-static char **copy_strv(const char *const *v, size_t n)
-{
-    char **out = calloc(n + 1, sizeof(*out));
-
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        out[i] = walq__strdup(v[i]);
-        if (out[i] == NULL) {
-            for (size_t k = 0; k < i; k++)
-                free(out[k]);
-            free(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
-static void free_strv(char **v)
-{
-    if (v == NULL)
-        return;
-    for (char **p = v; *p; p++)
-        free(*p);
-    free(v);
-}
-
-/* The slot's name and the log's prefix: the group, and the partition if split. */
-static int name_reader(walq_consumer *c)
-{
-    int k = c->o.partition, n = c->o.partitions > 0 ? c->o.partitions : 1, len;
-
-    if (n == 1) {
-        snprintf(c->slot, sizeof(c->slot), "walq_%s", c->group);
-        snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\": ", c->group);
-        return 0;
-    }
-    len = snprintf(c->slot, sizeof(c->slot), "walq_%s_%dof%d", c->group, k, n);
-    if (len < 0 || (size_t)len >= sizeof(c->slot))
-        return walq__error(WALQ_EINVAL,
-                           "Slot names have at most 63 characters; choose a shorter group name.",
-                           "consumer group name \"%s\" is too long for %d partitions", c->group, n);
-    snprintf(c->log.prefix, sizeof(c->log.prefix), "group \"%s\" partition %d/%d: ", c->group, k,
-             n);
-    return 0;
 }
 
 static const char *const plugin_options[] = {
@@ -2040,7 +1242,7 @@ static const char *const plugin_options[] = {
     NULL};
 
 /* The stages, configured from the options (in the current version's terms). */
-static int make_stages(walq_consumer *c, const walq__options *conf)
+int walq__consumer_make_stages(walq_consumer *c, const walq__options *conf)
 {
     const walq_options *o = &c->o;
     walq__reader_config rcfg = {
@@ -2105,96 +1307,4 @@ static int make_stages(walq_consumer *c, const walq__options *conf)
     c->h->group = c->group;
     c->h->pass_env = (const char *const *)c->pass_env;
     return 0;
-}
-
-int walq_consumer_open(walq_consumer **out, const walq_options *opts)
-{
-    walq_consumer *c;
-    walq__options conf;
-    size_t argc = 0, npass = 0;
-    int rc, runs_program;
-
-    *out = NULL;
-    rc = walq__options_load(&conf, opts);
-    if (rc != 0)
-        return rc;
-    /* From here on, the options in the current version's terms. */
-    opts = &conf.o;
-    runs_program = opts->handler == WALQ_HANDLER_EXEC || opts->handler == WALQ_HANDLER_COPROCESS;
-    if (runs_program)
-        while (opts->argv[argc])
-            argc++;
-    c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    c->rd.wake[0] = c->rd.wake[1] = -1;
-    pthread_mutex_init(&c->reconf_lock, NULL);
-    c->o = *opts;
-    c->source = walq__strdup(opts->source ? opts->source : "");
-    c->primary = walq__strdup(opts->primary ? opts->primary : "");
-    c->group = walq__strdup(opts->group);
-    c->queues = copy_strv(opts->queues, opts->nqueues);
-    c->argv = runs_program ? copy_strv(opts->argv, argc) : NULL;
-    c->sql = walq__strdup(opts->sql);
-    while (opts->pass_env != NULL && opts->pass_env[npass] != NULL)
-        npass++;
-    c->pass_env = npass ? copy_strv(opts->pass_env, npass) : NULL;
-    c->o.pass_env = NULL; /* borrowed from the caller: c->pass_env is the copy */
-    c->log.fn = opts->log;
-    c->log.fn_v1 = conf.log_v1;
-    c->log.arg = opts->log_payload;
-    c->log.level = opts->log_level;
-    c->route.queues = (const char *const *)c->queues;
-    c->route.nqueues = opts->nqueues;
-    c->route.partition = opts->partition;
-    c->route.partitions = opts->partitions > 0 ? opts->partitions : 1;
-    c->ack_delay_us = opts->ack_delay_ms * 1000;
-    snprintf(c->plugin, sizeof(c->plugin), "%s", opts->plugin ? opts->plugin : "");
-    c->o.plugin = NULL; /* borrowed from the caller: c->plugin is the copy */
-    if (!c->source || !c->primary || !c->group || !c->queues || (runs_program && !c->argv) ||
-        (opts->sql && !c->sql) || (npass && !c->pass_env))
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    if (rc == 0)
-        rc = name_reader(c);
-    if (rc == 0 && (c->m = walq__metrics_new("consume", c->group, c->slot, c->route.partition,
-                                             c->route.partitions, (const char *const *)c->queues,
-                                             opts->nqueues)) == NULL)
-        rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
-    if (rc == 0)
-        rc = make_stages(c, &conf);
-    if (rc == 0 && conf.version == 1)
-        rc = walq__v1_consumer_add(c);
-    if (rc != 0) {
-        walq_consumer_free(c);
-        return rc;
-    }
-    *out = c;
-    return 0;
-}
-
-void walq_consumer_free(walq_consumer *c)
-{
-    if (c == NULL)
-        return;
-    walq__v1_consumer_del(c);
-    if (c->h != NULL) {
-        reset_memory(c);
-        c->h->ops->free(c->h);
-    }
-    close_all(c);
-    walq__sched_free(&c->sched);
-    walq__route_free(&c->route);
-    walq__ack_free(&c->ack);
-    walq__reader_free(&c->rd);
-    walq__metrics_free(c->m);
-    free(c->tent);
-    free(c->sql);
-    free(c->source);
-    free(c->primary);
-    free(c->group);
-    free_strv(c->queues);
-    free_strv(c->argv);
-    free_strv(c->pass_env);
-    pthread_mutex_destroy(&c->reconf_lock);
-    free(c);
 }
