@@ -16,6 +16,20 @@
 #include "publication.h"
 
 /*
+ * A command is checked against what the primary records: the ack in flight
+ * settles first, so that the check sees it.  0, or an error (WALQ_ECONN
+ * without a primary).
+ */
+static int primary_settled(walq_consumer *c)
+{
+    int rc = walq__consumer_settle_acks(c);
+
+    if (rc == 0 && c->pconn == NULL)
+        rc = WALQ_ECONN;
+    return rc;
+}
+
+/*
  * `walq job cancel`: the job, if it is still waiting here, never runs.  The
  * outcome is recorded already; the job only goes through the ack batch to let
  * its transaction go.
@@ -29,16 +43,14 @@ static int cancel_job(walq_consumer *c, int64_t id)
         walq__info(&c->log, "job %lld cancelled (not waiting here)", (long long)id);
         return 0;
     }
-    rc = walq__consumer_settle_acks(c);
-    if (rc != 0)
-        return rc;
     /*
      * Only a job whose outcome walq.cancel_job recorded is dropped: a
      * replayed command may be stale (a retry can have come after it), and
      * a command is not trusted without its outcome.
      */
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
+    rc = primary_settled(c);
+    if (rc != 0)
+        return rc;
     rc = walq__reg_cancelled(&c->rg, c->pconn, id, &cancelled);
     if (rc != 0)
         return rc;
@@ -69,11 +81,9 @@ static int retry_job(walq_consumer *c, const walq__reader_txn *t, int64_t id)
     /* Another reader's, or here already and not finished: it runs once. */
     if (!walq__route_mine(&c->route, id) || walq__sched_has(&c->sched, id))
         return 0;
-    rc = walq__consumer_settle_acks(c);
+    rc = primary_settled(c);
     if (rc != 0)
         return rc;
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
     rc = walq__reg_retried(&c->rg, c->pconn, id, &res);
     if (rc != 0)
         return rc;
@@ -105,11 +115,9 @@ static int seal_noted(walq_consumer *c, const walq__reader_txn *t, int64_t gener
     int rc, valid = 0;
 
     /* An ack may be in flight on the primary's connection. */
-    rc = walq__consumer_settle_acks(c);
+    rc = primary_settled(c);
     if (rc != 0)
         return rc;
-    if (c->pconn == NULL)
-        return WALQ_ECONN;
     rc = walq__reg_seal_valid(c->pconn, generation, &valid, &opened);
     if (rc != 0)
         return rc;
