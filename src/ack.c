@@ -32,6 +32,9 @@
  * reader's lock again: the same jobs are then sent again.  A final outcome
  * row is never written twice; a batch's jobs are left out when a batch of
  * the group written since the cursor the consumer knows ($15) has them.
+ * Whether any such batch overlaps the ids' range ($18 to $19) is asked once
+ * per statement; only then is each id looked for (a replay is rare, and the
+ * look per id cost the primary more than the rest of the batch).
  *
  * Everything is written only while the reader is at this process's epoch
  * ($16): f updates the reader's row at that epoch, or finds none (another
@@ -54,10 +57,13 @@
     "   WHERE status <> 'cancelled' AND EXISTS (SELECT FROM f)"                                    \
     "), d AS (SELECT * FROM unnest($10::bigint[], $13::int[]) AS d(id, generation)"                \
     "   WHERE EXISTS (SELECT FROM f)"                                                              \
-    "     AND NOT EXISTS (SELECT 1 FROM walq.outcome_batches b"                                    \
-    "                      WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                        \
-    "                        AND b.generation = d.generation AND b.last_id >= d.id"                \
-    "                        AND b.first_id <= d.id AND d.id = ANY (b.job_ids))"                   \
+    "     AND (NOT EXISTS (SELECT FROM walq.outcome_batches b"                                     \
+    "                       WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                       \
+    "                         AND b.last_id >= $18::bigint AND b.first_id <= $19::bigint)"         \
+    "          OR NOT EXISTS (SELECT 1 FROM walq.outcome_batches b"                                \
+    "                          WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                    \
+    "                            AND b.generation = d.generation AND b.last_id >= d.id"            \
+    "                            AND b.first_id <= d.id AND d.id = ANY (b.job_ids)))"              \
     "), x AS (SELECT min(id) AS lo, max(id) AS hi, array_agg(id) AS b FROM d"                      \
     "), batch AS ("                                                                                \
     "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn, generation)" \
@@ -300,6 +306,11 @@ static int build(walq__ack *a, const char *group, const char *slot, uint64_t cur
     snprintf(a->epoch_text, sizeof(a->epoch_text), "%lld", (long long)a->epoch);
     params[15] = a->epoch_text;
     params[16] = a->lease;
+    snprintf(a->lo_text, sizeof(a->lo_text), "%lld", ndone ? (long long)a->done[0].id : 0LL);
+    params[17] = a->lo_text;
+    snprintf(a->hi_text, sizeof(a->hi_text), "%lld",
+             ndone ? (long long)a->done[ndone - 1].id : -1LL);
+    params[18] = a->hi_text;
     *which = dedup;
     return 0;
 }

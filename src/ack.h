@@ -29,6 +29,7 @@ typedef struct walq__ack {
     walq__ack_done *done;
     size_t done_cap;
     char cursor_text[32], done_lsn_text[32], sealed_text[32], known_text[32], epoch_text[32];
+    char lo_text[24], hi_text[24]; /* the batch's lowest and highest done id */
     /*
      * The batch of the statement in flight (walq__ack_send), while the next
      * one gathers in jobs.  At most one statement is in flight.
@@ -66,7 +67,7 @@ typedef struct walq__ack {
 int walq__ack_add(walq__ack *a, walq__job *job);
 
 /* The ack statement's parameters. */
-#define WALQ__ACK_PARAMS 17
+#define WALQ__ACK_PARAMS 19
 
 /*
  * Writes the batch, the cursor and the last generation whose seal the
