@@ -64,7 +64,6 @@
     "                          WHERE b.group_name = $1 AND b.lsn > $15::pg_lsn"                    \
     "                            AND b.generation = d.generation AND b.last_id >= d.id"            \
     "                            AND b.first_id <= d.id AND d.id = ANY (b.job_ids)))"              \
-    "), x AS (SELECT min(id) AS lo, max(id) AS hi, array_agg(id) AS b FROM d"                      \
     "), batch AS ("                                                                                \
     "  INSERT INTO walq.outcome_batches (group_name, first_id, last_id, job_ids, lsn, generation)" \
     "  SELECT $1, min(id), max(id), array_agg(id ORDER BY id), $11::pg_lsn, generation"            \
@@ -72,9 +71,8 @@
     "), fix AS ("                                                                                  \
     "  UPDATE walq.outcomes t SET status = 'done', attempts = 1, last_error = NULL,"               \
     "         run_at = NULL, updated_at = now()"                                                   \
-    "    FROM x"                                                                                   \
-    "   WHERE t.group_name = $1 AND t.job_id BETWEEN x.lo AND x.hi"                                \
-    "     AND t.job_id = ANY (x.b) AND t.status IN ('queued', 'scheduled')"                        \
+    "   WHERE t.group_name = $1 AND t.job_id BETWEEN $18::bigint AND $19::bigint"                  \
+    "     AND t.status IN ('queued', 'scheduled') AND t.job_id IN (SELECT id FROM d)"              \
     "), up AS ("                                                                                   \
     "  INSERT INTO walq.outcomes AS t (group_name, job_id, status, attempts, last_error, run_at,"  \
     "                                  lsn, generation)"                                           \
