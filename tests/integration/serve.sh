@@ -49,8 +49,13 @@ assert_eq "$CAP_OUT" 200 "/healthz answers 200"
 assert_eq "$(cat "$WORK/health")" ok "/healthz says ok"
 
 # -- /metrics against SQL ----------------------------------------------------
+# slot_sql COLUMN: "wal=W SLOT=P ...": the server's WAL position and each
+# slot's COLUMN, in bytes.  Both only move forward, so a lag the scrape
+# computed at any moment between two readings is at least the first W less
+# the second P, and at most the second W less the first P.
 slot_sql() {
-    q "SELECT string_agg(slot_name || '=' || pg_wal_lsn_diff(pg_current_wal_lsn(), $1)::bigint, ' '
+    q "SELECT 'wal=' || pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint || ' ' ||
+              string_agg(slot_name || '=' || pg_wal_lsn_diff($1, '0/0')::bigint, ' '
                          ORDER BY slot_name)
          FROM pg_replication_slots WHERE slot_name LIKE 'walq_g%'"
 }
@@ -105,14 +110,16 @@ assert_eq "$(metric walq_reader_live 'group="gb",partition="1"')" 0 "walq_reader
 assert_eq "$(metric walq_slot_active 'group="ga",partition="0",slot="walq_ga"')" 1 "walq_slot_active: ga"
 assert_eq "$(metric walq_slot_active 'group="gb",partition="0",slot="walq_gb_0of2"')" 0 "walq_slot_active: gb"
 
-# within NAME LABELS SLOT BEFORE AFTER: the sample lies between what SQL said
-# for the slot just before and just after the scrape.
+# within NAME LABELS SLOT BEFORE AFTER: the sample lies within what SQL's
+# readings just before and just after the scrape allow (slot_sql).
 within() {
     local v lo hi
+    pos() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
     v=$(metric "$1" "$2")
-    lo=$(tr ' ' '\n' <<<"$4" | sed -n "s/^$3=//p")
-    hi=$(tr ' ' '\n' <<<"$5" | sed -n "s/^$3=//p")
-    [ "$v" -ge "$lo" ] && [ "$v" -le "$hi" ] || fail "$1{$2} is $v; SQL said $lo before and $hi after"
+    lo=$(($(pos "$4" wal) - $(pos "$5" "$3")))
+    hi=$(($(pos "$5" wal) - $(pos "$4" "$3")))
+    [ "$lo" -ge 0 ] || lo=0
+    [ "$v" -ge "$lo" ] && [ "$v" -le "$hi" ] || fail "$1{$2} is $v; SQL allows $lo to $hi"
     pass "$1{$2} = $v, between $lo and $hi by SQL"
 }
 for spec in 'ga 0 walq_ga' 'gb 0 walq_gb_0of2' 'gb 1 walq_gb_1of2'; do
