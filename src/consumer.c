@@ -7,8 +7,8 @@
  * The slot's confirmed position only moves past transactions all of whose
  * jobs have an outcome committed on the primary.  What each stage decides
  * lives with that stage; the statements the consumer runs are in registry.c.
- * Set-up, the stream's commands and the public functions are in files of
- * their own (consumer_int.h lists them).
+ * The public functions, set-up and what the reader hands over are in files
+ * of their own, above this one (consumer_int.h lists them).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -26,11 +26,6 @@
 
 /* The most of a handler's error text that is kept, in bytes. */
 #define LAST_ERROR_MAX 2048
-
-static void set_errmsg(walq_consumer *c)
-{
-    snprintf(c->errmsg, sizeof(c->errmsg), "%s", walq_last_error());
-}
 
 /* Tells the owner's watch callback, when it is due, what the consumer is doing. */
 void walq__consumer_watch_state(walq_consumer *c, walq_state st)
@@ -161,7 +156,7 @@ int walq__consumer_take(walq_consumer *c, const walq__job_row *row, walq__txn *t
 }
 
 /* The handler's report of an attempt: settle the job, queue its outcome. */
-static int on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
+int walq__consumer_on_done(void *arg, walq__job *job, walq__verdict v, const char *err)
 {
     walq_consumer *c = arg;
     int64_t run_at = 0;
@@ -202,7 +197,7 @@ static tentative *tentative_next(walq_consumer *c, walq__job *job)
     return t;
 }
 
-static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *err)
+int walq__consumer_on_decided(void *arg, walq__job *job, walq__verdict v, const char *err)
 {
     walq_consumer *c = arg;
     tentative *t = tentative_next(c, job);
@@ -230,7 +225,7 @@ static int on_decided(void *arg, walq__job *job, walq__verdict v, const char *er
  * go, as a cancelled one does, so that the outcome that stands is the only
  * one written.
  */
-static int on_recorded(void *arg, walq__job *job, walq__status st)
+int walq__consumer_on_recorded(void *arg, walq__job *job, walq__status st)
 {
     walq_consumer *c = arg;
     tentative *t = tentative_next(c, job);
@@ -291,7 +286,7 @@ static void tentative_undo(walq_consumer *c, size_t batch_before)
 }
 
 /* A job whose handler was killed: no outcome, it runs again after a restart. */
-static void on_abandon(void *arg, walq__job *job)
+void walq__consumer_on_abandon(void *arg, walq__job *job)
 {
     walq_consumer *c = arg;
 
@@ -330,6 +325,35 @@ static void primary_lost(walq_consumer *c)
      */
     if (c->rd.st.conn != NULL)
         walq__reader_lost(&c->rd);
+}
+
+/*
+ * A plain connection of the consumer's: it does not block on sends (waits
+ * are walq__wait_result's, bounded), and its statements are bounded too.
+ * *pooled: it goes through a connection pooler.
+ */
+int walq__consumer_connect_session(walq_consumer *c, PGconn **conn, const char *conninfo,
+                                   int *pooled)
+{
+    int rc = walq__connect(conn, conninfo, WALQ__CONN_SQL, "walq consume");
+
+    if (rc == 0 && PQsetnonblocking(*conn, 1) != 0)
+        rc = walq__error(WALQ_ECONN, NULL, "could not make a connection non-blocking");
+    if (rc == 0)
+        rc = walq__reg_session(*conn, c->o.primary_timeout_ms, pooled);
+    return rc;
+}
+
+/* The primary's session; through a pooler the acks carry what they need. */
+int walq__consumer_connect_primary_session(walq_consumer *c)
+{
+    int rc = walq__consumer_connect_session(c, &c->pconn, c->primary, &c->pooled);
+
+    c->ack.pooled = c->pooled;
+    c->ack.lease = c->pooled ? c->lease_text : NULL;
+    snprintf(c->ack.timeout_text, sizeof(c->ack.timeout_text), "%lld",
+             (long long)c->o.primary_timeout_ms);
+    return rc;
 }
 
 /* The lease is renewed a third of its length after it was last. */
@@ -541,70 +565,6 @@ static int acks_due(const walq_consumer *c, int64_t now, int stopping)
 
 /* ------------------------------------------------------------------ */
 /* What the reader hands over                                          */
-
-static int on_begin(void *arg, const walq__reader_txn *t)
-{
-    walq_consumer *c = arg;
-
-    c->cur = walq__txnq_open(&c->txq, t->end_lsn);
-    return c->cur ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
-}
-
-static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, uint64_t wal_start)
-{
-    walq_consumer *c = arg;
-    walq__job_row row;
-    int rc;
-
-    (void)wal_start;
-    if (ch->action != WALQ__ACT_INSERT || ch->schema == NULL || ch->table == NULL)
-        return 0;
-    if (strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "commands") == 0)
-        return walq__consumer_on_command(c, t, ch);
-    /*
-     * The stream names the partition of walq.jobs a job went to (the table
-     * itself before generations, in WAL written before the upgrade).
-     */
-    if (strcmp(ch->schema, "walq_jobs") != 0 &&
-        !(strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "jobs") == 0))
-        return 0;
-    rc = walq__route_job_row(ch, &row);
-    /* A job already in memory (a replay after a retry command, say) stays one. */
-    if (rc != 0 || !walq__route_takes(&c->route, row.id, row.queue) ||
-        walq__sched_has(&c->sched, row.id))
-        return rc;
-    return walq__consumer_take(c, &row, c->cur, t->end_lsn, 0);
-}
-
-static int on_commit(void *arg, const walq__reader_txn *t)
-{
-    walq_consumer *c = arg;
-
-    (void)t;
-    walq__txnq_close(&c->txq, c->cur);
-    c->cur = NULL;
-    return 0;
-}
-
-/* Between transactions: a keepalive may move the cursor when nothing is in flight. */
-static int on_idle(void *arg, uint64_t lsn)
-{
-    walq_consumer *c = arg;
-
-    walq__txnq_idle(&c->txq, lsn);
-    return c->txq.head == NULL;
-}
-
-/* Too much in memory: the stream waits. */
-static int on_paused(void *arg, int in_txn)
-{
-    walq_consumer *c = arg;
-
-    (void)in_txn;
-    return walq__sched_full(&c->sched);
-}
-
-static const walq__reader_ops reader_ops = {on_begin, on_row, on_commit, on_idle, on_paused};
 
 /* ------------------------------------------------------------------ */
 /* Taking jobs in: timers, the backlog, the stream                     */
@@ -1043,6 +1003,77 @@ static void publish(walq_consumer *c)
     walq__metrics_publish(c->m, &g);
 }
 
+/*
+ * What a reload may change while the consumer runs, with the names its log
+ * gives them (docs/c-api.md lists them).  The other fields of the options
+ * are fixed when the consumer is opened.
+ */
+#define RELOADED(XX)                                                                               \
+    XX(concurrency, "concurrency", int)                                                            \
+    XX(timeout_ms, "timeout_ms", int64_t)                                                          \
+    XX(backoff_min_ms, "backoff_min_ms", int64_t)                                                  \
+    XX(backoff_max_ms, "backoff_max_ms", int64_t)                                                  \
+    XX(batch_size, "batch_size", int)                                                              \
+    XX(ack_delay_ms, "ack_delay_ms", int64_t)                                                      \
+    XX(max_in_flight, "max_in_flight", int)                                                        \
+    XX(max_in_flight_bytes, "max_in_flight_bytes", int64_t)                                        \
+    XX(log_level, "log_level", int)
+
+/*
+ * Applies the options of walq_consumer_reconfigure(), if any came: what
+ * runs keeps its limits (a handler its deadline), what starts from now on
+ * has the new ones.  The wait grows with the handlers' slots.
+ */
+static int phase_settings(walq_consumer *c, walq__wait *w)
+{
+    walq__handler_limits lim;
+    walq_options n;
+    size_t fds;
+    int pending, rc = 0;
+
+    pthread_mutex_lock(&c->reconf_lock);
+    pending = c->reconf_pending;
+    n = c->reconf;
+    c->reconf_pending = 0;
+    pthread_mutex_unlock(&c->reconf_lock);
+    if (!pending)
+        return 0;
+    lim = (walq__handler_limits){n.concurrency, n.timeout_ms * 1000, n.batch_size,
+                                 n.ack_delay_ms * 1000};
+    if (c->h->ops->set_limits != NULL && (rc = c->h->ops->set_limits(c->h, &lim)) < 0)
+        return rc;
+    if (rc == 1 && n.concurrency != c->o.concurrency) {
+        walq__warn(&c->log,
+                   "a coprocess handler stops no worker while it runs: concurrency %d takes a "
+                   "restart; keeping %d workers",
+                   n.concurrency, c->o.concurrency);
+        n.concurrency = c->o.concurrency;
+    }
+#define WALQ__RELOAD_LOG(field, name, type)                                                        \
+    if (n.field != c->o.field)                                                                     \
+        walq__info(&c->log, "%s changed from %lld to %lld", name, (long long)c->o.field,           \
+                   (long long)n.field);                                                            \
+    c->o.field = n.field;
+    RELOADED(WALQ__RELOAD_LOG)
+#undef WALQ__RELOAD_LOG
+    c->log.level = c->o.log_level;
+    c->ack_delay_us = c->o.ack_delay_ms * 1000;
+    c->sched.cfg.backoff_min_us = c->o.backoff_min_ms * 1000;
+    c->sched.cfg.backoff_max_us = c->o.backoff_max_ms * 1000;
+    c->sched.cfg.max_in_flight = (size_t)c->o.max_in_flight;
+    c->sched.cfg.max_bytes = (size_t)c->o.max_in_flight_bytes;
+    fds = 1 + c->h->ops->max_fds(c->h);
+    if (w->cap < 2 + fds) {
+        walq__wait bigger;
+
+        if (walq__wait_init(&bigger, fds) != 0)
+            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
+        walq__wait_free(w);
+        *w = bigger;
+    }
+    return 0;
+}
+
 /* One turn of the loop: 0 to go on, 1 when done, or an error. */
 static int turn(walq_consumer *c, walq__wait *w)
 {
@@ -1054,7 +1085,7 @@ static int turn(walq_consumer *c, walq__wait *w)
         return walq__error(WALQ_ECANCELED, NULL, "stopped at once; unfinished jobs will run again");
     }
     walq__consumer_watch_state(c, loop_state(c));
-    rc = walq__consumer_phase_settings(c, w);
+    rc = phase_settings(c, w);
     if (rc == 0)
         rc = phase_reconnect(c, now);
     if (rc == 0 && !stopping)
@@ -1103,7 +1134,7 @@ static int recover(walq_consumer *c, int rc)
     }
 }
 
-static int loop(walq_consumer *c)
+int walq__consumer_loop(walq_consumer *c)
 {
     walq__wait w;
     int rc = walq__wait_init(&w, 1 + c->h->ops->max_fds(c->h));
@@ -1158,24 +1189,10 @@ void walq__consumer_close_all(walq_consumer *c)
 }
 
 /*
- * A lease is let go at the end, so that a consumer standing by takes the
- * reader over at once (unless another took it meanwhile: then the epoch is
- * not this process's, and nothing changes).
- */
-static void release_lease(walq_consumer *c)
-{
-    int held;
-
-    if (c->pooled && c->epoch > 0 && c->pconn != NULL && PQstatus(c->pconn) == CONNECTION_OK &&
-        !c->ack.inflight && walq__reg_lease(&c->rg, c->pconn, c->epoch, NULL, &held) != 0)
-        walq__debug(&c->log, "%s", walq_last_error());
-}
-
-/*
  * While the consumer waits on a server: status updates go on, handlers past
  * their timeout are killed, and a stop at once ends the wait.
  */
-static int wait_tick(void *arg)
+int walq__consumer_wait_tick(void *arg)
 {
     walq_consumer *c = arg;
     int64_t now = walq__mono_us();
@@ -1186,125 +1203,4 @@ static int wait_tick(void *arg)
     if (c->h->ops->kill_overdue != NULL)
         c->h->ops->kill_overdue(c->h, now);
     return c->rd.stop_req == 2;
-}
-
-/*
- * Set-up failed after both servers were reached (the primary read-only, a
- * lock timeout, a connection lost meanwhile): tried again with backoff, as
- * in the loop.  A failure to connect in the first place is the caller's to
- * see.  Returns whether to try again.
- */
-static int setup_again(walq_consumer *c, int rc, walq__retry *again)
-{
-    if (rc != WALQ_ECONN || !c->reached || c->rd.stop_req)
-        return 0;
-    walq__retry_failed(again, &c->log);
-    while (!walq__retry_due(again, walq__mono_us())) {
-        walq__consumer_watch_state(c, WALQ_STATE_RECONNECTING);
-        if (walq__reader_nap(&c->rd, 100))
-            return 0;
-    }
-    return 1;
-}
-
-int walq_consumer_run(walq_consumer *c)
-{
-    const walq__waiter *old = walq__waiter_set(&c->waiter);
-    walq__retry again = {0};
-    int rc;
-
-    c->errmsg[0] = '\0';
-    c->reached = 0;
-    for (;;) {
-        rc = walq__consumer_setup(c);
-        if (rc == 0)
-            rc = loop(c);
-        if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced || setup_again(c, rc, &again)) ||
-            c->rd.stop_req)
-            break;
-        /* Everything recorded is safe in the table; the rest comes back. */
-        walq__consumer_reset_memory(c);
-        walq__consumer_close_all(c);
-    }
-    if (rc != 0)
-        set_errmsg(c);
-    walq__consumer_reset_memory(c);
-    release_lease(c);
-    walq__consumer_close_all(c);
-    walq__waiter_set(old);
-    return rc;
-}
-
-static const char *const plugin_options[] = {
-    "format-version", "2", "include-xids", "1", "include-timestamp", "1", "include-lsn", "1",
-    /* Jobs are read by column name and JSON kind. */
-    "include-types", "0", "add-tables", "walq.jobs,walq_jobs.*,walq.commands", "actions", "insert",
-    NULL};
-
-/* The stages, configured from the options (in the current version's terms). */
-int walq__consumer_make_stages(walq_consumer *c, const walq__options *conf)
-{
-    const walq_options *o = &c->o;
-    walq__reader_config rcfg = {
-        c->source,       "walq consume", c->slot, plugin_options, o->status_interval_ms * 1000,
-        o->drain,        &reader_ops,    c,       &c->log,        c->slot,
-        o->failover_slot};
-    walq__sched_config sc = {(size_t)o->max_in_flight,   (size_t)o->max_in_flight_bytes,
-                             o->timer_horizon_ms * 1000, o->backoff_min_ms * 1000,
-                             o->backoff_max_ms * 1000,   &c->log};
-    int rc;
-
-    /* A little longer than the server's own statement and lock timeouts. */
-    c->waiter.timeout_us = o->primary_timeout_ms ? o->primary_timeout_ms * 1000 + 2000000 : 0;
-    /*
-     * A lease through a pooler outlasts two waits for the primary, so that
-     * one slow answer does not lose the reader; 30 s at least.
-     */
-    c->lease_us = 2 * c->waiter.timeout_us > 30000000 ? 2 * c->waiter.timeout_us : 30000000;
-    snprintf(c->lease_text, sizeof(c->lease_text), "%lld milliseconds",
-             (long long)(c->lease_us / 1000));
-    c->waiter.tick = wait_tick;
-    c->waiter.arg = c;
-    c->rg = (walq__registry){c->group,
-                             c->slot,
-                             c->route.partition,
-                             c->route.partitions,
-                             (const char *const *)c->queues,
-                             o->nqueues,
-                             &c->log,
-                             o->primary_timeout_ms,
-                             0};
-    walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
-    rc = walq__reader_init(&c->rd, &rcfg);
-    if (rc != 0)
-        return rc;
-    switch (o->handler) {
-    case WALQ_HANDLER_EXEC:
-        rc = walq__handler_exec_new(&c->h, c->argv, o->concurrency, (double)o->timeout_ms / 1e3);
-        break;
-    case WALQ_HANDLER_COPROCESS:
-        rc = walq__handler_coproc_new(&c->h, c->argv, o->concurrency, o->coprocess_inflight,
-                                      (double)o->timeout_ms / 1e3);
-        break;
-    case WALQ_HANDLER_CALLBACK:
-        rc = walq__handler_callback_new(&c->h, o->callback, conf->callback_v1, o->callback_payload);
-        break;
-    case WALQ_HANDLER_SQL:
-        rc = walq__handler_sql_new(&c->h, c->group, c->sql, o->batch_size, c->ack_delay_us);
-        break;
-    default:
-        rc = walq__handler_noop_new(&c->h);
-        break;
-    }
-    if (rc != 0)
-        return rc;
-    c->h->done = on_done;
-    c->h->decided = on_decided;
-    c->h->recorded = on_recorded;
-    c->h->abandon = on_abandon;
-    c->h->arg = c;
-    c->h->log = &c->log;
-    c->h->group = c->group;
-    c->h->pass_env = (const char *const *)c->pass_env;
-    return 0;
 }

@@ -1,16 +1,18 @@
 /*
  * Inside the consumer: its state, and the functions its files share.
  *
- *   consumer.c           the loop, its phases, and the jobs' way through
- *                        the stages (outcomes, acks, what the reader hands
- *                        over, timers and the backlog)
- *   consumer_setup.c     set-up: the two servers, the reader's row, the
- *                        slot and its plugin, resume or resynchronize
- *   consumer_commands.c  the rows of walq.commands the stream brings
- *   consumer_open.c      walq_consumer_open/free/reconfigure and the other
- *                        public functions
+ *   consumer_open.c    the public functions (open, run, reconfigure,
+ *                      free, ...) and the stages wired together
+ *   consumer_setup.c   set-up: the two servers, the reader's row, the slot
+ *                      and its plugin, resume or resynchronize
+ *   consumer_stream.c  what the reader hands over: transactions, job rows
+ *                      and the rows of walq.commands
+ *   consumer.c         the loop and its phases, and a job's way through the
+ *                      stages (outcomes, acks, the primary, timers, the
+ *                      backlog)
  *
- * Nothing outside these files includes it.
+ * Each file calls only those below it in this list.  Nothing outside them
+ * includes this header.
  */
 #ifndef WALQ_CONSUMER_INT_H
 #define WALQ_CONSUMER_INT_H
@@ -125,13 +127,25 @@ int walq__consumer_load_timers(walq_consumer *c, int64_t after, int64_t until);
 void walq__consumer_reset_memory(walq_consumer *c);
 /* Closes the stream and both sessions. */
 void walq__consumer_close_all(walq_consumer *c);
-/* The stages, configured from the options (in the current version's terms). */
-int walq__consumer_make_stages(walq_consumer *c, const walq__options *conf);
+/*
+ * A session to conninfo, checked and non-blocking; *pooled says it goes
+ * through a pooler.  0, or an error.
+ */
+int walq__consumer_connect_session(walq_consumer *c, PGconn **conn, const char *conninfo,
+                                   int *pooled);
+/* The primary's session; through a pooler the acks carry what they need. */
+int walq__consumer_connect_primary_session(walq_consumer *c);
+/* The loop, turn after turn, until it stops or fails: 0, or an error. */
+int walq__consumer_loop(walq_consumer *c);
+/* The handler's callbacks (handler.h), and what waits on a server do meanwhile (db.h). */
+int walq__consumer_on_done(void *arg, walq__job *job, walq__verdict v, const char *err);
+int walq__consumer_on_decided(void *arg, walq__job *job, walq__verdict v, const char *err);
+int walq__consumer_on_recorded(void *arg, walq__job *job, walq__status st);
+void walq__consumer_on_abandon(void *arg, walq__job *job);
+int walq__consumer_wait_tick(void *arg);
 
 /* consumer_setup.c */
 
-/* The primary's session; through a pooler the acks carry what they need. */
-int walq__consumer_connect_primary_session(walq_consumer *c);
 /*
  * Everything before the loop: both servers, the reader's row, the slot
  * (resumed, or made and the group resynchronized), timers, the drain's
@@ -139,14 +153,9 @@ int walq__consumer_connect_primary_session(walq_consumer *c);
  */
 int walq__consumer_setup(walq_consumer *c);
 
-/* consumer_commands.c */
+/* consumer_stream.c */
 
-/* A row of walq.commands in transaction t: cancel, retry, seal or horizon. */
-int walq__consumer_on_command(walq_consumer *c, const walq__reader_txn *t, const walq__change *ch);
-
-/* consumer_open.c */
-
-/* Applies the options of walq_consumer_reconfigure(), if any came; w grows with the handler. */
-int walq__consumer_phase_settings(walq_consumer *c, walq__wait *w);
+/* The reader's callbacks: transactions, job rows, commands, idle and pause. */
+extern const walq__reader_ops walq__consumer_reader_ops;
 
 #endif

@@ -15,22 +15,6 @@
 #include "lsn.h"
 #include "publication.h"
 
-/*
- * What a reload may change while the consumer runs, with the names its log
- * gives them (docs/c-api.md lists them).  The other fields of the options
- * are fixed when the consumer is opened.
- */
-#define RELOADED(XX)                                                                               \
-    XX(concurrency, "concurrency", int)                                                            \
-    XX(timeout_ms, "timeout_ms", int64_t)                                                          \
-    XX(backoff_min_ms, "backoff_min_ms", int64_t)                                                  \
-    XX(backoff_max_ms, "backoff_max_ms", int64_t)                                                  \
-    XX(batch_size, "batch_size", int)                                                              \
-    XX(ack_delay_ms, "ack_delay_ms", int64_t)                                                      \
-    XX(max_in_flight, "max_in_flight", int)                                                        \
-    XX(max_in_flight_bytes, "max_in_flight_bytes", int64_t)                                        \
-    XX(log_level, "log_level", int)
-
 void walq_consumer_stop(walq_consumer *c, int immediate)
 {
     walq__reader_stop(&c->rd, immediate);
@@ -83,58 +67,84 @@ int walq_consumer_reconfigure(walq_consumer *c, const walq_options *opts)
     return 0;
 }
 
-/*
- * Applies the options of walq_consumer_reconfigure(), if any came: what
- * runs keeps its limits (a handler its deadline), what starts from now on
- * has the new ones.  The wait grows with the handlers' slots.
- */
-int walq__consumer_phase_settings(walq_consumer *c, walq__wait *w)
+static const char *const plugin_options[] = {
+    "format-version", "2", "include-xids", "1", "include-timestamp", "1", "include-lsn", "1",
+    /* Jobs are read by column name and JSON kind. */
+    "include-types", "0", "add-tables", "walq.jobs,walq_jobs.*,walq.commands", "actions", "insert",
+    NULL};
+
+/* The stages, configured from the options (in the current version's terms). */
+static int make_stages(walq_consumer *c, const walq__options *conf)
 {
-    walq__handler_limits lim;
-    walq_options n;
-    size_t fds;
-    int pending, rc = 0;
+    const walq_options *o = &c->o;
+    walq__reader_config rcfg = {c->source,
+                                "walq consume",
+                                c->slot,
+                                plugin_options,
+                                o->status_interval_ms * 1000,
+                                o->drain,
+                                &walq__consumer_reader_ops,
+                                c,
+                                &c->log,
+                                c->slot,
+                                o->failover_slot};
+    walq__sched_config sc = {(size_t)o->max_in_flight,   (size_t)o->max_in_flight_bytes,
+                             o->timer_horizon_ms * 1000, o->backoff_min_ms * 1000,
+                             o->backoff_max_ms * 1000,   &c->log};
+    int rc;
 
-    pthread_mutex_lock(&c->reconf_lock);
-    pending = c->reconf_pending;
-    n = c->reconf;
-    c->reconf_pending = 0;
-    pthread_mutex_unlock(&c->reconf_lock);
-    if (!pending)
-        return 0;
-    lim = (walq__handler_limits){n.concurrency, n.timeout_ms * 1000, n.batch_size,
-                                 n.ack_delay_ms * 1000};
-    if (c->h->ops->set_limits != NULL && (rc = c->h->ops->set_limits(c->h, &lim)) < 0)
+    /* A little longer than the server's own statement and lock timeouts. */
+    c->waiter.timeout_us = o->primary_timeout_ms ? o->primary_timeout_ms * 1000 + 2000000 : 0;
+    /*
+     * A lease through a pooler outlasts two waits for the primary, so that
+     * one slow answer does not lose the reader; 30 s at least.
+     */
+    c->lease_us = 2 * c->waiter.timeout_us > 30000000 ? 2 * c->waiter.timeout_us : 30000000;
+    snprintf(c->lease_text, sizeof(c->lease_text), "%lld milliseconds",
+             (long long)(c->lease_us / 1000));
+    c->waiter.tick = walq__consumer_wait_tick;
+    c->waiter.arg = c;
+    c->rg = (walq__registry){c->group,
+                             c->slot,
+                             c->route.partition,
+                             c->route.partitions,
+                             (const char *const *)c->queues,
+                             o->nqueues,
+                             &c->log,
+                             o->primary_timeout_ms,
+                             0};
+    walq__sched_init(&c->sched, &sc, (uint64_t)walq__wall_us() ^ ((uint64_t)getpid() << 32));
+    rc = walq__reader_init(&c->rd, &rcfg);
+    if (rc != 0)
         return rc;
-    if (rc == 1 && n.concurrency != c->o.concurrency) {
-        walq__warn(&c->log,
-                   "a coprocess handler stops no worker while it runs: concurrency %d takes a "
-                   "restart; keeping %d workers",
-                   n.concurrency, c->o.concurrency);
-        n.concurrency = c->o.concurrency;
+    switch (o->handler) {
+    case WALQ_HANDLER_EXEC:
+        rc = walq__handler_exec_new(&c->h, c->argv, o->concurrency, (double)o->timeout_ms / 1e3);
+        break;
+    case WALQ_HANDLER_COPROCESS:
+        rc = walq__handler_coproc_new(&c->h, c->argv, o->concurrency, o->coprocess_inflight,
+                                      (double)o->timeout_ms / 1e3);
+        break;
+    case WALQ_HANDLER_CALLBACK:
+        rc = walq__handler_callback_new(&c->h, o->callback, conf->callback_v1, o->callback_payload);
+        break;
+    case WALQ_HANDLER_SQL:
+        rc = walq__handler_sql_new(&c->h, c->group, c->sql, o->batch_size, c->ack_delay_us);
+        break;
+    default:
+        rc = walq__handler_noop_new(&c->h);
+        break;
     }
-#define WALQ__RELOAD_LOG(field, name, type)                                                        \
-    if (n.field != c->o.field)                                                                     \
-        walq__info(&c->log, "%s changed from %lld to %lld", name, (long long)c->o.field,           \
-                   (long long)n.field);                                                            \
-    c->o.field = n.field;
-    RELOADED(WALQ__RELOAD_LOG)
-#undef WALQ__RELOAD_LOG
-    c->log.level = c->o.log_level;
-    c->ack_delay_us = c->o.ack_delay_ms * 1000;
-    c->sched.cfg.backoff_min_us = c->o.backoff_min_ms * 1000;
-    c->sched.cfg.backoff_max_us = c->o.backoff_max_ms * 1000;
-    c->sched.cfg.max_in_flight = (size_t)c->o.max_in_flight;
-    c->sched.cfg.max_bytes = (size_t)c->o.max_in_flight_bytes;
-    fds = 1 + c->h->ops->max_fds(c->h);
-    if (w->cap < 2 + fds) {
-        walq__wait bigger;
-
-        if (walq__wait_init(&bigger, fds) != 0)
-            return walq__error(WALQ_ENOMEM, NULL, "out of memory");
-        walq__wait_free(w);
-        *w = bigger;
-    }
+    if (rc != 0)
+        return rc;
+    c->h->done = walq__consumer_on_done;
+    c->h->decided = walq__consumer_on_decided;
+    c->h->recorded = walq__consumer_on_recorded;
+    c->h->abandon = walq__consumer_on_abandon;
+    c->h->arg = c;
+    c->h->log = &c->log;
+    c->h->group = c->group;
+    c->h->pass_env = (const char *const *)c->pass_env;
     return 0;
 }
 
@@ -239,7 +249,7 @@ int walq_consumer_open(walq_consumer **out, const walq_options *opts)
                                              opts->nqueues)) == NULL)
         rc = walq__error(WALQ_ENOMEM, NULL, "out of memory");
     if (rc == 0)
-        rc = walq__consumer_make_stages(c, &conf);
+        rc = make_stages(c, &conf);
     if (rc == 0 && conf.version == 1)
         rc = walq__v1_consumer_add(c);
     if (rc != 0) {
@@ -275,4 +285,73 @@ void walq_consumer_free(walq_consumer *c)
     free_strv(c->pass_env);
     pthread_mutex_destroy(&c->reconf_lock);
     free(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Running                                                             */
+
+static void set_errmsg(walq_consumer *c)
+{
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s", walq_last_error());
+}
+
+/*
+ * A lease is let go at the end, so that a consumer standing by takes the
+ * reader over at once (unless another took it meanwhile: then the epoch is
+ * not this process's, and nothing changes).
+ */
+static void release_lease(walq_consumer *c)
+{
+    int held;
+
+    if (c->pooled && c->epoch > 0 && c->pconn != NULL && PQstatus(c->pconn) == CONNECTION_OK &&
+        !c->ack.inflight && walq__reg_lease(&c->rg, c->pconn, c->epoch, NULL, &held) != 0)
+        walq__debug(&c->log, "%s", walq_last_error());
+}
+
+/*
+ * Set-up failed after both servers were reached (the primary read-only, a
+ * lock timeout, a connection lost meanwhile): tried again with backoff, as
+ * in the loop.  A failure to connect in the first place is the caller's to
+ * see.  Returns whether to try again.
+ */
+static int setup_again(walq_consumer *c, int rc, walq__retry *again)
+{
+    if (rc != WALQ_ECONN || !c->reached || c->rd.stop_req)
+        return 0;
+    walq__retry_failed(again, &c->log);
+    while (!walq__retry_due(again, walq__mono_us())) {
+        walq__consumer_watch_state(c, WALQ_STATE_RECONNECTING);
+        if (walq__reader_nap(&c->rd, 100))
+            return 0;
+    }
+    return 1;
+}
+
+int walq_consumer_run(walq_consumer *c)
+{
+    const walq__waiter *old = walq__waiter_set(&c->waiter);
+    walq__retry again = {0};
+    int rc;
+
+    c->errmsg[0] = '\0';
+    c->reached = 0;
+    for (;;) {
+        rc = walq__consumer_setup(c);
+        if (rc == 0)
+            rc = walq__consumer_loop(c);
+        if (!((rc == WALQ_ESLOT && c->slot_gone) || c->fenced || setup_again(c, rc, &again)) ||
+            c->rd.stop_req)
+            break;
+        /* Everything recorded is safe in the table; the rest comes back. */
+        walq__consumer_reset_memory(c);
+        walq__consumer_close_all(c);
+    }
+    if (rc != 0)
+        set_errmsg(c);
+    walq__consumer_reset_memory(c);
+    release_lease(c);
+    walq__consumer_close_all(c);
+    walq__waiter_set(old);
+    return rc;
 }

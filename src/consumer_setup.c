@@ -27,34 +27,6 @@ static void log_standby_snapshot(void *arg)
         walq__reg_standby_snapshot(c->pconn, &c->log);
 }
 
-/*
- * A plain connection of the consumer's: it does not block on sends (waits
- * are walq__wait_result's, bounded), and its statements are bounded too.
- * *pooled: it goes through a connection pooler.
- */
-static int connect_session(walq_consumer *c, PGconn **conn, const char *conninfo, int *pooled)
-{
-    int rc = walq__connect(conn, conninfo, WALQ__CONN_SQL, "walq consume");
-
-    if (rc == 0 && PQsetnonblocking(*conn, 1) != 0)
-        rc = walq__error(WALQ_ECONN, NULL, "could not make a connection non-blocking");
-    if (rc == 0)
-        rc = walq__reg_session(*conn, c->o.primary_timeout_ms, pooled);
-    return rc;
-}
-
-/* The primary's session; through a pooler the acks carry what they need. */
-int walq__consumer_connect_primary_session(walq_consumer *c)
-{
-    int rc = connect_session(c, &c->pconn, c->primary, &c->pooled);
-
-    c->ack.pooled = c->pooled;
-    c->ack.lease = c->pooled ? c->lease_text : NULL;
-    snprintf(c->ack.timeout_text, sizeof(c->ack.timeout_text), "%lld",
-             (long long)c->o.primary_timeout_ms);
-    return rc;
-}
-
 /* The primary's session and the source's, both checked; *source_id names the source. */
 static int connect_both(walq_consumer *c, char *source_id, size_t len)
 {
@@ -67,7 +39,7 @@ static int connect_both(walq_consumer *c, char *source_id, size_t len)
     if (rc == 0 && c->sql != NULL)
         rc = walq__reg_check_sql(c->pconn, c->sql);
     if (rc == 0)
-        rc = connect_session(c, &c->sconn, c->source, &pooled);
+        rc = walq__consumer_connect_session(c, &c->sconn, c->source, &pooled);
     if (rc == 0 && pooled) {
         char name[128];
 

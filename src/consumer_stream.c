@@ -1,7 +1,8 @@
 /*
- * The rows of walq.commands that reach the consumer through its stream, in
- * commit order with the jobs (consumer_int.h): cancel and retry of a job,
- * the seal of a generation and the horizon (read by the ack).
+ * What the reader hands the consumer (consumer_int.h): each transaction's
+ * begin and commit, its rows of walq.jobs (routed, then taken in), and its
+ * rows of walq.commands, in commit order with the jobs: cancel and retry of
+ * a job, the seal of a generation and the horizon (read by the ack).
  */
 #include <errno.h>
 #include <signal.h>
@@ -132,7 +133,7 @@ static int seal_noted(walq_consumer *c, const walq__reader_txn *t, int64_t gener
     return 0;
 }
 
-int walq__consumer_on_command(walq_consumer *c, const walq__reader_txn *t, const walq__change *ch)
+static int on_command(walq_consumer *c, const walq__reader_txn *t, const walq__change *ch)
 {
     const walq__value *group = walq__change_column(ch, "group_name");
     const walq__value *id = walq__change_column(ch, "job_id");
@@ -155,3 +156,71 @@ int walq__consumer_on_command(walq_consumer *c, const walq__reader_txn *t, const
                (long long)id->i);
     return 0;
 }
+
+/* ------------------------------------------------------------------ */
+/* What the reader hands over                                          */
+
+static int on_begin(void *arg, const walq__reader_txn *t)
+{
+    walq_consumer *c = arg;
+
+    c->cur = walq__txnq_open(&c->txq, t->end_lsn);
+    return c->cur ? 0 : walq__error(WALQ_ENOMEM, NULL, "out of memory");
+}
+
+static int on_row(void *arg, const walq__reader_txn *t, const walq__change *ch, uint64_t wal_start)
+{
+    walq_consumer *c = arg;
+    walq__job_row row;
+    int rc;
+
+    (void)wal_start;
+    if (ch->action != WALQ__ACT_INSERT || ch->schema == NULL || ch->table == NULL)
+        return 0;
+    if (strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "commands") == 0)
+        return on_command(c, t, ch);
+    /*
+     * The stream names the partition of walq.jobs a job went to (the table
+     * itself before generations, in WAL written before the upgrade).
+     */
+    if (strcmp(ch->schema, "walq_jobs") != 0 &&
+        !(strcmp(ch->schema, "walq") == 0 && strcmp(ch->table, "jobs") == 0))
+        return 0;
+    rc = walq__route_job_row(ch, &row);
+    /* A job already in memory (a replay after a retry command, say) stays one. */
+    if (rc != 0 || !walq__route_takes(&c->route, row.id, row.queue) ||
+        walq__sched_has(&c->sched, row.id))
+        return rc;
+    return walq__consumer_take(c, &row, c->cur, t->end_lsn, 0);
+}
+
+static int on_commit(void *arg, const walq__reader_txn *t)
+{
+    walq_consumer *c = arg;
+
+    (void)t;
+    walq__txnq_close(&c->txq, c->cur);
+    c->cur = NULL;
+    return 0;
+}
+
+/* Between transactions: a keepalive may move the cursor when nothing is in flight. */
+static int on_idle(void *arg, uint64_t lsn)
+{
+    walq_consumer *c = arg;
+
+    walq__txnq_idle(&c->txq, lsn);
+    return c->txq.head == NULL;
+}
+
+/* Too much in memory: the stream waits. */
+static int on_paused(void *arg, int in_txn)
+{
+    walq_consumer *c = arg;
+
+    (void)in_txn;
+    return walq__sched_full(&c->sched);
+}
+
+const walq__reader_ops walq__consumer_reader_ops = {on_begin, on_row, on_commit, on_idle,
+                                                    on_paused};
